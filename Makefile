@@ -1,0 +1,45 @@
+# The two set-up commands of the README: `make demo` (install + main job) and
+# `make test` (install + tests). Both are idempotent: the virtualenv is (re)built from the
+# lock file only when the lock file or pyproject.toml changed.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format lock clean
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { \
+	  echo "error: '$(PY)' not found: distral needs Python 3.11 (dm-reverb 0.14.0 has no wheel for newer Pythons). Install it (e.g. 'pyenv install 3.11' or 'apt-get install python3.11 python3.11-venv') or pass PY=/path/to/python3.11" >&2; exit 2; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "error: '$(PY)' is Python $$($(PY) -c 'import platform; print(platform.python_version())'), distral needs Python 3.11: pass PY=/path/to/python3.11" >&2; exit 2; }
+	@[ -x $(BIN)/python ] && $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/distral variants
+
+test: $(STAMP)
+	$(BIN)/ruff check distral tests
+	$(BIN)/ruff format --check distral tests
+	$(BIN)/python -m pytest -n 2 --durations=10 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check distral tests
+	$(BIN)/ruff format --check distral tests
+	$(BIN)/mypy distral
+
+format: $(STAMP)
+	$(BIN)/ruff format distral tests
+	$(BIN)/ruff check --fix distral tests
+
+# Regenerate the lock file from pyproject.toml (pip-tools, in a throwaway virtualenv).
+lock:
+	$(PY) -m venv /tmp/distral-lock && /tmp/distral-lock/bin/pip install --quiet pip-tools
+	/tmp/distral-lock/bin/pip-compile --quiet --no-emit-index-url --no-emit-find-links \
+	  --strip-extras --extra dev -o requirements/lock.txt pyproject.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,132 @@
+"""The Distral learner step (Teh et al., 2017, arXiv:1707.04175), shared by every runner.
+
+One module-level, jitted `update_step(state, batch) -> (state, metrics)` on a NamedTuple
+`TrainingState`, in the style of Acme's IMPALA learner: the single-process trainer and the
+distributed learner both call it, and it can be tested on its own. The network, optimiser
+and loss configuration are static (hashable) arguments.
+
+A `Batch` holds B unrolls of T+1 steps, time-major. Entry t carries the observation s_t,
+the action a_t taken there, the reward r_t and discount d_t that followed, and the
+behaviour policy's logits at s_t. The last entry's action/reward/discount belong to the
+next unroll (consecutive unrolls overlap by one step) and are not used.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from distral.losses import LossConfig, distral_loss
+from distral.networks import DistralNetwork, Torso, make_network
+from distral.variants import Variant
+
+Array = chex.Array
+Params = Any
+
+
+class TrainingState(NamedTuple):
+    params: Params
+    opt_state: optax.OptState
+    step: Array
+    rng: Array
+
+
+class Batch(NamedTuple):
+    """B unrolls of T+1 steps, time-major."""
+
+    observation: Array  # [T+1, B, *obs]
+    action: Array  # [T+1, B] int
+    reward: Array  # [T+1, B]
+    discount: Array  # [T+1, B]
+    behaviour_logits: Array  # [T+1, B, A]
+    task_id: Array  # [B] int
+
+
+def build_network(
+    variant: Variant,
+    *,
+    num_tasks: int,
+    num_actions: int,
+    torso: Torso,
+    task_columns: str = "separate",
+) -> DistralNetwork:
+    """The network of a resolved variant (architecture and 2col mixing coefficients)."""
+    alpha, beta = variant.mix
+    return make_network(
+        variant.architecture,
+        num_tasks=num_tasks,
+        num_actions=num_actions,
+        torso=torso,
+        task_columns=task_columns,
+        alpha=alpha,
+        beta=beta,
+    )
+
+
+def make_optimizer(
+    learning_rate: float, max_grad_norm: float = 40.0
+) -> optax.GradientTransformation:
+    """Adam after global-norm clipping (IMPALA clips at 40, arXiv:1802.01561)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
+
+
+def init_training_state(
+    key: Array, network: DistralNetwork, optimizer: optax.GradientTransformation, example_obs: Array
+) -> TrainingState:
+    """Fresh parameters and optimiser state; `example_obs` is a batch [B, *obs]."""
+    params_key, rng = jax.random.split(key)
+    params = network.init(params_key, example_obs)
+    return TrainingState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+
+
+def batch_loss(
+    params: Params, batch: Batch, network: DistralNetwork, config: LossConfig
+) -> tuple[Array, dict[str, Array]]:
+    """Mean `distral_loss` over the unrolls, and metrics (with KL and entropy per task)."""
+    task_ids = jnp.broadcast_to(batch.task_id[None], batch.action.shape)  # [T+1, B]
+    out = network.apply(params, batch.observation, task_ids)
+
+    per_unroll = jax.vmap(
+        functools.partial(distral_loss, config=config), in_axes=(1, 1, 1, 1, 1, 1, 1)
+    )
+    loss, m = per_unroll(
+        out.logits,
+        out.distilled_logits,
+        out.value,
+        batch.action[:-1],
+        batch.reward[:-1],
+        batch.discount[:-1],
+        batch.behaviour_logits[:-1],
+    )
+    one_hot = jax.nn.one_hot(batch.task_id, network.num_tasks)  # [B, N]
+    counts = jnp.maximum(one_hot.sum(0), 1.0)
+    metrics = {k: jnp.mean(v) for k, v in m._asdict().items()}
+    metrics["kl_per_task"] = (one_hot * m.kl[:, None]).sum(0) / counts
+    metrics["entropy_per_task"] = (one_hot * m.entropy[:, None]).sum(0) / counts
+    return jnp.mean(loss), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("network", "optimizer", "config"))
+def update_step(
+    state: TrainingState,
+    batch: Batch,
+    *,
+    network: DistralNetwork,
+    optimizer: optax.GradientTransformation,
+    config: LossConfig,
+) -> tuple[TrainingState, dict[str, Array]]:
+    """One gradient step on a batch of unrolls: (state, batch) -> (state, metrics)."""
+    (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+        state.params, batch, network, config
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["loss"] = loss
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = TrainingState(params, opt_state, state.step + 1, state.rng)
+    return new_state, metrics

@@ -1,0 +1,241 @@
+"""Distral losses (Teh et al., 2017, arXiv:1707.04175), pure and unbatched, rlax style.
+
+Each function takes the arrays of ONE unroll of one task and checks them; callers
+`jax.vmap` over unrolls. An unroll of T transitions carries T+1 observations, so the
+network outputs (`logits_t`, `distilled_logits_t`, `v_t`) have T+1 entries and the
+transition quantities (`a_t`, `r_t`, `discount_t`, `behaviour_logits_t`) have T.
+
+The objective (DESIGN.md section 1), with alpha = c_KL/(c_KL+c_Ent), beta = 1/(c_KL+c_Ent):
+
+    J = sum_i E_{pi_i}[ sum_t g^t (r_t + (alpha/beta) log pi_0 - (1/beta) log pi_i) ].
+
+Its gradient is a policy gradient on the regularised reward (a reward: no gradient
+through its log-probabilities), plus the direct gradient of (alpha/beta) log pi_0, whose
+expectation under pi_i is the distillation term below. The (1/beta) log pi_i term's
+direct gradient has zero expectation and is dropped.
+
+Every term is a mean over the T steps of the unroll, so their relative scale is that of
+the objective's gradient (tests/test_losses.py proves it by exact enumeration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import rlax
+
+from distral.variants import Variant
+
+Array = chex.Array
+ReturnsKind = Literal["nstep", "vtrace"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Coefficients of `distral_loss`. Hashable, so it can be a static jit argument."""
+
+    alpha: float = 0.0
+    """KL share alpha = c_KL / (c_KL + c_Ent) (used only when `distill`)."""
+    beta: float = 1.0
+    """Inverse regularisation strength 1 / (c_KL + c_Ent) (used only when `distill`)."""
+    distill: bool = False
+    """Regularised reward and distillation term on (the Distral rows)."""
+    entropy_cost: float = 0.0
+    """A3C entropy bonus cost (the A3C rows)."""
+    discount: float = 0.99
+    """Discount g per agent step, multiplied into the environment's discount."""
+    returns: ReturnsKind = "nstep"
+    """'nstep': bootstrapped returns (on-policy, A3C); 'vtrace': IMPALA off-policy targets."""
+    n_step: int | None = None
+    """Steps before bootstrapping for 'nstep'; None: bootstrap from the unroll's end (A3C)."""
+    value_cost: float = 0.5
+    """Weight of the value term 0.5 * (target - V)^2."""
+    clip_rho: float = 1.0
+    """V-trace rho-bar (Espeholt et al., 2018, arXiv:1802.01561)."""
+    clip_pg_rho: float = 1.0
+    """V-trace clip of the importance weight in the policy-gradient advantage."""
+
+    def __post_init__(self) -> None:
+        if self.distill and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha!r} is outside [0, 1]")
+        if self.distill and not self.beta > 0.0:
+            raise ValueError(f"beta={self.beta!r} must be > 0")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"discount={self.discount!r} is outside [0, 1]")
+        if self.returns not in ("nstep", "vtrace"):
+            raise ValueError(f"returns={self.returns!r}; valid choices: nstep, vtrace")
+        if self.n_step is not None and self.n_step < 1:
+            raise ValueError(f"n_step={self.n_step!r} must be >= 1")
+
+    @classmethod
+    def from_variant(cls, variant: Variant, **kwargs: object) -> LossConfig:
+        """The loss coefficients of a resolved variant; kwargs set the other fields."""
+        return cls(
+            alpha=variant.alpha if variant.distill and variant.alpha is not None else 0.0,
+            beta=variant.beta if variant.distill and variant.beta is not None else 1.0,
+            distill=variant.distill,
+            entropy_cost=variant.entropy_cost,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+class LossMetrics(NamedTuple):
+    policy_loss: Array
+    value_loss: Array
+    distill_loss: Array
+    entropy_loss: Array
+    kl: Array
+    """Mean over the unroll of KL(pi_i || pi_0)."""
+    entropy: Array
+    """Mean entropy of pi_i."""
+    distilled_entropy: Array
+    """Mean entropy of pi_0."""
+    regularised_reward: Array
+    """Mean regularised reward of the unroll."""
+
+
+def regularised_reward(
+    r_t: Array, log_pi0_a_t: Array, log_pi_a_t: Array, alpha: float, beta: float
+) -> Array:
+    """r_t + (alpha/beta) log pi_0(a_t|s_t) - (1/beta) log pi_i(a_t|s_t), as a reward.
+
+    The log-probabilities are stop-gradiented: r_reg is a reward, not a loss.
+    """
+    chex.assert_rank([r_t, log_pi0_a_t, log_pi_a_t], 1)
+    chex.assert_equal_shape([r_t, log_pi0_a_t, log_pi_a_t])
+    bonus = (alpha / beta) * log_pi0_a_t - (1.0 / beta) * log_pi_a_t
+    return r_t + jax.lax.stop_gradient(bonus)
+
+
+def n_step_returns(r_t: Array, discount_t: Array, v_t: Array, n: int | None = None) -> Array:
+    """Bootstrapped n-step return targets G_0..G_{T-1} (rlax; scans backwards).
+
+    `v_t` holds the values of s_1..s_T. With n=None every step bootstraps from v(s_T):
+    G_t = r_t + d_t G_{t+1}, G_T = v(s_T), A3C's forward view.
+    """
+    chex.assert_rank([r_t, discount_t, v_t], 1)
+    if n is None or n >= r_t.shape[0]:
+        return rlax.lambda_returns(r_t, discount_t, v_t, lambda_=1.0)
+    return rlax.n_step_bootstrapped_returns(r_t, discount_t, v_t, n)
+
+
+def distillation_loss(
+    logits_t: Array, distilled_logits_t: Array, alpha: float, beta: float
+) -> Array:
+    """-(alpha/beta) mean_t sum_a sg[pi_i(a|s_t)] log pi_0(a|s_t).
+
+    Its gradient is (alpha/beta) mean_t sum_a (pi_0 - pi_i) grad h(a|s_t), i.e. minus the
+    paper's distillation gradient; it reaches only the parameters of pi_0. The stop-gradient
+    on pi_i is what makes this the objective's gradient (DESIGN.md 1.2).
+    """
+    chex.assert_rank([logits_t, distilled_logits_t], 2)
+    chex.assert_equal_shape([logits_t, distilled_logits_t])
+    pi_t = jax.lax.stop_gradient(jax.nn.softmax(logits_t))
+    log_pi0_t = jax.nn.log_softmax(distilled_logits_t)
+    return -(alpha / beta) * jnp.mean(jnp.sum(pi_t * log_pi0_t, axis=-1))
+
+
+def kl_divergence(logits_t: Array, distilled_logits_t: Array) -> Array:
+    """KL(pi_i || pi_0) per step, from logits [..., A]."""
+    log_pi = jax.nn.log_softmax(logits_t)
+    log_pi0 = jax.nn.log_softmax(distilled_logits_t)
+    return jnp.sum(jnp.exp(log_pi) * (log_pi - log_pi0), axis=-1)
+
+
+def entropy(logits_t: Array) -> Array:
+    """Entropy per step, from logits [..., A]."""
+    log_pi = jax.nn.log_softmax(logits_t)
+    return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+
+def distral_loss(
+    logits_t: Array,
+    distilled_logits_t: Array,
+    v_t: Array,
+    a_t: Array,
+    r_t: Array,
+    discount_t: Array,
+    behaviour_logits_t: Array,
+    config: LossConfig,
+) -> tuple[Array, LossMetrics]:
+    """The learner loss of one unroll of one task, for any of the seven variants.
+
+    Args:
+      logits_t: [T+1, A] logits of pi_i at s_0..s_T.
+      distilled_logits_t: [T+1, A] logits h of pi_0 at s_0..s_T (ignored without `distill`).
+      v_t: [T+1] values V_i(s_0..s_T).
+      a_t: [T] actions taken at s_0..s_{T-1}.
+      r_t: [T] environment rewards received after a_t.
+      discount_t: [T] environment discounts after a_t (0 at episode end).
+      behaviour_logits_t: [T, A] logits of the policy that acted (for V-trace).
+      config: the variant's coefficients.
+
+    Returns:
+      (scalar loss, LossMetrics).
+    """
+    chex.assert_rank([logits_t, distilled_logits_t, v_t, a_t, r_t, discount_t], [2, 2, 1, 1, 1, 1])
+    chex.assert_rank(behaviour_logits_t, 2)
+    chex.assert_type([a_t, r_t, discount_t], [int, float, float])
+    chex.assert_equal_shape([logits_t, distilled_logits_t])
+    chex.assert_equal_shape([a_t, r_t, discount_t])
+    chex.assert_equal_shape_prefix([logits_t, v_t], 1)
+    if logits_t.shape[0] != a_t.shape[0] + 1:
+        raise ValueError(f"logits_t has {logits_t.shape[0]} steps, expected T+1={a_t.shape[0] + 1}")
+
+    pi_logits = logits_t[:-1]
+    log_pi_a = rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t)
+    log_pi0_a = rlax.batched_index(jax.nn.log_softmax(distilled_logits_t[:-1]), a_t)
+    if config.distill:
+        rewards = regularised_reward(r_t, log_pi0_a, log_pi_a, config.alpha, config.beta)
+    else:
+        rewards = r_t
+    discounts = config.discount * discount_t
+    v_tm1, v_boot = v_t[:-1], v_t[1:]
+
+    # RETURNS AND ADVANTAGES
+    if config.returns == "vtrace":
+        log_mu_a = rlax.batched_index(jax.nn.log_softmax(behaviour_logits_t), a_t)
+        rho_tm1 = jnp.exp(jax.lax.stop_gradient(log_pi_a) - log_mu_a)
+        vtrace = rlax.vtrace_td_error_and_advantage(
+            v_tm1,
+            v_boot,
+            rewards,
+            discounts,
+            rho_tm1,
+            clip_rho_threshold=config.clip_rho,
+            clip_pg_rho_threshold=config.clip_pg_rho,
+        )
+        value_errors, advantages = vtrace.errors, vtrace.pg_advantage
+    else:
+        targets = jax.lax.stop_gradient(n_step_returns(rewards, discounts, v_boot, config.n_step))
+        value_errors = targets - v_tm1
+        advantages = targets - v_tm1
+
+    # TERMS
+    weights = jnp.ones_like(r_t)
+    policy_loss = rlax.policy_gradient_loss(pi_logits, a_t, advantages, weights)
+    value_loss = 0.5 * jnp.mean(jnp.square(value_errors))
+    if config.distill:
+        distill = distillation_loss(pi_logits, distilled_logits_t[:-1], config.alpha, config.beta)
+    else:
+        distill = jnp.zeros(())
+    entropy_loss = rlax.entropy_loss(pi_logits, weights)  # -mean entropy.
+    loss = policy_loss + config.value_cost * value_loss + distill
+    if config.entropy_cost:
+        loss = loss + config.entropy_cost * entropy_loss
+
+    metrics = LossMetrics(
+        policy_loss=policy_loss,
+        value_loss=value_loss,
+        distill_loss=distill,
+        entropy_loss=entropy_loss,
+        kl=jnp.mean(kl_divergence(pi_logits, distilled_logits_t[:-1])),
+        entropy=jnp.mean(entropy(pi_logits)),
+        distilled_entropy=jnp.mean(entropy(distilled_logits_t[:-1])),
+        regularised_reward=jnp.mean(rewards),
+    )
+    return loss, metrics

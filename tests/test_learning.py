@@ -1,0 +1,108 @@
+"""update_step: it trains, with a flax torso and with a user's Haiku torso."""
+
+import functools
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distral import learning, losses, networks
+from distral.variants import get_variant
+
+N_TASKS, A, OBS, T, B = 2, 3, 4, 4, 16
+
+
+@functools.partial(jax.jit, static_argnames="network")
+def _bandit_batch(key, params, network):
+    """On-policy unrolls of one-step episodes: task i pays +1 for action i, else 0."""
+    k_obs, k_task, k_act = jax.random.split(key, 3)
+    obs = jax.random.normal(k_obs, (T + 1, B, OBS))
+    task = jax.random.randint(k_task, (B,), 0, N_TASKS)
+    out = network.apply(params, obs.reshape(-1, OBS), jnp.tile(task, T + 1))
+    logits = out.logits.reshape(T + 1, B, A)
+    action = jax.random.categorical(k_act, logits)
+    reward = (action == task[None]).astype(jnp.float32)
+    discount = jnp.zeros((T + 1, B))  # every step ends its episode
+    return learning.Batch(obs, action, reward, discount, logits, task)
+
+
+def _train(torso, variant_name, steps=150, returns="nstep"):
+    variant = get_variant(variant_name)
+    network = learning.build_network(variant, num_tasks=N_TASKS, num_actions=A, torso=torso)
+    optimizer = learning.make_optimizer(3e-2)
+    config = losses.LossConfig.from_variant(variant, discount=0.9, returns=returns)
+    state = learning.init_training_state(
+        jax.random.PRNGKey(0), network, optimizer, jnp.zeros((1, OBS))
+    )
+    key = jax.random.PRNGKey(1)
+    for _ in range(steps):
+        key, sub = jax.random.split(key)
+        batch = _bandit_batch(sub, state.params, network)
+        state, metrics = learning.update_step(
+            state, batch, network=network, optimizer=optimizer, config=config
+        )
+    probe = jnp.zeros((N_TASKS, OBS))
+    pi = jax.nn.softmax(network.apply(state.params, probe, jnp.arange(N_TASKS)).logits)
+    return state, metrics, np.asarray(pi)
+
+
+def _check_learned(pi):
+    # Starts near uniform (1/3); must end on the rewarded action of each task.
+    for i in range(N_TASKS):
+        assert pi[i, i] > 0.9, pi
+
+
+@pytest.mark.parametrize("variant", ["kl_ent_2col", "a3c"])
+def test_update_step_trains_a_flax_torso(variant):
+    state, metrics, pi = _train(networks.make_torso("mlp", hidden_sizes=(16,)), variant)
+    _check_learned(pi)
+    assert int(state.step) == 150
+    assert metrics["kl_per_task"].shape == (N_TASKS,)
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_update_step_trains_a_haiku_torso():
+    def torso_fn(x):
+        return jax.nn.relu(hk.Linear(16)(x))
+
+    torso = networks.haiku_torso(hk.transform(torso_fn))
+    state, _, pi = _train(torso, "kl_ent_2col", returns="vtrace")
+    _check_learned(pi)
+    # The Haiku parameters are in the state and were updated.
+    leaves = jax.tree_util.tree_leaves(state.params["distilled"]["torso"])
+    assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    init = learning.init_training_state(
+        jax.random.PRNGKey(0),
+        learning.build_network(
+            get_variant("kl_ent_2col"), num_tasks=N_TASKS, num_actions=A, torso=torso
+        ),
+        learning.make_optimizer(3e-2),
+        jnp.zeros((1, OBS)),
+    )
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(jnp.abs(a - b).max()), state.params, init.params
+    )
+    assert max(jax.tree_util.tree_leaves(moved["tasks"]["torso"])) > 1e-3
+
+
+def test_distilled_policy_moves_to_the_task_average():
+    """pi_0 is distilled from the task policies: with two tasks preferring actions 0 and 1,
+    pi_0 ends up splitting its mass between them, away from action 2."""
+    state, _, _ = _train(networks.make_torso("mlp", hidden_sizes=(16,)), "kl_ent_1col", steps=250)
+    network = learning.build_network(
+        get_variant("kl_ent_1col"),
+        num_tasks=N_TASKS,
+        num_actions=A,
+        torso=networks.make_torso("mlp", hidden_sizes=(16,)),
+    )
+    pi0 = np.asarray(
+        jax.nn.softmax(
+            network.apply(
+                state.params, jnp.zeros((1, OBS)), jnp.zeros(1, jnp.int32)
+            ).distilled_logits
+        )
+    )[0]
+    assert pi0[2] < 0.15, pi0
+    assert pi0[0] > 0.3 and pi0[1] > 0.3, pi0

@@ -1,0 +1,352 @@
+"""Tests of distral.losses against plain-Python references and an exact gradient."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import enable_x64
+
+from distral import losses
+from distral.variants import get_variant
+
+# PLAIN-PYTHON REFERENCES
+
+
+def py_n_step_returns(r, d, v_next, n):
+    """G_t = sum_{k<n} (prod d) r_{t+k} + (prod d) v(s_{t+n}); truncated at the end."""
+    T = len(r)
+    out = []
+    for t in range(T):
+        g, scale = 0.0, 1.0
+        k = 0
+        while k < n and t + k < T:
+            g += scale * r[t + k]
+            scale *= d[t + k]
+            k += 1
+        g += scale * v_next[t + k - 1]
+        out.append(g)
+    return np.array(out)
+
+
+def py_vtrace(v_tm1, v_t, r, d, rho, clip_rho=1.0, clip_pg_rho=1.0):
+    """IMPALA's V-trace targets and policy-gradient advantages (Espeholt et al., eq. 1)."""
+    T = len(r)
+    values = [*v_tm1, v_t[-1]]  # V(x_0..x_T)
+    vs = []
+    for s in range(T):
+        total = values[s]
+        c_prod = 1.0
+        disc = 1.0
+        for t in range(s, T):
+            rho_bar = min(clip_rho, rho[t])
+            delta = rho_bar * (r[t] + d[t] * values[t + 1] - values[t])
+            total += disc * c_prod * delta
+            c_prod *= min(1.0, rho[t])
+            disc *= d[t]
+        vs.append(total)
+    vs_next = [*vs[1:], values[T]]
+    adv = [min(clip_pg_rho, rho[t]) * (r[t] + d[t] * vs_next[t] - values[t]) for t in range(T)]
+    return np.array(vs), np.array(adv)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, None])
+@pytest.mark.parametrize("jit", [False, True])
+def test_n_step_returns_match_python_loop(n, jit):
+    rng = np.random.default_rng(0)
+    T = 7
+    r = rng.normal(size=T).astype(np.float32)
+    d = (0.9 * (rng.uniform(size=T) > 0.2)).astype(np.float32)  # some episode ends
+    v = rng.normal(size=T).astype(np.float32)
+    fn = jax.jit(losses.n_step_returns, static_argnums=3) if jit else losses.n_step_returns
+    got = fn(jnp.asarray(r), jnp.asarray(d), jnp.asarray(v), n)
+    want = py_n_step_returns(r, d, v, T if n is None else n)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_vtrace_matches_python_loop(jit):
+    rng = np.random.default_rng(1)
+    T = 9
+    v_all = rng.normal(size=T + 1).astype(np.float32)
+    r = rng.normal(size=T).astype(np.float32)
+    d = (0.95 * (rng.uniform(size=T) > 0.25)).astype(np.float32)
+    rho = np.exp(rng.normal(size=T)).astype(np.float32)  # both sides of the clip
+    import rlax
+
+    fn = jax.jit(rlax.vtrace_td_error_and_advantage) if jit else rlax.vtrace_td_error_and_advantage
+    out = fn(jnp.asarray(v_all[:-1]), jnp.asarray(v_all[1:]), r, d, rho)
+    want_vs, want_adv = py_vtrace(v_all[:-1], v_all[1:], r, d, rho)
+    np.testing.assert_allclose(out.errors + v_all[:-1], want_vs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.pg_advantage, want_adv, rtol=1e-5, atol=1e-5)
+
+
+def test_distral_loss_vtrace_uses_the_reference_targets():
+    """distral_loss's value term with V-trace equals the plain-Python V-trace targets."""
+    rng = np.random.default_rng(2)
+    T, A = 6, 3
+    logits = rng.normal(size=(T + 1, A)).astype(np.float32)
+    h = rng.normal(size=(T + 1, A)).astype(np.float32)
+    mu = rng.normal(size=(T, A)).astype(np.float32)
+    v = rng.normal(size=T + 1).astype(np.float32)
+    a = rng.integers(0, A, size=T)
+    r = rng.normal(size=T).astype(np.float32)
+    d = np.ones(T, np.float32)
+    d[3] = 0.0
+    cfg = losses.LossConfig(alpha=0.5, beta=2.0, distill=True, discount=0.9, returns="vtrace")
+    _, m = losses.distral_loss(logits, h, v, a, r, d, mu, cfg)
+
+    log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))  # noqa: E731
+    lp, lp0, lmu = (log_softmax(x)[np.arange(T), a] for x in (logits[:-1], h[:-1], mu))
+    r_reg = r + 0.25 * lp0 - 0.5 * lp
+    vs, _ = py_vtrace(v[:-1], v[1:], r_reg, 0.9 * d, np.exp(lp - lmu))
+    np.testing.assert_allclose(m.value_loss, 0.5 * np.mean((vs - v[:-1]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(m.regularised_reward, r_reg.mean(), rtol=1e-5)
+
+
+def test_regularised_reward_by_hand():
+    r = jnp.array([1.0, -0.1])
+    log_pi0 = jnp.log(jnp.array([0.5, 0.25]))
+    log_pi = jnp.log(jnp.array([0.25, 0.5]))
+    got = losses.regularised_reward(r, log_pi0, log_pi, alpha=0.5, beta=2.0)
+    # r + (0.5/2) log pi0 - (1/2) log pi
+    want = [
+        1.0 + 0.25 * np.log(0.5) - 0.5 * np.log(0.25),
+        -0.1 + 0.25 * np.log(0.25) - 0.5 * np.log(0.5),
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # A reward: no gradient flows through the log-probabilities.
+    g = jax.grad(lambda lp: losses.regularised_reward(r, lp, lp, 0.5, 2.0).sum())(log_pi)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_distillation_gradient_is_pi_minus_pi0_and_vanishes_at_the_task_average():
+    rng = np.random.default_rng(3)
+    T, A, alpha, beta = 4, 5, 0.5, 3.0
+    h = jnp.asarray(rng.normal(size=(T, A)))
+    f = [jnp.asarray(rng.normal(size=(T, A))) for _ in range(2)]
+    pi0 = jax.nn.softmax(h)
+    for fi in f:
+        pi_i = jax.nn.softmax(alpha * h + beta * fi)  # 2col: pi_i also depends on h ...
+        g = jax.grad(losses.distillation_loss, argnums=1)(alpha * h + beta * fi, h, alpha, beta)
+        # ... but the loss's gradient is (alpha/beta) (pi_0 - pi_i) / T: only through log pi_0.
+        np.testing.assert_allclose(g, (alpha / beta) * (pi0 - pi_i) / T, rtol=1e-5, atol=1e-7)
+        # Minus the paper's ascent direction (alpha/beta) sum_a (pi_i - pi_0) grad h.
+        np.testing.assert_allclose(-g * T, (alpha / beta) * (pi_i - pi0), rtol=1e-5, atol=1e-7)
+
+    # Now pi_0 equal to the task average: the summed distillation gradient vanishes.
+    pis = [jax.nn.softmax(alpha * h + beta * fi) for fi in f]
+    h_avg = jnp.log((pis[0] + pis[1]) / 2)
+    total = sum(
+        jax.grad(
+            lambda h_, fi=fi: losses.distillation_loss(alpha * h + beta * fi, h_, alpha, beta)
+        )(h_avg)
+        for fi in f
+    )
+    np.testing.assert_allclose(total, 0.0, atol=1e-7)
+    assert (
+        float(
+            jnp.abs(
+                jax.grad(
+                    lambda h_: losses.distillation_loss(alpha * h + beta * f[0], h_, alpha, beta)
+                )(h_avg)
+            ).max()
+        )
+        > 1e-3
+    )
+
+
+# EXACT GRADIENT OF THE DISTRAL OBJECTIVE ON A TINY MDP
+
+N_TASKS, S, A, HORIZON = 2, 3, 2, 3
+
+
+def _tiny_mdp():
+    rng = np.random.default_rng(7)
+    P = rng.dirichlet(np.ones(S), size=(N_TASKS, S, A))  # task-specific dynamics
+    R = rng.normal(size=(N_TASKS, S, A))
+    mu = np.array([0.5, 0.3, 0.2])
+    return P, R, mu
+
+
+def _policies(params, variant):
+    """Tabular logits of pi_i [N, S, A] and of pi_0 [S, A] for a 1col or 2col variant."""
+    h, f = params["h"], params["f"]
+    if variant.architecture == "2col":
+        a, b = variant.mix
+        return a * h[None] + b * f, h
+    assert variant.architecture == "1col"
+    return f, h
+
+
+def _exact_objective(params, variant, P, R, mu):
+    """J = sum_i E_{pi_i}[sum_t r + (alpha/beta) log pi_0 - (1/beta) log pi_i], by DP."""
+    logits, h = _policies(params, variant)
+    log_pi = jax.nn.log_softmax(logits)
+    log_pi0 = jax.nn.log_softmax(h)
+    alpha, beta = variant.alpha, variant.beta
+    J = 0.0
+    for i in range(N_TASKS):
+        v = jnp.zeros(S)
+        for _ in range(HORIZON):
+            r_reg = R[i] + (alpha / beta) * log_pi0 - (1.0 / beta) * log_pi[i]
+            q = r_reg + P[i] @ v
+            v = jnp.sum(jnp.exp(log_pi[i]) * q, axis=-1)
+        J = J + mu @ v
+    return J
+
+
+def _enumerated_loss_gradient(params, variant, P, R, mu):
+    """sum over every trajectory of P(tau) * grad[policy + distillation terms](tau)."""
+    cfg = losses.LossConfig.from_variant(variant, discount=1.0, returns="nstep", value_cost=0.0)
+    logits, _ = _policies(params, variant)
+    pi = np.asarray(jax.nn.softmax(logits))
+    trajs, probs, tasks = [], [], []
+    for i in range(N_TASKS):
+        for s0, a0, s1, a1, s2, a2 in itertools.product(
+            range(S), range(A), range(S), range(A), range(S), range(A)
+        ):
+            p = (
+                mu[s0]
+                * pi[i, s0, a0]
+                * P[i, s0, a0, s1]
+                * pi[i, s1, a1]
+                * P[i, s1, a1, s2]
+                * pi[i, s2, a2]
+            )
+            trajs.append(((s0, s1, s2, 0), (a0, a1, a2)))
+            probs.append(p)
+            tasks.append(i)
+    states = jnp.array([t[0] for t in trajs])  # [K, T+1]; the last state is a dummy
+    actions = jnp.array([t[1] for t in trajs])  # [K, T]
+    tasks = jnp.array(tasks)
+    probs = jnp.array(probs)
+    rewards = jnp.asarray(R)[tasks[:, None], states[:, :-1], actions]
+    discounts = jnp.ones((len(trajs), HORIZON)).at[:, -1].set(0.0)  # episode ends at the horizon
+
+    def weighted_loss(p):
+        lg, hh = _policies(p, variant)
+
+        def one(task, s, a, r, d):
+            logits_t = lg[task][s]
+            zeros = jnp.zeros(HORIZON + 1)  # no baseline: Monte-Carlo returns of r_reg
+            loss, _ = losses.distral_loss(logits_t, hh[s], zeros, a, r, d, logits_t[:-1], cfg)
+            return loss
+
+        per_traj = jax.vmap(one)(tasks, states, actions, rewards, discounts)
+        return jnp.sum(probs * per_traj)
+
+    assert abs(float(probs.sum()) - N_TASKS) < 1e-9
+    return jax.grad(weighted_loss)(params)
+
+
+@pytest.mark.parametrize("name", ["kl_2col", "kl_ent_2col", "kl_1col", "kl_ent_1col"])
+def test_loss_gradient_is_exact_gradient_of_distral_objective(name):
+    variant = get_variant(name, beta=2.0)
+    P, R, mu = _tiny_mdp()
+    with enable_x64():
+        rng = np.random.default_rng(11)
+        params = {
+            "h": jnp.asarray(rng.normal(size=(S, A))),
+            "f": jnp.asarray(rng.normal(size=(N_TASKS, S, A))),
+        }
+        grad_J = jax.grad(_exact_objective)(params, variant, P, R, mu)
+        grad_loss = _enumerated_loss_gradient(params, variant, P, R, mu)
+        # Each loss term is a mean over the T steps of an unroll: E[grad loss] = -grad J / T.
+        for key in ("h", "f"):
+            np.testing.assert_allclose(-HORIZON * grad_loss[key], grad_J[key], rtol=1e-5, atol=1e-5)
+            assert float(jnp.abs(grad_J[key]).max()) > 1e-2  # not a trivially zero gradient
+
+
+def test_dropping_the_stop_gradient_breaks_the_exact_gradient():
+    """The check above can fail: a distillation term without sg[pi_i] gives another gradient."""
+    variant = get_variant("kl_2col", beta=2.0)
+    P, R, mu = _tiny_mdp()
+    with enable_x64():
+        rng = np.random.default_rng(11)
+        params = {
+            "h": jnp.asarray(rng.normal(size=(S, A))),
+            "f": jnp.asarray(rng.normal(size=(N_TASKS, S, A))),
+        }
+        original = losses.distillation_loss
+
+        def no_stop_gradient(logits_t, distilled_logits_t, alpha, beta):
+            pi_t = jax.nn.softmax(logits_t)
+            return -(alpha / beta) * jnp.mean(
+                jnp.sum(pi_t * jax.nn.log_softmax(distilled_logits_t), -1)
+            )
+
+        losses.distillation_loss = no_stop_gradient
+        try:
+            grad_loss = _enumerated_loss_gradient(params, variant, P, R, mu)
+        finally:
+            losses.distillation_loss = original
+        grad_J = jax.grad(_exact_objective)(params, variant, P, R, mu)
+        assert float(jnp.abs(-HORIZON * grad_loss["h"] - grad_J["h"]).max()) > 1e-3
+
+
+# THE ASSEMBLED LOSS
+
+
+def _random_unroll(seed, T=5, A=4):
+    rng = np.random.default_rng(seed)
+    return dict(
+        logits_t=jnp.asarray(rng.normal(size=(T + 1, A)), jnp.float32),
+        distilled_logits_t=jnp.asarray(rng.normal(size=(T + 1, A)), jnp.float32),
+        v_t=jnp.asarray(rng.normal(size=T + 1), jnp.float32),
+        a_t=jnp.asarray(rng.integers(0, A, size=T), jnp.int32),
+        r_t=jnp.asarray(rng.normal(size=T), jnp.float32),
+        discount_t=jnp.ones(T, jnp.float32),
+        behaviour_logits_t=jnp.asarray(rng.normal(size=(T, A)), jnp.float32),
+    )
+
+
+def test_distral_loss_metrics_by_hand_and_jit():
+    u = _random_unroll(4)
+    cfg = losses.LossConfig(alpha=0.5, beta=4.0, distill=True, discount=0.9)
+    loss, m = losses.distral_loss(**u, config=cfg)
+    loss_jit, _ = jax.jit(losses.distral_loss, static_argnames="config")(**u, config=cfg)
+    np.testing.assert_allclose(loss, loss_jit, rtol=1e-5)
+
+    lg, h = (
+        np.asarray(u["logits_t"][:-1], np.float64),
+        np.asarray(u["distilled_logits_t"][:-1], np.float64),
+    )
+    p = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
+    p0 = np.exp(h) / np.exp(h).sum(-1, keepdims=True)
+    np.testing.assert_allclose(m.kl, np.mean(np.sum(p * np.log(p / p0), -1)), rtol=1e-5)
+    np.testing.assert_allclose(m.entropy, np.mean(-np.sum(p * np.log(p), -1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        m.distilled_entropy, np.mean(-np.sum(p0 * np.log(p0), -1)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        m.distill_loss, -(0.5 / 4.0) * np.mean(np.sum(p * np.log(p0), -1)), rtol=1e-5
+    )
+    np.testing.assert_allclose(loss, m.policy_loss + 0.5 * m.value_loss + m.distill_loss, rtol=1e-5)
+
+
+def test_a3c_loss_has_entropy_bonus_and_no_distillation():
+    u = _random_unroll(5)
+    cfg = losses.LossConfig.from_variant(get_variant("a3c", entropy_cost=0.1), discount=0.9)
+    loss, m = losses.distral_loss(**u, config=cfg)
+    assert float(m.distill_loss) == 0.0
+    np.testing.assert_allclose(m.regularised_reward, np.mean(u["r_t"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, m.policy_loss + 0.5 * m.value_loss - 0.1 * m.entropy, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(alpha=1.5, distill=True), "alpha=1.5 is outside"),
+        (dict(beta=0.0, distill=True), "beta=0.0 must be > 0"),
+        (dict(returns="td"), "returns='td'"),
+        (dict(n_step=0), "n_step=0"),
+        (dict(discount=1.2), "discount=1.2"),
+    ],
+)
+def test_loss_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.LossConfig(**kwargs)

@@ -1,0 +1,315 @@
+"""Tests for distral.networks: shapes, the 2col formula, task selection and isolation."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distral import networks
+
+NUM_TASKS = 3
+NUM_ACTIONS = 4
+BATCH = 5
+OBS_SHAPE = (3, 2)  # Non-flat on purpose: the MLP flattens trailing dims.
+HIDDEN = (8, 6)
+TASK_ID = np.array([0, 1, 2, 1, 0], np.int32)
+
+
+def _obs(key=0, shape=(BATCH, *OBS_SHAPE)):
+    return jax.random.normal(jax.random.PRNGKey(key), shape)
+
+
+def _build(architecture, task_columns="separate", alpha=1.0, beta=1.0, torso=None):
+    torso = torso or networks.make_torso("mlp", hidden_sizes=HIDDEN)
+    net = networks.make_network(
+        architecture,
+        num_tasks=NUM_TASKS,
+        num_actions=NUM_ACTIONS,
+        torso=torso,
+        task_columns=task_columns,
+        alpha=alpha,
+        beta=beta,
+    )
+    params = net.init(jax.random.PRNGKey(42), _obs())
+    return net, params, torso
+
+
+def _numpy_mlp(torso_params, obs):
+    """The MLP torso evaluated by hand in numpy."""
+    x = np.asarray(obs, np.float64).reshape(obs.shape[0], -1)
+    for i in range(len(HIDDEN)):
+        layer = torso_params[f"Dense_{i}"]
+        x = np.maximum(x @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"]), 0.0)
+    return x
+
+
+def _slice_task(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _reference(net, params, torso, task_columns, obs, i, alpha=1.0, beta=1.0):
+    """Outputs for obs [B, ...] all from task i, built from params sliced at task i."""
+    arch = net.architecture
+    h = None
+    if arch != "independent":
+        d = params["distilled"]
+        h_features = torso.apply(d["torso"], obs)
+        h = h_features @ d["policy"]["w"] + d["policy"]["b"]
+    if arch == "shared":
+        v = _slice_task(params["values"], i)
+        return h, h, (h_features @ v["w"] + v["b"])[:, 0]
+    tasks = params["tasks"]
+    torso_params = (
+        tasks["torso"] if task_columns == "shared_torso" else _slice_task(tasks["torso"], i)
+    )
+    features = torso.apply(torso_params, obs)
+    pol, val = _slice_task(tasks["policy"], i), _slice_task(tasks["value"], i)
+    f = features @ pol["w"] + pol["b"]
+    value = (features @ val["w"] + val["b"])[:, 0]
+    if arch == "independent":
+        return f, np.zeros_like(f), value
+    if arch == "1col":
+        return f, h, value
+    return alpha * h + beta * f, h, value
+
+
+ALL = [(a, c) for a in networks.ARCHITECTURES for c in networks.TASK_COLUMNS]
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_output_shapes_under_jit(architecture, task_columns):
+    net, params, _ = _build(architecture, task_columns)
+    obs = _obs()
+    out = jax.jit(net.apply)(params, obs, TASK_ID)
+    assert out.logits.shape == (BATCH, NUM_ACTIONS)
+    assert out.distilled_logits.shape == (BATCH, NUM_ACTIONS)
+    assert out.value.shape == (BATCH,)
+    rows = jax.jit(net.apply_tasks)(params, _obs(1, (NUM_TASKS, BATCH, *OBS_SHAPE)))
+    assert rows.logits.shape == (NUM_TASKS, BATCH, NUM_ACTIONS)
+    assert rows.distilled_logits.shape == (NUM_TASKS, BATCH, NUM_ACTIONS)
+    assert rows.value.shape == (NUM_TASKS, BATCH)
+    # Leading dims beyond the batch: obs [T, B, ...] with task_id [T, B].
+    seq = jax.jit(net.apply)(params, _obs(2, (2, BATCH, *OBS_SHAPE)), np.stack([TASK_ID] * 2))
+    assert seq.logits.shape == (2, BATCH, NUM_ACTIONS)
+    assert seq.value.shape == (2, BATCH)
+    # jit and no-jit agree.
+    eager = net.apply(params, obs, TASK_ID)
+    for a, b in zip(out, eager, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert net.num_tasks == NUM_TASKS and net.num_actions == NUM_ACTIONS
+    assert net.architecture == architecture
+    if architecture == "independent":
+        assert "distilled" not in params
+        np.testing.assert_array_equal(out.distilled_logits, 0.0)
+
+
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_2col_logits_are_alpha_h_plus_beta_f_by_hand(task_columns):
+    alpha, beta = 0.5, 3.0
+    net, params, _ = _build("2col", task_columns, alpha=alpha, beta=beta)
+    obs = np.asarray(_obs())
+    out = jax.jit(net.apply)(params, obs, TASK_ID)
+    d, tasks = params["distilled"], params["tasks"]
+    h = _numpy_mlp(d["torso"], obs) @ np.asarray(d["policy"]["w"]) + np.asarray(d["policy"]["b"])
+    for b, i in enumerate(TASK_ID):
+        tp = tasks["torso"] if task_columns == "shared_torso" else _slice_task(tasks["torso"], i)
+        features = _numpy_mlp(tp, obs[b : b + 1])
+        f = features @ np.asarray(tasks["policy"]["w"][i]) + np.asarray(tasks["policy"]["b"][i])
+        v = features @ np.asarray(tasks["value"]["w"][i]) + np.asarray(tasks["value"]["b"][i])
+        np.testing.assert_allclose(out.logits[b], alpha * h[b] + beta * f[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.value[b], v[0, 0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.distilled_logits, h, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_apply_single_task_equals_apply_tasks_row(architecture, task_columns):
+    net, params, _ = _build(architecture, task_columns, alpha=0.5, beta=2.0)
+    rows_obs = _obs(3, (NUM_TASKS, BATCH, *OBS_SHAPE))
+    rows = jax.jit(net.apply_tasks)(params, rows_obs)
+    for i in range(NUM_TASKS):
+        out = jax.jit(net.apply)(params, rows_obs[i], np.full((BATCH,), i, np.int32))
+        for a, b in zip(out, rows, strict=True):
+            np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_mixed_task_ids_pick_own_column(architecture, task_columns):
+    alpha, beta = 0.5, 2.0
+    net, params, torso = _build(architecture, task_columns, alpha=alpha, beta=beta)
+    obs = _obs(4)
+    out = jax.jit(net.apply)(params, obs, TASK_ID)
+    for b, i in enumerate(TASK_ID):
+        ref = _reference(net, params, torso, task_columns, obs[b : b + 1], i, alpha, beta)
+        for got, want in zip(out, ref, strict=True):
+            np.testing.assert_allclose(got[b], want[0], rtol=1e-5, atol=1e-6)
+    # Columns really differ, so picking the wrong one would fail above.
+    if architecture != "shared":
+        other = jax.jit(net.apply)(params, obs, (TASK_ID + 1) % NUM_TASKS)
+        assert not np.allclose(other.logits, out.logits)
+
+
+def _grad(net, params, obs, task_id, field):
+    def loss(p):
+        return jnp.sum(getattr(net.apply(p, obs, task_id), field))
+
+    return jax.jit(jax.grad(loss))(params)
+
+
+def _all_zero(tree):
+    return all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(tree))
+
+
+def _all_nonzero(tree):
+    return all(bool(jnp.any(x != 0)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("architecture", ["independent", "1col", "2col"])
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_gradient_isolation_between_tasks(architecture, task_columns):
+    net, params, _ = _build(architecture, task_columns)
+    task_id = np.ones((BATCH,), np.int32)  # Task 1 only.
+    grads = _grad(net, params, _obs(5), task_id, "logits")["tasks"]
+    stacked = {"policy": grads["policy"], "value": grads["value"]}
+    if task_columns == "separate":
+        stacked["torso"] = grads["torso"]
+    for i in (0, 2):
+        assert _all_zero(_slice_task(stacked, i)), f"task {i} got gradient from task 1"
+    assert _all_nonzero(_slice_task({k: v for k, v in stacked.items() if k != "value"}, 1))
+    # Value heads get no gradient from the logits at all.
+    assert _all_zero(grads["value"])
+    if task_columns == "shared_torso":
+        assert _all_nonzero(grads["torso"])
+
+
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_distilled_gradients_1col_and_2col(task_columns):
+    obs, task_id = _obs(6), TASK_ID
+    net, params, _ = _build("1col", task_columns)
+    assert _all_zero(_grad(net, params, obs, task_id, "logits")["distilled"])
+    assert _all_nonzero(_grad(net, params, obs, task_id, "distilled_logits")["distilled"])
+    assert _all_zero(_grad(net, params, obs, task_id, "distilled_logits")["tasks"])
+    # 2col: the policy's gradient flows into theta0 too (joint optimisation, DESIGN 1.2).
+    net, params, _ = _build("2col", task_columns)
+    assert _all_nonzero(_grad(net, params, obs, task_id, "logits")["distilled"])
+
+
+def test_shared_architecture_same_policy_per_task_values():
+    net, params, _ = _build("shared")
+    assert set(params) == {"distilled", "values"}
+    assert params["values"]["w"].shape == (NUM_TASKS, HIDDEN[-1], 1)
+    obs = _obs(7)
+    outs = [net.apply(params, obs, np.full((BATCH,), i, np.int32)) for i in range(NUM_TASKS)]
+    for out in outs:
+        np.testing.assert_array_equal(out.logits, outs[0].logits)
+        np.testing.assert_array_equal(out.distilled_logits, out.logits)
+    for i in range(NUM_TASKS):
+        for j in range(i + 1, NUM_TASKS):
+            assert not np.allclose(outs[i].value, outs[j].value)
+
+
+def _num_params(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("architecture", ["independent", "1col", "2col"])
+def test_shared_torso_is_smaller_and_unstacked(architecture):
+    _, separate, _ = _build(architecture, "separate")
+    _, shared, _ = _build(architecture, "shared_torso")
+    assert _num_params(shared) < _num_params(separate)
+    assert len(jax.tree.leaves(shared)) == len(jax.tree.leaves(separate))
+    # The shared task torso has no task axis; the separate one does.
+    assert shared["tasks"]["torso"]["Dense_0"]["kernel"].shape == (np.prod(OBS_SHAPE), HIDDEN[0])
+    assert separate["tasks"]["torso"]["Dense_0"]["kernel"].shape == (
+        NUM_TASKS,
+        np.prod(OBS_SHAPE),
+        HIDDEN[0],
+    )
+    assert shared["tasks"]["policy"]["w"].shape == (NUM_TASKS, HIDDEN[-1], NUM_ACTIONS)
+
+
+def test_task_columns_are_initialised_differently_and_policies_near_uniform():
+    net, params, _ = _build("2col")
+    kernels = params["tasks"]["torso"]["Dense_0"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1])
+    assert not np.allclose(kernels[0], params["distilled"]["torso"]["Dense_0"]["kernel"])
+    probs = jax.nn.softmax(net.apply(params, _obs(8), TASK_ID).logits)
+    np.testing.assert_allclose(probs, 1.0 / NUM_ACTIONS, atol=0.02)
+
+
+def test_nature_cnn_shape_and_uint8_scaling():
+    torso = networks.make_torso("nature_cnn")
+    pixels = jax.random.randint(jax.random.PRNGKey(0), (2, 84, 84, 4), 0, 256).astype(jnp.uint8)
+    params = jax.jit(torso.init)(jax.random.PRNGKey(1), pixels)
+    apply = jax.jit(torso.apply)
+    features = apply(params, pixels)
+    assert features.shape == (2, 512)
+    scaled = apply(params, pixels.astype(jnp.float32) / 255.0)
+    np.testing.assert_allclose(features, scaled, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(features, apply(params, pixels.astype(jnp.float32)))
+
+
+def test_impala_resnet_shape():
+    torso = networks.make_torso("impala_resnet")
+    pixels = jnp.zeros((2, 84, 84, 4), jnp.uint8).at[:, 10:30].set(200)
+    params = jax.jit(torso.init)(jax.random.PRNGKey(0), pixels)
+    features = jax.jit(torso.apply)(params, pixels)
+    assert features.shape == (2, 256)
+    convs = [k for k in params if k.startswith("Conv")]
+    assert len(convs) == 3  # One per stage; the residual convs live in the blocks.
+    assert bool(jnp.any(features > 0))
+
+
+def test_unknown_names_raise_with_choices():
+    with pytest.raises(ValueError, match="unknown torso 'bad'; valid choices: mlp, nature_cnn"):
+        networks.make_torso("bad")
+    torso = networks.make_torso("mlp")
+    with pytest.raises(ValueError, match="valid choices: independent, shared, 1col, 2col"):
+        networks.make_network("3col", num_tasks=2, num_actions=2, torso=torso)
+    with pytest.raises(ValueError, match="valid choices: separate, shared_torso"):
+        networks.make_network("1col", num_tasks=2, num_actions=2, torso=torso, task_columns="x")
+
+
+def test_apply_tasks_rejects_wrong_number_of_rows():
+    net, params, _ = _build("1col")
+    with pytest.raises(ValueError, match="apply_tasks needs obs"):
+        net.apply_tasks(params, _obs(0, (NUM_TASKS + 1, BATCH, *OBS_SHAPE)))
+
+
+def _haiku_mlp(obs):
+    x = obs.reshape((obs.shape[0], -1))
+    for size in HIDDEN:
+        x = jax.nn.relu(hk.Linear(size)(x))
+    return x
+
+
+def test_haiku_torso_in_2col_under_jit():
+    torso = networks.haiku_torso(hk.transform(_haiku_mlp))
+    net, params, _ = _build("2col", torso=torso)
+    out = jax.jit(net.apply)(params, _obs(9), TASK_ID)
+    assert out.logits.shape == (BATCH, NUM_ACTIONS)
+    assert np.all(np.isfinite(out.logits))
+    rows = jax.jit(net.apply_tasks)(params, _obs(9, (NUM_TASKS, BATCH, *OBS_SHAPE)))
+    assert rows.value.shape == (NUM_TASKS, BATCH)
+    # Haiku's stacked params carry the task axis too.
+    assert params["tasks"]["torso"]["linear"]["w"].shape[0] == NUM_TASKS
+
+
+def test_haiku_torso_matches_flax_mlp_with_copied_weights():
+    flax_torso = networks.make_torso("mlp", hidden_sizes=HIDDEN)
+    obs = _obs(10)
+    flax_params = flax_torso.init(jax.random.PRNGKey(0), obs)
+    for transformed in (hk.transform(_haiku_mlp), hk.without_apply_rng(hk.transform(_haiku_mlp))):
+        torso = networks.haiku_torso(transformed)
+        hk_params = torso.init(jax.random.PRNGKey(1), obs)
+        names = ["linear"] + [f"linear_{i}" for i in range(1, len(HIDDEN))]
+        assert sorted(hk_params) == sorted(names)
+        copied = {
+            name: {"w": flax_params[f"Dense_{i}"]["kernel"], "b": flax_params[f"Dense_{i}"]["bias"]}
+            for i, name in enumerate(names)
+        }
+        np.testing.assert_allclose(
+            jax.jit(torso.apply)(copied, obs), flax_torso.apply(flax_params, obs), atol=1e-5
+        )
+    with pytest.raises(TypeError, match="transform_with_state"):
+        networks.haiku_torso(hk.transform_with_state(_haiku_mlp))

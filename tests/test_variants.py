@@ -1,0 +1,148 @@
+"""The seven variants: names, wiring to the network and the loss, and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distral import losses, networks
+from distral.learning import build_network
+from distral.variants import VARIANTS, VariantError, get_variant
+
+# name: (architecture, alpha, distill, entropy bonus in the loss)
+PAPER_TABLE = {
+    "a3c": ("independent", None, False, True),
+    "a3c_multitask": ("shared", None, False, True),
+    "a3c_2col": ("2col", None, False, True),
+    "kl_1col": ("1col", 1.0, True, False),
+    "kl_2col": ("2col", 1.0, True, False),
+    "kl_ent_1col": ("1col", 0.5, True, False),
+    "kl_ent_2col": ("2col", 0.5, True, False),
+}
+
+
+def test_the_seven_names_and_their_table():
+    assert list(VARIANTS) == list(PAPER_TABLE)
+    for name, (arch, alpha, distill, bonus) in PAPER_TABLE.items():
+        v = get_variant(name)
+        assert (v.architecture, v.alpha, v.distill, v.entropy_cost > 0) == (
+            arch,
+            alpha,
+            distill,
+            bonus,
+        )
+        cfg = losses.LossConfig.from_variant(v)
+        assert cfg.distill == distill
+        assert (cfg.entropy_cost > 0) == bonus
+        if distill:
+            # alpha = c_KL / (c_KL + c_Ent) and beta = 1 / (c_KL + c_Ent).
+            assert v.c_kl / (v.c_kl + v.c_ent) == pytest.approx(v.alpha)
+            assert 1.0 / (v.c_kl + v.c_ent) == pytest.approx(v.beta)
+
+
+@pytest.mark.parametrize("name", list(PAPER_TABLE))
+def test_each_name_builds_its_architecture(name):
+    v = get_variant(name, beta=4.0) if VARIANTS[name].beta_overridable else get_variant(name)
+    net = build_network(
+        v, num_tasks=3, num_actions=4, torso=networks.make_torso("mlp", hidden_sizes=(8,))
+    )
+    assert net.architecture == v.architecture
+    obs = jax.random.normal(jax.random.PRNGKey(0), (5, 6))
+    params = net.init(jax.random.PRNGKey(1), obs)
+    tid = jnp.array([0, 1, 2, 0, 1])
+    out = net.apply(params, obs, tid)
+    if v.architecture == "2col":
+        # logits = a h + b f_i with (a, b) = (alpha, beta) for Distral, (1, 1) for a3c_2col.
+        a, b = (v.alpha, v.beta) if v.distill else (1.0, 1.0)
+        no_h = jax.tree_util.tree_map(jnp.zeros_like, params["distilled"]["policy"])
+        out_f = net.apply(
+            {**params, "distilled": {**params["distilled"], "policy": no_h}}, obs, tid
+        )
+        np.testing.assert_allclose(
+            out.logits, a * out.distilled_logits + out_f.logits, rtol=1e-5, atol=1e-6
+        )
+        assert b == v.mix[1]
+    if v.architecture == "shared":
+        np.testing.assert_allclose(out.logits, out.distilled_logits)
+    if v.architecture == "1col":
+        assert not np.allclose(out.logits, out.distilled_logits)
+
+
+def test_a3c_2col_with_h_at_zero_is_a3c():
+    torso = networks.make_torso("mlp", hidden_sizes=(16,))
+    a3c, a3c_2col = get_variant("a3c"), get_variant("a3c_2col")
+    net_a3c = build_network(a3c, num_tasks=2, num_actions=3, torso=torso)
+    net_2col = build_network(a3c_2col, num_tasks=2, num_actions=3, torso=torso)
+    T, B = 4, 6
+    key = jax.random.PRNGKey(0)
+    obs = jax.random.normal(key, (T + 1, B, 5))
+    p2 = net_2col.init(jax.random.PRNGKey(1), obs[0])
+    # h fixed at zero: the distilled column's policy head is zero.
+    zero_head = jax.tree_util.tree_map(jnp.zeros_like, p2["distilled"]["policy"])
+    p2 = {**p2, "distilled": {**p2["distilled"], "policy": zero_head}}
+    p1 = {"tasks": p2["tasks"]}  # a3c: the same task columns, no distilled column
+
+    rng = np.random.default_rng(0)
+    task = jnp.asarray(rng.integers(0, 2, size=B))
+    a = jnp.asarray(rng.integers(0, 3, size=(T, B)))
+    r = jnp.asarray(rng.normal(size=(T, B)), jnp.float32)
+    d = jnp.ones((T, B))
+    mu = jnp.asarray(rng.normal(size=(T, B, 3)), jnp.float32)
+
+    def loss(net, params, variant):
+        out = net.apply(params, obs.reshape(-1, 5), jnp.tile(task, T + 1))
+        cfg = losses.LossConfig.from_variant(variant, discount=0.9)
+        lg, h, v = (
+            out.logits.reshape(T + 1, B, 3),
+            out.distilled_logits.reshape(T + 1, B, 3),
+            out.value.reshape(T + 1, B),
+        )
+        fn = jax.vmap(lambda *x: losses.distral_loss(*x, config=cfg)[0], in_axes=1)
+        return jnp.mean(fn(lg, h, v, a, r, d, mu))
+
+    l1, l2 = loss(net_a3c, p1, a3c), loss(net_2col, p2, a3c_2col)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    # And the check can fail: a non-zero h changes the loss.
+    l3 = loss(net_2col, net_2col.init(jax.random.PRNGKey(1), obs[0]), a3c_2col)
+    assert abs(float(l3 - l1)) > 1e-6
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        (
+            "kl_3col",
+            {},
+            "unknown variant 'kl_3col'; valid choices: a3c, a3c_multitask, a3c_2col, kl_1col, "
+            "kl_2col, kl_ent_1col, kl_ent_2col",
+        ),
+        ("kl_ent_2col", {"alpha": 1.5}, "alpha=1.5 is outside [0, 1]"),
+        ("kl_ent_2col", {"alpha": -0.1}, "alpha=-0.1 is outside [0, 1]"),
+        ("kl_ent_2col", {"beta": 0.0}, "beta=0.0 must be > 0"),
+        ("kl_2col", {"beta": -3.0}, "beta=-3.0 must be > 0"),
+        (
+            "kl_2col",
+            {"alpha": 0.5},
+            "variant 'kl_2col' fixes alpha=1; alpha can be set for: kl_ent_1col, kl_ent_2col",
+        ),
+        (
+            "a3c",
+            {"beta": 2.0},
+            "variant 'a3c' has no beta; beta can be set for: "
+            "kl_1col, kl_2col, kl_ent_1col, kl_ent_2col",
+        ),
+        ("kl_1col", {"entropy_cost": 0.1}, "variant 'kl_1col' has no entropy bonus"),
+    ],
+)
+def test_bad_names_and_coefficients_are_one_line_errors(name, kwargs, message):
+    with pytest.raises(VariantError) as e:
+        get_variant(name, **kwargs)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_apply():
+    v = get_variant("kl_ent_1col", alpha=0.25, beta=7.0)
+    assert (v.alpha, v.beta, v.c_kl, v.c_ent) == (0.25, 7.0, 0.25 / 7.0, 0.75 / 7.0)
+    assert get_variant("a3c", entropy_cost=0.05).entropy_cost == 0.05
+    assert VARIANTS["kl_ent_1col"].alpha == 0.5  # the table itself is unchanged
