@@ -18,17 +18,18 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# The main job: a real two-room experiment (8 tasks, kl_ent_2col, ~1 min on 2 cores).
 demo: $(STAMP)
-	$(BIN)/distral variants
+	$(BIN)/distral train experiments/two_room.yaml --variant kl_ent_2col
 
 test: $(STAMP)
-	$(BIN)/ruff check distral tests
-	$(BIN)/ruff format --check distral tests
+	$(BIN)/ruff check distral tests benchmarks
+	$(BIN)/ruff format --check distral tests benchmarks
 	$(BIN)/python -m pytest -n 2 --durations=10 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check distral tests
-	$(BIN)/ruff format --check distral tests
+	$(BIN)/ruff check distral tests benchmarks
+	$(BIN)/ruff format --check distral tests benchmarks
 	$(BIN)/mypy distral
 
 format: $(STAMP)

@@ -11,8 +11,10 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from distral import __version__
+from distral.config import ConfigError, describe_fields
 from distral.variants import VARIANTS, VariantError, format_table, get_variant
 
 EXIT_USAGE = 2
@@ -52,6 +54,91 @@ def _cmd_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2")
+    if not seeds:
+        _fail(f"--seeds {text!r} names no seed")
+    return seeds
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distral.config import load_config
+
+    if args.resume is not None:
+        if args.config is not None or args.set or args.variant or args.seeds or args.out:
+            _fail(
+                "--resume DIR continues that run as configured: give no CONFIG, --set, "
+                "--variant, --seeds or --out with it"
+            )
+        from distral.train import load_run_config
+
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+    else:
+        if args.config is None:
+            _fail("a CONFIG file is needed, e.g. experiments/two_room.yaml (or --resume DIR)")
+        overrides = {"variant": args.variant}
+        if args.seeds is not None:
+            overrides["seeds"] = list(_parse_seeds(args.seeds))
+        config = load_config(args.config, args.set, overrides)
+        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+        if (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists():
+            _fail(
+                f"--out {str(run_dir)!r} already holds a run: use --resume {run_dir} "
+                "or another --out"
+            )
+    from distral.train import Trainer, run
+
+    Trainer(config)  # builds and validates everything (e.g. the layout) before any file
+    print(f"distral train: {config.variant}, seeds {list(config.seeds)}, run directory {run_dir}")
+    try:
+        result = run(config, run_dir, resume=args.resume is not None, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: distral train --resume {run_dir}", file=sys.stderr)
+        return 130
+    _print_summary(result.summary)
+    print(f"curves: {result.run_dir / 'curves.png'}")
+    return 0
+
+
+def _default_run_dir(variant: str) -> Path:
+    import time
+
+    return Path("runs") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_summary(summary: dict) -> None:
+    rows = [("seed", "mean return", "optimal", "env steps/task", "wall s")]
+    for seed, ret in summary["final_mean_return_per_seed"].items():
+        rows.append(
+            (
+                seed,
+                f"{ret:.3f}",
+                f"{summary['optimal_mean_return']:.3f}",
+                f"{summary['env_steps_per_task']:,}",
+                f"{summary['wall_seconds']:.1f}",
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from distral.plotting import PlotError, plot_runs
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / f"{args.column}.png"
+    try:
+        path = plot_runs(args.run_dirs, out, column=args.column)
+    except PlotError as e:
+        _fail(str(e))
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="distral",
@@ -72,6 +159,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-cost", type=float, help="A3C entropy-bonus cost, >= 0")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_variants)
+
+    p = sub.add_parser(
+        "train",
+        help="train a variant on a pure-JAX environment in one jitted program",
+        description="The single-process trainer: rollouts and updates in one jit, seeds "
+        "vmapped. Writes config.yaml, metrics.csv, tb/, checkpoints/, curves.png and "
+        "summary.json into the run directory.",
+        epilog="config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. "
+        "--set env.num_tasks=4):\n" + describe_fields(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="YAML config, e.g. experiments/two_room.yaml")
+    p.add_argument("--variant", help=f"one of: {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", help="comma-separated seeds run together, e.g. 0,1,2")
+    p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "plot",
+        help="learning curves (mean and 95%% band over seeds) of one or more runs",
+        description="Learning curves from run directories: mean over seeds with a 95%% "
+        "confidence band, and the optimal return.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="output PNG (default RUN_DIR/COLUMN.png of the first run)")
+    p.add_argument("--column", default="mean_return", help="metrics.csv column to plot")
+    p.set_defaults(func=_cmd_plot)
     return parser
 
 
@@ -79,8 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except VariantError as e:
+    except (VariantError, ConfigError) as e:
         _fail(str(e))
+    except ValueError as e:  # e.g. LayoutError from the environment
+        if type(e).__name__.endswith("Error") and type(e) is not ValueError:
+            _fail(str(e))
+        raise
     return EXIT_USAGE  # unreachable: _fail raises
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from distral.losses import LossConfig, distral_loss
-from distral.networks import DistralNetwork, Torso, make_network
+from distral.networks import DistralNetwork, NetworkOutput, Torso, make_network
 from distral.variants import Variant
 
 Array = chex.Array
@@ -84,12 +84,38 @@ def init_training_state(
     return TrainingState(params, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
 
 
+def _apply_grouped(params: Params, network: DistralNetwork, obs: Array) -> NetworkOutput:
+    """Network outputs for a task-major batch [T+1, N*E, ...] (unrolls of task i at i*E..)."""
+    T1, B = obs.shape[:2]
+    N = network.num_tasks
+    rows = obs.reshape((T1, N, B // N, *obs.shape[2:])).swapaxes(0, 1)  # [N, T+1, E, ...]
+    out = network.apply_tasks(params, rows.reshape((N, T1 * (B // N), *obs.shape[2:])))
+
+    def back(x: Array) -> Array:
+        x = x.reshape((N, T1, B // N, *x.shape[2:])).swapaxes(0, 1)
+        return x.reshape((T1, B, *x.shape[3:]))
+
+    return jax.tree.map(back, out)
+
+
 def batch_loss(
-    params: Params, batch: Batch, network: DistralNetwork, config: LossConfig
+    params: Params,
+    batch: Batch,
+    network: DistralNetwork,
+    config: LossConfig,
+    task_grouped: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
-    """Mean `distral_loss` over the unrolls, and metrics (with KL and entropy per task)."""
-    task_ids = jnp.broadcast_to(batch.task_id[None], batch.action.shape)  # [T+1, B]
-    out = network.apply(params, batch.observation, task_ids)
+    """Mean `distral_loss` over the unrolls, and metrics (with KL and entropy per task).
+
+    With `task_grouped`, the batch is task-major (B = N*E, unrolls of task i at columns
+    i*E..(i+1)*E-1, as `distral train` lays them out) and the network runs each task's
+    column on its own rows only (`apply_tasks`), instead of every column on every row.
+    """
+    if task_grouped:
+        out = _apply_grouped(params, network, batch.observation)
+    else:
+        task_ids = jnp.broadcast_to(batch.task_id[None], batch.action.shape)  # [T+1, B]
+        out = network.apply(params, batch.observation, task_ids)
 
     per_unroll = jax.vmap(
         functools.partial(distral_loss, config=config), in_axes=(1, 1, 1, 1, 1, 1, 1)
@@ -111,7 +137,7 @@ def batch_loss(
     return jnp.mean(loss), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("network", "optimizer", "config"))
+@functools.partial(jax.jit, static_argnames=("network", "optimizer", "config", "task_grouped"))
 def update_step(
     state: TrainingState,
     batch: Batch,
@@ -119,10 +145,11 @@ def update_step(
     network: DistralNetwork,
     optimizer: optax.GradientTransformation,
     config: LossConfig,
+    task_grouped: bool = False,
 ) -> tuple[TrainingState, dict[str, Array]]:
     """One gradient step on a batch of unrolls: (state, batch) -> (state, metrics)."""
     (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-        state.params, batch, network, config
+        state.params, batch, network, config, task_grouped
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

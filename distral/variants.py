@@ -18,9 +18,9 @@ from typing import Literal
 Architecture = Literal["independent", "shared", "1col", "2col"]
 
 #: Default beta of the Distral rows (inverse total regularisation strength,
-#: c_KL + c_Ent = 1 / beta = 0.1). Our default, not the paper's (the paper sweeps beta);
+#: c_KL + c_Ent = 1 / beta = 1/30). Our default, not the paper's (the paper sweeps beta);
 #: see BUILD_NOTES.md.
-DEFAULT_BETA = 10.0
+DEFAULT_BETA = 30.0
 #: A3C entropy-bonus cost (Mnih et al., 2016, arXiv:1602.01783, used 0.01).
 DEFAULT_ENTROPY_COST = 0.01
 

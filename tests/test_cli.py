@@ -20,7 +20,7 @@ def test_variants_prints_the_seven():
     assert p.returncode == 0, p.stderr
     rows = p.stdout.strip().splitlines()[2:]
     assert [r.split()[0] for r in rows] == list(VARIANTS)
-    assert rows[-1].split()[7:9] == ["0.5", "10"]  # kl_ent_2col: alpha, beta
+    assert rows[-1].split()[7:9] == ["0.5", "30"]  # kl_ent_2col: alpha, beta
 
 
 def test_variants_resolves_overrides_as_json():

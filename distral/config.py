@@ -1,0 +1,312 @@
+"""Run configuration: frozen dataclasses, loaded from YAML and `--set key=value`.
+
+Every field has a help text with its unit (shown by `distral train --help`); invariants are
+checked in `__post_init__`. Loading is strict: an unknown key, a wrong type or an invalid
+value is a `ConfigError` with a one-line message naming the key and the value, raised
+before anything runs. YAML is read with `yaml.safe_load` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distral.variants import VARIANTS, VariantError, get_variant
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. The message is one line, for the CLI."""
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name}={value!r} must be >= 1")
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(choices)}")
+
+
+def _f(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """The environment: the tasks to learn."""
+
+    name: str = _f("two_room", "environment; two_room (the paper's grid world, pure JAX)")
+    layout: str = _f(
+        "default",
+        "two_room map: a built-in name (default, distral_public), a .txt path, or an "
+        "inline ASCII map (# wall, . free, G goal)",
+    )
+    num_tasks: int = _f(8, "number of tasks (goal cells); the paper uses 8")
+    goal_seed: int = _f(0, "seed of the fixed list of goal cells (when the map has no G)")
+    goals: tuple[tuple[int, int], ...] | None = _f(
+        None, "explicit goal cells [[row, col], ...]; overrides goal_seed"
+    )
+    max_steps: int = _f(100, "episode time limit, agent steps (paper: 100)")
+
+    def __post_init__(self) -> None:
+        if self.name != "two_room":
+            raise ConfigError(f"env.name={self.name!r}; valid choices: two_room")
+        _positive("env.num_tasks", self.num_tasks)
+        _positive("env.max_steps", self.max_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`distral train`: the single-process, fully jitted trainer."""
+
+    variant: str = _f("kl_ent_2col", f"algorithm; one of {', '.join(VARIANTS)}")
+    alpha: float | None = _f(None, "override of alpha (KL+ent variants), in [0, 1]")
+    beta: float | None = _f(None, "override of beta (Distral variants), > 0")
+    entropy_cost: float | None = _f(None, "override of the A3C entropy-bonus cost, >= 0")
+    env: EnvConfig = dataclasses.field(
+        default_factory=EnvConfig, metadata={"help": "environment section"}
+    )
+    torso: str = _f("mlp", "network torso: mlp, nature_cnn, impala_resnet")
+    hidden_sizes: tuple[int, ...] = _f((64, 64), "MLP torso layer sizes")
+    task_columns: str = _f("separate", "task columns: separate (paper) or shared_torso")
+    num_envs_per_task: int = _f(16, "parallel environments per task")
+    unroll_length: int = _f(20, "agent steps per unroll (T) before each update")
+    discount: float = _f(0.95, "discount per agent step")
+    learning_rate: float = _f(1e-3, "Adam learning rate")
+    max_grad_norm: float = _f(40.0, "global gradient-norm clip (IMPALA: 40)")
+    value_cost: float = _f(0.5, "weight of the value loss")
+    returns: str = _f("nstep", "value targets: nstep (on-policy) or vtrace")
+    n_step: int | None = _f(None, "n of n-step returns; null: bootstrap at unroll end")
+    env_steps_per_task: int = _f(400_000, "training budget, agent steps per task")
+    log_every: int = _f(20, "updates between log rows (one compiled chunk)")
+    eval_episodes_per_task: int = _f(16, "episodes per task of each evaluation")
+    checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
+    keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
+    seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
+
+    def __post_init__(self) -> None:
+        try:
+            get_variant(
+                self.variant, alpha=self.alpha, beta=self.beta, entropy_cost=self.entropy_cost
+            )
+        except VariantError as e:
+            raise ConfigError(str(e)) from None
+        _choice("torso", self.torso, ("mlp", "nature_cnn", "impala_resnet"))
+        _choice("task_columns", self.task_columns, ("separate", "shared_torso"))
+        _choice("returns", self.returns, ("nstep", "vtrace"))
+        for name in (
+            "num_envs_per_task",
+            "unroll_length",
+            "env_steps_per_task",
+            "log_every",
+            "eval_episodes_per_task",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            _positive(name, getattr(self, name))
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ConfigError(f"discount={self.discount!r} is outside [0, 1]")
+        for name in ("learning_rate", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.value_cost < 0:
+            raise ConfigError(f"value_cost={self.value_cost!r} must be >= 0")
+        if self.n_step is not None and self.n_step < 1:
+            raise ConfigError(f"n_step={self.n_step!r} must be >= 1")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)!r} must be distinct and non-empty")
+
+    @property
+    def steps_per_update(self) -> int:
+        """Agent steps per task consumed by one update."""
+        return self.num_envs_per_task * self.unroll_length
+
+    @property
+    def num_log_steps(self) -> int:
+        """Log rows (chunks of `log_every` updates) to cover the budget."""
+        per_chunk = self.steps_per_update * self.log_every
+        return -(-self.env_steps_per_task // per_chunk)
+
+
+# LOADING
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` (from YAML) as type `tp`, or a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must have {len(args)} items")
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}={value!r} must be of type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            valid = ", ".join(prefix + n for n in names)
+            raise ConfigError(f"unknown config key {prefix + key!r}; valid keys: {valid}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_sets(sets: Sequence[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=[1, 2]"]` -> nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} must look like key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another --set of {part!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file (safe_load), or a ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    sets: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    cls: type = TrainConfig,
+) -> Any:
+    """The config of a file, then `--set` items, then `overrides` (e.g. CLI flags)."""
+    data = read_yaml(path) if path is not None else {}
+    data = _merge(data, parse_sets(sets))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(cls, data)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict (tuples as lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple | list):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe_fields(cls: type = TrainConfig, prefix: str = "") -> str:
+    """One line per field: key, type, default and help (for `--help`)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"  {prefix}{f.name}:  {f.metadata['help']}")
+            lines.append(describe_fields(tp, prefix=f"{prefix}{f.name}."))
+            continue
+        default = f.default
+        shown = "null" if default is None else json.dumps(to_dict_value(default))
+        lines.append(
+            f"  {prefix}{f.name} ({_type_name(tp)}, default {shown}): {f.metadata['help']}"
+        )
+    return "\n".join(lines)
+
+
+def to_dict_value(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return [to_dict_value(v) for v in x]
+    return x

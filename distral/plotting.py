@@ -1,0 +1,255 @@
+"""Learning curves from run directories (Distral, Teh et al., 2017, arXiv:1707.04175).
+
+Reads what `distral train` writes into a run directory:
+
+    metrics.csv    header, then one row per (log step, seed); a resumed run appends rows
+    summary.json   {"variant", "seeds", "final_mean_return", "optimal_mean_return", ...};
+                   absent if the run was interrupted (then config.yaml gives the variant)
+
+and draws the mean over seeds with a 95% Student-t confidence band of that mean. No JAX
+here, and matplotlib and scipy are imported on first use, so importing this module is fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+Metrics = dict[str, np.ndarray]
+
+_Y_LABELS = {
+    "mean_return": "mean return over tasks",
+    "pi0_eval_return": "pi_0 evaluation return",
+    "kl": "KL(pi_i || pi_0)",
+    "entropy": "entropy",
+    "loss": "loss",
+}
+_X_LABELS = {"env_steps_per_task": "env steps per task", "updates": "learner updates"}
+
+
+class PlotError(ValueError):
+    """A run directory that cannot be plotted. The message is one line, for the CLI."""
+
+
+def read_metrics(run_dir: str | Path) -> Metrics:
+    """Reads `run_dir/metrics.csv` as column -> float array, rows in file order.
+
+    Empty or non-numeric cells become NaN, as do cells missing from a short row. A last line
+    without its newline is dropped: it may be a row `distral train` is writing right now.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    if not Path(run_dir).is_dir():
+        raise PlotError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise PlotError(f"no metrics.csv in run directory: {path}")
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    lines = list(csv.reader(text.splitlines()))
+    header, rows = (lines[0], lines[1:]) if lines else ([], [])
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not header or not rows:
+        raise PlotError(f"metrics.csv has no rows: {path}")
+    table = np.full((len(rows), len(header)), np.nan)
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row[: len(header)]):
+            try:
+                table[i, j] = float(cell)
+            except ValueError:
+                pass
+    return {name: table[:, j] for j, name in enumerate(header)}
+
+
+def learning_curve(
+    metrics: Metrics, column: str = "mean_return", x: str = "env_steps_per_task"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Mean over seeds of `column` at each value of `x`, with a 95% CI of that mean.
+
+    The band is mean +- t_{0.975, n-1} * sd / sqrt(n) over the n seeds that have a finite
+    value at that x (the mean itself when n = 1). NaNs are ignored per point; an x where no
+    seed has a value is left out. If a resumed run logged the same x twice for one seed,
+    the later row wins. Returns (x [K], mean [K], low [K], high [K], number of seeds).
+    """
+    for name in ("seed", x, column):
+        if name not in metrics:
+            raise PlotError(f"metrics have no column {name!r}")
+    latest: dict[tuple[float, float], float] = {}
+    for s, xv, v in zip(metrics["seed"], metrics[x], metrics[column], strict=True):
+        if not math.isnan(xv):
+            latest[(s, xv)] = v
+    by_x: dict[float, list[float]] = {}
+    seeds = set()
+    for (s, xv), v in latest.items():
+        if not math.isnan(v):
+            by_x.setdefault(xv, []).append(v)
+            seeds.add(s)
+    from scipy import stats  # here, not at the top: keeps `import distral.plotting` fast
+
+    xs = sorted(by_x)
+    mean, low, high = [], [], []
+    for xv in xs:
+        vals = np.asarray(by_x[xv])
+        m = float(vals.mean())
+        half = 0.0
+        if vals.size > 1:
+            sem = vals.std(ddof=1) / math.sqrt(vals.size)
+            half = float(stats.t.ppf(0.975, vals.size - 1) * sem)
+        mean.append(m)
+        low.append(m - half)
+        high.append(m + half)
+    arrays = (np.asarray(a, dtype=float) for a in (xs, mean, low, high))
+    return (*arrays, len(seeds))
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def run_label(run_dir: str | Path) -> str:
+    """The variant of a run: summary.json, else config.yaml, else the directory name."""
+    run_dir = Path(run_dir)
+    variant = _read_summary(run_dir).get("variant")
+    if not isinstance(variant, str):
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            config = None
+        variant = config.get("variant") if isinstance(config, dict) else None
+    return variant if isinstance(variant, str) and variant else run_dir.name
+
+
+def run_labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """One legend label per run; labels shared by several runs get ' (dir name)' appended."""
+    if labels is not None and len(labels) != len(run_dirs):
+        raise PlotError(f"{len(labels)} labels given for {len(run_dirs)} run directories")
+    out = list(labels) if labels is not None else [run_label(d) for d in run_dirs]
+    return [
+        f"{label} ({Path(d).name})" if out.count(label) > 1 else label
+        for label, d in zip(out, run_dirs, strict=True)
+    ]
+
+
+def _optimal_return(run_dirs: Sequence[str | Path]) -> float | None:
+    for d in run_dirs:
+        value = _read_summary(Path(d)).get("optimal_mean_return")
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _pyplot() -> Any:
+    import matplotlib  # here, not at the top: keeps `import distral.plotting` fast
+
+    matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw(ax: Any, metrics: Metrics, column: str, label: str | None = None) -> bool:
+    """Mean line and CI band of `column` on `ax`; False (and a note) if it has no data."""
+    if column in metrics:
+        x, mean, low, high, _ = learning_curve(metrics, column)
+    else:
+        x = mean = low = high = np.zeros(0)
+    (line,) = ax.plot(x, mean, label=label)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+    if x.size == 0:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="grey")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel(_X_LABELS["env_steps_per_task"])
+    ax.set_ylabel(_Y_LABELS.get(column, column.replace("_", " ")))
+    return x.size > 0
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    """Writes the PNG to a temporary file beside `out`, then renames it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def plot_runs(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    column: str = "mean_return",
+    title: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """One curve and 95% CI band per run directory, on one axis; writes the PNG `out`."""
+    if not run_dirs:
+        raise PlotError("no run directories to plot")
+    all_metrics = [read_metrics(d) for d in run_dirs]
+    for d, metrics in zip(run_dirs, all_metrics, strict=True):
+        if column not in metrics:
+            raise PlotError(f"no column {column!r} in {Path(d) / 'metrics.csv'}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for metrics, label in zip(all_metrics, run_labels(run_dirs, labels), strict=True):
+            _draw(ax, metrics, column, label)
+        optimal = _optimal_return(run_dirs)
+        if optimal is not None:
+            ax.axhline(optimal, color="black", linestyle="--", linewidth=1, label="optimal")
+        if title:
+            ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """The per-run figure: training return, pi_0 eval return, KL to pi_0, and entropy.
+
+    Writes `out` (default `run_dir/curves.png`). A panel whose column is missing or all NaN
+    (pi_0 eval for variants without pi_0) is drawn empty with a "no data" note.
+    """
+    metrics = read_metrics(run_dir)
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    try:
+        panels = zip(
+            axes.flat,
+            ("mean_return", "pi0_eval_return", "kl", "entropy"),
+            ("training return", "pi_0 evaluation return", "KL(pi_i || pi_0)", "entropy"),
+            strict=True,
+        )
+        for ax, column, panel_title in panels:
+            _draw(ax, metrics, column, "mean over seeds, 95% CI")
+            ax.set_title(panel_title)
+        optimal = _optimal_return([run_dir])
+        if optimal is not None:
+            axes[0, 0].axhline(optimal, color="black", linestyle="--", linewidth=1, label="optimal")
+            axes[0, 0].legend()
+        seeds = metrics.get("seed", np.zeros(0))
+        n_seeds = np.unique(seeds[~np.isnan(seeds)]).size
+        fig.suptitle(f"{run_label(run_dir)} ({n_seeds} seeds)")
+        fig.tight_layout()
+        return _save(fig, Path(run_dir) / "curves.png" if out is None else out)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,464 @@
+"""`distral train`: the single-process trainer, with rollouts and updates in one jit.
+
+For pure-JAX environments the whole loop (DESIGN.md section 3, "single-process fast
+path") is one compiled program: `lax.scan` over unroll steps and over updates, `vmap` over
+environments, tasks and seeds. It uses the same networks, `distral_loss` and
+`learning.update_step` as the distributed learner. Python only runs between chunks of
+`log_every` updates: logging, evaluation, checkpoints.
+
+Run directory: config.yaml, metrics.csv (appended), tb/ (TensorBoard), checkpoints/
+(orbax, atomic, latest N), curves.png, summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distral import learning
+from distral.config import ConfigError, TrainConfig, dump_yaml, load_config
+from distral.envs import two_room
+from distral.losses import LossConfig
+from distral.networks import make_torso
+from distral.variants import get_variant
+
+Array = jax.Array
+
+
+class RunnerState(NamedTuple):
+    """Everything the jitted loop carries for one seed."""
+
+    train: learning.TrainingState
+    env_state: two_room.EnvState  # [N, E]
+    obs: Array  # [N, E, D]
+    episode_return: Array  # [N, E] return so far of the running episodes
+    key: Array
+
+
+class ChunkStats(NamedTuple):
+    return_sum: Array  # [N] returns of the episodes that ended in the chunk
+    episode_count: Array  # [N]
+    metrics: dict[str, Array]  # update metrics, averaged over the chunk
+
+
+class Trainer:
+    """Builds the jitted programs of one configuration."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        env = config.env
+        self.env_params = two_room.make_params(
+            env.layout,
+            num_tasks=env.num_tasks,
+            goal_seed=env.goal_seed,
+            goals=env.goals,
+            max_steps=env.max_steps,
+        )
+        self.variant = get_variant(
+            config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
+        )
+        self.num_tasks = env.num_tasks
+        self.obs_size = two_room.observation_size(self.env_params)
+        self.network = learning.build_network(
+            self.variant,
+            num_tasks=self.num_tasks,
+            num_actions=two_room.NUM_ACTIONS,
+            torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+            task_columns=config.task_columns,
+        )
+        self.optimizer = learning.make_optimizer(config.learning_rate, config.max_grad_norm)
+        self.loss_config = LossConfig.from_variant(
+            self.variant,
+            discount=config.discount,
+            returns=config.returns,
+            n_step=config.n_step,
+            value_cost=config.value_cost,
+        )
+        self.has_pi0 = self.variant.architecture != "independent"
+        self.optimal_returns = np.asarray(two_room.optimal_returns(self.env_params))
+        self.init = jax.jit(jax.vmap(self._init))
+        self.run_chunk = jax.jit(jax.vmap(self._chunk))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate))
+
+    # ENVIRONMENT BATCH: [N tasks, E envs]
+    def _task_ids(self, num_envs: int) -> Array:
+        return jnp.broadcast_to(jnp.arange(self.num_tasks)[:, None], (self.num_tasks, num_envs))
+
+    def _reset(self, key: Array, num_envs: int) -> tuple[two_room.EnvState, Array]:
+        keys = jax.random.split(key, self.num_tasks * num_envs).reshape(
+            self.num_tasks, num_envs, -1
+        )
+        reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
+        return reset(keys, self.env_params, self._task_ids(num_envs))
+
+    def _init(self, key: Array) -> RunnerState:
+        k_train, k_env, k_run = jax.random.split(key, 3)
+        train = learning.init_training_state(
+            k_train, self.network, self.optimizer, jnp.zeros((1, self.obs_size))
+        )
+        env_state, obs = self._reset(k_env, self.config.num_envs_per_task)
+        ret = jnp.zeros(obs.shape[:2])
+        return RunnerState(train, env_state, obs, ret, k_run)
+
+    # ROLLOUT: T steps of every environment with pi_i, auto-resetting ended episodes.
+    def _rollout(self, runner: RunnerState) -> tuple[RunnerState, learning.Batch, Array, Array]:
+        params = runner.train.params
+        E = self.config.num_envs_per_task
+        task_ids = self._task_ids(E)
+        step = jax.vmap(jax.vmap(two_room.step_auto_reset, (0, None, 0, 0, 0)), (0, None, 0, 0, 0))
+
+        def one_step(carry, _):
+            env_state, obs, ep_ret, ret_sum, count, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            logits = self.network.apply_tasks(params, obs).logits  # [N, E, A]
+            action = jax.random.categorical(k_act, logits)
+            keys = jax.random.split(k_env, self.num_tasks * E).reshape(self.num_tasks, E, -1)
+            env_state, next_obs, reward, discount, done = step(
+                keys, self.env_params, env_state, action, task_ids
+            )
+            ep_ret = ep_ret + reward
+            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_ret, 0.0), axis=1)
+            count = count + jnp.sum(done, axis=1)
+            ep_ret = jnp.where(done, 0.0, ep_ret)
+            out = (obs, action, reward, discount, logits)
+            return (env_state, next_obs, ep_ret, ret_sum, count, key), out
+
+        zeros = jnp.zeros(self.num_tasks)
+        carry = (runner.env_state, runner.obs, runner.episode_return, zeros, zeros, runner.key)
+        carry, (obs, action, reward, discount, logits) = jax.lax.scan(
+            one_step, carry, None, length=self.config.unroll_length
+        )
+        env_state, last_obs, ep_ret, ret_sum, count, key = carry
+
+        # T+1 steps, task-major [T+1, N*E, ...]; the last step's action etc. are unused.
+        def with_last(x: Array, last: Array) -> Array:
+            x = jnp.concatenate([x, last[None]], axis=0)
+            return x.reshape((x.shape[0], self.num_tasks * E, *x.shape[3:]))
+
+        batch = learning.Batch(
+            observation=with_last(obs, last_obs),
+            action=with_last(action, jnp.zeros_like(action[0])),
+            reward=with_last(reward, jnp.zeros_like(reward[0])),
+            discount=with_last(discount, jnp.zeros_like(discount[0])),
+            behaviour_logits=with_last(logits, jnp.zeros_like(logits[0])),
+            task_id=task_ids.reshape(-1),
+        )
+        runner = runner._replace(env_state=env_state, obs=last_obs, episode_return=ep_ret, key=key)
+        return runner, batch, ret_sum, count
+
+    # CHUNK: `log_every` x (rollout, update), scanned.
+    def _chunk(self, runner: RunnerState) -> tuple[RunnerState, ChunkStats]:
+        def one_update(runner, _):
+            runner, batch, ret_sum, count = self._rollout(runner)
+            train, metrics = learning.update_step(
+                runner.train,
+                batch,
+                network=self.network,
+                optimizer=self.optimizer,
+                config=self.loss_config,
+                task_grouped=True,
+            )
+            return runner._replace(train=train), (ret_sum, count, metrics)
+
+        runner, (ret_sum, count, metrics) = jax.lax.scan(
+            one_update, runner, None, length=self.config.log_every
+        )
+        stats = ChunkStats(ret_sum.sum(0), count.sum(0), jax.tree.map(lambda x: x.mean(0), metrics))
+        return runner, stats
+
+    # EVALUATION: one episode per environment, pi_i on its task and pi_0 on every task.
+    def _evaluate(self, params: Any, key: Array) -> tuple[Array, Array]:
+        E = self.config.eval_episodes_per_task
+        task_ids = self._task_ids(E)
+        step = jax.vmap(jax.vmap(two_room.step, (None, 0, 0, 0)), (None, 0, 0, 0))
+
+        def episode_returns(key: Array, use_pi0: bool) -> Array:
+            k_reset, k_run = jax.random.split(key)
+            env_state, obs = self._reset(k_reset, E)
+
+            def one_step(carry, key):
+                env_state, obs, total, alive = carry
+                out = self.network.apply_tasks(params, obs)
+                logits = out.distilled_logits if use_pi0 else out.logits
+                action = jax.random.categorical(key, logits)
+                env_state, obs, reward, discount = step(
+                    self.env_params, env_state, action, task_ids
+                )
+                total = total + jnp.where(alive, reward, 0.0)
+                alive = alive & (discount > 0)
+                return (env_state, obs, total, alive), None
+
+            init = (
+                env_state,
+                obs,
+                jnp.zeros((self.num_tasks, E)),
+                jnp.ones((self.num_tasks, E), bool),
+            )
+            keys = jax.random.split(k_run, self.config.env.max_steps)
+            (_, _, total, _), _ = jax.lax.scan(one_step, init, keys)
+            return total.mean(axis=1)  # [N]
+
+        k_i, k_0 = jax.random.split(key)
+        pi_i = episode_returns(k_i, use_pi0=False)
+        pi_0 = episode_returns(k_0, use_pi0=True) if self.has_pi0 else jnp.full_like(pi_i, jnp.nan)
+        return pi_i, pi_0
+
+
+# THE RUN: Python between chunks.
+
+
+def _metric_columns(num_tasks: int) -> list[str]:
+    scalars = [
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "distill_loss",
+        "entropy_loss",
+        "kl",
+        "entropy",
+        "distilled_entropy",
+        "regularised_reward",
+        "grad_norm",
+    ]
+    per_task = [
+        f"{p}_task_{i}"
+        for p in ("return", "eval_return", "pi0_eval_return", "kl")
+        for i in range(num_tasks)
+    ]
+    return [
+        "seed",
+        "log_step",
+        "updates",
+        "env_steps_per_task",
+        "wall_seconds",
+        "steps_per_second",
+        "mean_return",
+        "eval_return",
+        "pi0_eval_return",
+        "optimal_return",
+        *scalars,
+        *per_task,
+    ]
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
+
+
+class RunResult(NamedTuple):
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def run(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_log: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Trains `config` into `run_dir` (resuming from its last checkpoint if `resume`)."""
+    import orbax.checkpoint as ocp
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir).absolute()
+    trainer = Trainer(config)
+    seeds = list(config.seeds)
+    N = trainer.num_tasks
+    steps_per_chunk = config.steps_per_update * config.log_every
+    columns = _metric_columns(N)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / "config.yaml", dump_yaml(config))
+    manager = ocp.CheckpointManager(
+        run_dir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints, enable_async_checkpointing=False
+        ),
+    )
+
+    runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    eval_key = jax.random.PRNGKey(10_000 + seeds[0])
+    start_log, wall_before = 0, 0.0
+    if resume and manager.latest_step() is not None:
+        target = _checkpoint_tree(runner, eval_key, 0.0)
+        restored = manager.restore(
+            manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(target))
+        )
+        runner, eval_key, wall_before = _from_checkpoint_tree(restored, runner)
+        start_log = int(manager.latest_step())
+    if resume:
+        _truncate_metrics(run_dir / "metrics.csv", start_log)
+
+    metrics_path = run_dir / "metrics.csv"
+    new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}")) for s in seeds}
+    bar = tqdm(
+        total=config.num_log_steps * steps_per_chunk,
+        initial=start_log * steps_per_chunk,
+        unit="step",
+        unit_scale=True,
+        desc=f"{config.variant} x{len(seeds)} seeds",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    last_rows: dict[int, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    fh = metrics_path.open("a", newline="")
+    try:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        if new_file:
+            writer.writeheader()
+        for log_step in range(start_log, config.num_log_steps):
+            t_chunk = time.perf_counter()
+            runner, stats = trainer.run_chunk(runner)
+            eval_key, k = jax.random.split(eval_key)
+            pi_i_ret, pi_0_ret = trainer.evaluate(
+                runner.train.params, jax.random.split(k, len(seeds))
+            )
+            stats, pi_i_ret, pi_0_ret = jax.device_get((stats, pi_i_ret, pi_0_ret))
+            dt = time.perf_counter() - t_chunk
+            wall = wall_before + time.perf_counter() - t0
+            env_steps = (log_step + 1) * steps_per_chunk
+            for j, seed in enumerate(seeds):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    per_task = stats.return_sum[j] / stats.episode_count[j]
+                per_task = np.where(stats.episode_count[j] > 0, per_task, np.nan)
+                row: dict[str, float] = {
+                    "seed": seed,
+                    "log_step": log_step + 1,
+                    "updates": (log_step + 1) * config.log_every,
+                    "env_steps_per_task": env_steps,
+                    "wall_seconds": round(wall, 3),
+                    "steps_per_second": round(steps_per_chunk * N * len(seeds) / dt, 1),
+                    "mean_return": _nanmean(per_task),
+                    "eval_return": float(np.mean(pi_i_ret[j])),
+                    "pi0_eval_return": _nanmean(pi_0_ret[j]),
+                    "optimal_return": float(trainer.optimal_returns.mean()),
+                }
+                for name, value in stats.metrics.items():
+                    if np.ndim(value[j]) == 0:
+                        row[name] = float(value[j])
+                for i in range(N):
+                    row[f"return_task_{i}"] = float(per_task[i])
+                    row[f"eval_return_task_{i}"] = float(pi_i_ret[j][i])
+                    row[f"pi0_eval_return_task_{i}"] = float(pi_0_ret[j][i])
+                    row[f"kl_task_{i}"] = float(stats.metrics["kl_per_task"][j][i])
+                writer.writerow({c: row.get(c, "") for c in columns})
+                for name in (
+                    "mean_return",
+                    "eval_return",
+                    "pi0_eval_return",
+                    "loss",
+                    "kl",
+                    "entropy",
+                ):
+                    if not math.isnan(row[name]):
+                        writers[seed].add_scalar(name, row[name], env_steps)
+                last_rows[seed] = row
+            fh.flush()
+            bar.update(steps_per_chunk)
+            mean_ret = _nanmean(np.array([r["mean_return"] for r in last_rows.values()]))
+            bar.set_postfix(
+                ret=f"{mean_ret:.2f}",
+                opt=f"{trainer.optimal_returns.mean():.2f}",
+                sps=f"{steps_per_chunk * N * len(seeds) / dt:,.0f}",
+            )
+            done = log_step + 1 == config.num_log_steps
+            if (log_step + 1) % config.checkpoint_every == 0 or done:
+                state = jax.device_get(_checkpoint_tree(runner, eval_key, wall))
+                manager.save(log_step + 1, args=ocp.args.StandardSave(state))
+            if on_log is not None:
+                on_log(log_step + 1)
+    finally:
+        fh.close()
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
+        for w in writers.values():
+            w.close()
+
+    wall = wall_before + time.perf_counter() - t0
+    summary = {
+        "variant": config.variant,
+        "seeds": seeds,
+        "final_mean_return": _nanmean(np.array([r["eval_return"] for r in last_rows.values()])),
+        "final_mean_return_per_seed": {str(s): r["eval_return"] for s, r in last_rows.items()},
+        "final_training_return": _nanmean(np.array([r["mean_return"] for r in last_rows.values()])),
+        "final_pi0_return": _nanmean(np.array([r["pi0_eval_return"] for r in last_rows.values()])),
+        "optimal_mean_return": float(trainer.optimal_returns.mean()),
+        "optimal_returns": trainer.optimal_returns.tolist(),
+        "env_steps_per_task": config.num_log_steps * steps_per_chunk,
+        "wall_seconds": round(wall, 2),
+    }
+    if not last_rows:  # resumed a finished run: nothing new
+        return RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
+    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
+    from distral.plotting import plot_run
+
+    plot_run(run_dir)
+    return RunResult(run_dir, summary)
+
+
+def _checkpoint_tree(runner: RunnerState, eval_key: Array, wall: float) -> dict[str, Any]:
+    """A flat, ordered mapping of arrays (no pickle; orbax writes it atomically)."""
+    leaves = jax.tree.leaves(runner)
+    tree: dict[str, Any] = {f"runner_{i:04d}": leaf for i, leaf in enumerate(leaves)}
+    tree["eval_key"] = eval_key
+    tree["wall_seconds"] = np.asarray(wall, np.float64)
+    return tree
+
+
+def _from_checkpoint_tree(
+    tree: dict[str, Any], like: RunnerState
+) -> tuple[RunnerState, Array, float]:
+    treedef = jax.tree.structure(like)
+    leaves = [jnp.asarray(tree[f"runner_{i:04d}"]) for i in range(treedef.num_leaves)]
+    runner = jax.tree.unflatten(treedef, leaves)
+    return runner, jnp.asarray(tree["eval_key"]), float(tree["wall_seconds"])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: Path, log_step: int) -> None:
+    """Drops rows past the checkpoint (written before a crash), so a resume appends cleanly."""
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    col = header.index("log_step")
+    kept = [r for r in body if int(r[col]) <= log_step]
+    if len(kept) == len(body):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *kept])
+    os.replace(tmp, path)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of an existing run directory (for --resume)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
+    return load_config(path)

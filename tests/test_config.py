@@ -1,0 +1,84 @@
+"""Config loading: strict keys and types, --set, YAML round trip, --help coverage."""
+
+import dataclasses
+
+import pytest
+
+from distral import config as cfg
+
+
+def test_defaults_and_overrides_compose(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("variant: kl_2col\nenv:\n  num_tasks: 4\nlearning_rate: 3e-4\n")
+    c = cfg.load_config(path, ["env.max_steps=50", "hidden_sizes=[8, 8]"], {"seeds": [1, 2]})
+    assert (c.variant, c.env.num_tasks, c.env.max_steps) == ("kl_2col", 4, 50)
+    assert c.learning_rate == 3e-4  # YAML 1.1 reads 3e-4 as a string; float fields accept it
+    assert c.hidden_sizes == (8, 8) and c.seeds == (1, 2)
+    assert c.env.layout == "default"  # untouched nested defaults survive a partial section
+
+
+def test_yaml_round_trip(tmp_path):
+    c = cfg.load_config(None, ["env.goals=[[1, 1], [3, 12]]", "n_step=5", "returns=vtrace"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump_yaml(c))
+    assert cfg.load_config(path) == c
+    assert c.env.goals == ((1, 1), (3, 12))
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["bogus=1"], "unknown config key 'bogus'; valid keys: variant, alpha,"),
+        (["env.bogus=1"], "unknown config key 'env.bogus'; valid keys: env.name,"),
+        (["unroll_length=2.5"], "unroll_length=2.5 must be of type int"),
+        (["unroll_length=true"], "unroll_length=True must be of type int"),
+        (["discount=abc"], "discount='abc' must be of type float"),
+        (["hidden_sizes=7"], "hidden_sizes=7 must be a list"),
+        (["env.goals=[[1, 2, 3]]"], "env.goals[0]=[1, 2, 3] must have 2 items"),
+        (["env=3"], "env must be a mapping, got 3"),
+        (["seeds=[1, 1]"], "seeds=[1, 1] must be distinct and non-empty"),
+        (["num_envs_per_task=0"], "num_envs_per_task=0 must be >= 1"),
+        (["torso=resnet"], "torso='resnet'; valid choices: mlp, nature_cnn, impala_resnet"),
+        (["env.name=atari"], "env.name='atari'; valid choices: two_room"),
+        (["variant=kl_ent_2col", "alpha=2"], "alpha=2.0 is outside [0, 1]"),
+        (["nokey"], "--set 'nokey' must look like key=value"),
+    ],
+)
+def test_bad_values_are_one_line_config_errors(sets, message):
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load_config(None, sets)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(cfg.ConfigError, match="is not valid YAML at line"):
+        cfg.load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(cfg.ConfigError, match="must hold a mapping"):
+        cfg.load_config(bad)
+    # safe_load only: a python tag is refused, not executed.
+    bad.write_text("variant: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(bad)
+
+
+def test_help_documents_every_field():
+    text = cfg.describe_fields()
+    for f in dataclasses.fields(cfg.TrainConfig):
+        assert f"  {f.name}" in text
+    for f in dataclasses.fields(cfg.EnvConfig):
+        assert f"  env.{f.name} (" in text
+    assert "unroll_length (int, default 20): agent steps per unroll" in text
+
+
+def test_derived_values():
+    c = cfg.load_config(
+        None, ["num_envs_per_task=4", "unroll_length=5", "log_every=3", "env_steps_per_task=100"]
+    )
+    assert c.steps_per_update == 20
+    assert c.num_log_steps == 2  # ceil(100 / 60)
