@@ -13,7 +13,8 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	  echo "error: '$(PY)' not found: distral needs Python 3.11 (dm-reverb 0.14.0 has no wheel for newer Pythons). Install it (e.g. 'pyenv install 3.11' or 'apt-get install python3.11 python3.11-venv') or pass PY=/path/to/python3.11" >&2; exit 2; }
 	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
 	  echo "error: '$(PY)' is Python $$($(PY) -c 'import platform; print(platform.python_version())'), distral needs Python 3.11: pass PY=/path/to/python3.11" >&2; exit 2; }
-	@[ -x $(BIN)/python ] && $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { rm -rf $(VENV); $(PY) -m venv $(VENV); }
+	@[ -x $(BIN)/python ] && $(BIN)/python -c 'import sys, pip; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  rm -rf $(VENV); $(PY) -m venv $(VENV) || { rm -rf $(VENV); echo "error: '$(PY) -m venv' failed: install the venv module (e.g. 'apt-get install python3.11-venv')" >&2; exit 2; }; }
 	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
@@ -33,8 +34,8 @@ lint: $(STAMP)
 	$(BIN)/mypy distral
 
 format: $(STAMP)
-	$(BIN)/ruff format distral tests
-	$(BIN)/ruff check --fix distral tests
+	$(BIN)/ruff format distral tests benchmarks
+	$(BIN)/ruff check --fix distral tests benchmarks
 
 # Regenerate the lock file from pyproject.toml (pip-tools, in a throwaway virtualenv).
 lock:

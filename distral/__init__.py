@@ -36,6 +36,13 @@ _LAZY = {
     "init_training_state": "distral.learning",
     "make_optimizer": "distral.learning",
     "update_step": "distral.learning",
+    # configs and the single-process trainer
+    "ConfigError": "distral.config",
+    "TrainConfig": "distral.config",
+    "EnvConfig": "distral.config",
+    "load_config": "distral.config",
+    "Trainer": "distral.train",
+    "run": "distral.train",
 }
 
 __all__ = ["VARIANTS", "Variant", "VariantError", "__version__", "get_variant", *_LAZY]

@@ -85,17 +85,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["seeds"] = list(_parse_seeds(args.seeds))
         config = load_config(args.config, args.set, overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        if (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").exists():
-            _fail(
-                f"--out {str(run_dir)!r} already holds a run: use --resume {run_dir} "
-                "or another --out"
-            )
-    from distral.train import Trainer, run
+    from distral.envs.two_room import LayoutError
+    from distral.train import Trainer, check_run_dir, run
 
-    Trainer(config)  # builds and validates everything (e.g. the layout) before any file
+    # Everything is checked and built before the first file is written.
+    check_run_dir(run_dir, resume=args.resume is not None)
+    try:
+        trainer = Trainer(config)
+    except LayoutError as e:
+        _fail(str(e))
     print(f"distral train: {config.variant}, seeds {list(config.seeds)}, run directory {run_dir}")
     try:
-        result = run(config, run_dir, resume=args.resume is not None, progress=not args.quiet)
+        result = run(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            progress=not args.quiet,
+            trainer=trainer,
+        )
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: distral train --resume {run_dir}", file=sys.stderr)
         return 130
@@ -204,10 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (VariantError, ConfigError) as e:
         _fail(str(e))
-    except ValueError as e:  # e.g. LayoutError from the environment
-        if type(e).__name__.endswith("Error") and type(e) is not ValueError:
-            _fail(str(e))
-        raise
     return EXIT_USAGE  # unreachable: _fail raises
 
 

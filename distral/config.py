@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,11 @@ class EnvConfig:
         if self.name != "two_room":
             raise ConfigError(f"env.name={self.name!r}; valid choices: two_room")
         _positive("env.num_tasks", self.num_tasks)
+        if self.goals is not None and len(self.goals) != self.num_tasks:
+            raise ConfigError(
+                f"env.goals has {len(self.goals)} cells but env.num_tasks={self.num_tasks}: "
+                "give one goal per task"
+            )
         _positive("env.max_steps", self.max_steps)
 
 
@@ -100,6 +106,10 @@ class TrainConfig:
         except VariantError as e:
             raise ConfigError(str(e)) from None
         _choice("torso", self.torso, ("mlp", "nature_cnn", "impala_resnet"))
+        if self.env.name == "two_room" and self.torso != "mlp":
+            raise ConfigError(
+                f"torso={self.torso!r} needs image observations; two_room gives vectors: use mlp"
+            )
         _choice("task_columns", self.task_columns, ("separate", "shared_torso"))
         _choice("returns", self.returns, ("nstep", "vtrace"))
         for name in (
@@ -125,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"n_step={self.n_step!r} must be >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)!r} must be distinct and non-empty")
+        if not all(0 <= s < 2**31 for s in self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)!r} must lie in [0, 2**31)")
 
     @property
     def steps_per_update(self) -> int:
@@ -185,13 +197,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={value!r} must be a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -204,7 +221,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for key in data:
         if key not in names:
             valid = ", ".join(prefix + n for n in names)
-            raise ConfigError(f"unknown config key {prefix + key!r}; valid keys: {valid}")
+            raise ConfigError(f"unknown config key {f'{prefix}{key}'!r}; valid keys: {valid}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -271,17 +288,17 @@ def load_config(
     return _build(cls, data)
 
 
+def _plain(x: Any) -> Any:
+    if isinstance(x, tuple | list):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict (tuples as lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, tuple | list):
-            return [plain(v) for v in x]
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        return x
-
-    return plain(dataclasses.asdict(config))
+    return _plain(dataclasses.asdict(config))
 
 
 def dump_yaml(config: Any) -> str:
@@ -299,14 +316,8 @@ def describe_fields(cls: type = TrainConfig, prefix: str = "") -> str:
             lines.append(describe_fields(tp, prefix=f"{prefix}{f.name}."))
             continue
         default = f.default
-        shown = "null" if default is None else json.dumps(to_dict_value(default))
+        shown = "null" if default is None else json.dumps(_plain(default))
         lines.append(
             f"  {prefix}{f.name} ({_type_name(tp)}, default {shown}): {f.metadata['help']}"
         )
     return "\n".join(lines)
-
-
-def to_dict_value(x: Any) -> Any:
-    if isinstance(x, tuple):
-        return [to_dict_value(v) for v in x]
-    return x

@@ -133,7 +133,6 @@ def batch_loss(
     counts = jnp.maximum(one_hot.sum(0), 1.0)
     metrics = {k: jnp.mean(v) for k, v in m._asdict().items()}
     metrics["kl_per_task"] = (one_hot * m.kl[:, None]).sum(0) / counts
-    metrics["entropy_per_task"] = (one_hot * m.entropy[:, None]).sum(0) / counts
     return jnp.mean(loss), metrics
 
 

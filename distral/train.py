@@ -13,6 +13,7 @@ Run directory: config.yaml, metrics.csv (appended), tb/ (TensorBoard), checkpoin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -67,7 +68,12 @@ class Trainer:
         self.variant = get_variant(
             config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
         )
-        self.num_tasks = env.num_tasks
+        self.num_tasks = two_room.num_tasks(self.env_params)
+        if self.num_tasks != env.num_tasks:
+            raise ConfigError(
+                f"env.layout has {self.num_tasks} G goal cells but env.num_tasks="
+                f"{env.num_tasks}: set env.num_tasks={self.num_tasks}"
+            )
         self.obs_size = two_room.observation_size(self.env_params)
         self.network = learning.build_network(
             self.variant,
@@ -89,6 +95,17 @@ class Trainer:
         self.init = jax.jit(jax.vmap(self._init))
         self.run_chunk = jax.jit(jax.vmap(self._chunk))
         self.evaluate = jax.jit(jax.vmap(self._evaluate))
+        # Trace (no compile) once, so a config that cannot run fails here, before any file.
+        jax.eval_shape(self._init, jax.random.PRNGKey(0))
+
+    def eval_keys(self, log_step: int) -> Array:
+        """Evaluation keys [seeds] of a log step: a function of each seed alone."""
+        return jnp.stack(
+            [
+                jax.random.fold_in(jax.random.PRNGKey(10_000 + s), log_step)
+                for s in self.config.seeds
+            ]
+        )
 
     # ENVIRONMENT BATCH: [N tasks, E envs]
     def _task_ids(self, num_envs: int) -> Array:
@@ -268,14 +285,20 @@ def run(
     resume: bool = False,
     progress: bool = True,
     on_log: Callable[[int], None] | None = None,
+    trainer: Trainer | None = None,
 ) -> RunResult:
-    """Trains `config` into `run_dir` (resuming from its last checkpoint if `resume`)."""
+    """Trains `config` into `run_dir` (resuming from its last checkpoint if `resume`).
+
+    Without `resume`, `run_dir` must not exist or be empty: nothing is overwritten.
+    """
     import orbax.checkpoint as ocp
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
     run_dir = Path(run_dir).absolute()
-    trainer = Trainer(config)
+    check_run_dir(run_dir, resume=resume)
+    config = _inline_layout(config)
+    trainer = trainer or Trainer(config)
     seeds = list(config.seeds)
     N = trainer.num_tasks
     steps_per_chunk = config.steps_per_update * config.log_every
@@ -291,21 +314,22 @@ def run(
     )
 
     runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    eval_key = jax.random.PRNGKey(10_000 + seeds[0])
     start_log, wall_before = 0, 0.0
     if resume and manager.latest_step() is not None:
-        target = _checkpoint_tree(runner, eval_key, 0.0)
+        target = _checkpoint_tree(runner, 0.0)
         restored = manager.restore(
             manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(target))
         )
-        runner, eval_key, wall_before = _from_checkpoint_tree(restored, runner)
+        runner, wall_before = _from_checkpoint_tree(restored, runner)
         start_log = int(manager.latest_step())
     if resume:
         _truncate_metrics(run_dir / "metrics.csv", start_log)
 
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
-    writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}")) for s in seeds}
+    # On resume, TensorBoard drops events logged after the checkpoint.
+    purge = start_log * steps_per_chunk + 1 if resume else None
+    writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}"), purge_step=purge) for s in seeds}
     bar = tqdm(
         total=config.num_log_steps * steps_per_chunk,
         initial=start_log * steps_per_chunk,
@@ -325,9 +349,8 @@ def run(
         for log_step in range(start_log, config.num_log_steps):
             t_chunk = time.perf_counter()
             runner, stats = trainer.run_chunk(runner)
-            eval_key, k = jax.random.split(eval_key)
             pi_i_ret, pi_0_ret = trainer.evaluate(
-                runner.train.params, jax.random.split(k, len(seeds))
+                runner.train.params, trainer.eval_keys(log_step + 1)
             )
             stats, pi_i_ret, pi_0_ret = jax.device_get((stats, pi_i_ret, pi_0_ret))
             dt = time.perf_counter() - t_chunk
@@ -357,6 +380,9 @@ def run(
                     row[f"eval_return_task_{i}"] = float(pi_i_ret[j][i])
                     row[f"pi0_eval_return_task_{i}"] = float(pi_0_ret[j][i])
                     row[f"kl_task_{i}"] = float(stats.metrics["kl_per_task"][j][i])
+                if not trainer.has_pi0:  # no pi_0: KL and pi_0's entropy do not exist
+                    for name in ("kl", "distilled_entropy", *(f"kl_task_{i}" for i in range(N))):
+                        row[name] = math.nan
                 writer.writerow({c: row.get(c, "") for c in columns})
                 for name in (
                     "mean_return",
@@ -379,7 +405,7 @@ def run(
             )
             done = log_step + 1 == config.num_log_steps
             if (log_step + 1) % config.checkpoint_every == 0 or done:
-                state = jax.device_get(_checkpoint_tree(runner, eval_key, wall))
+                state = jax.device_get(_checkpoint_tree(runner, wall))
                 manager.save(log_step + 1, args=ocp.args.StandardSave(state))
             if on_log is not None:
                 on_log(log_step + 1)
@@ -391,7 +417,11 @@ def run(
         for w in writers.values():
             w.close()
 
-    wall = wall_before + time.perf_counter() - t0
+    if not last_rows:  # resumed a run that had finished: summarise it from its metrics
+        last_rows = _last_rows(metrics_path)
+    else:
+        wall_before += time.perf_counter() - t0
+    wall = max([wall_before, *(float(r["wall_seconds"]) for r in last_rows.values())])
     summary = {
         "variant": config.variant,
         "seeds": seeds,
@@ -401,11 +431,9 @@ def run(
         "final_pi0_return": _nanmean(np.array([r["pi0_eval_return"] for r in last_rows.values()])),
         "optimal_mean_return": float(trainer.optimal_returns.mean()),
         "optimal_returns": trainer.optimal_returns.tolist(),
-        "env_steps_per_task": config.num_log_steps * steps_per_chunk,
+        "env_steps_per_task": int(max(float(r["env_steps_per_task"]) for r in last_rows.values())),
         "wall_seconds": round(wall, 2),
     }
-    if not last_rows:  # resumed a finished run: nothing new
-        return RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
     _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
     from distral.plotting import plot_run
 
@@ -413,22 +441,51 @@ def run(
     return RunResult(run_dir, summary)
 
 
-def _checkpoint_tree(runner: RunnerState, eval_key: Array, wall: float) -> dict[str, Any]:
+def _checkpoint_tree(runner: RunnerState, wall: float) -> dict[str, Any]:
     """A flat, ordered mapping of arrays (no pickle; orbax writes it atomically)."""
     leaves = jax.tree.leaves(runner)
     tree: dict[str, Any] = {f"runner_{i:04d}": leaf for i, leaf in enumerate(leaves)}
-    tree["eval_key"] = eval_key
     tree["wall_seconds"] = np.asarray(wall, np.float64)
     return tree
 
 
-def _from_checkpoint_tree(
-    tree: dict[str, Any], like: RunnerState
-) -> tuple[RunnerState, Array, float]:
+def _from_checkpoint_tree(tree: dict[str, Any], like: RunnerState) -> tuple[RunnerState, float]:
     treedef = jax.tree.structure(like)
     leaves = [jnp.asarray(tree[f"runner_{i:04d}"]) for i in range(treedef.num_leaves)]
-    runner = jax.tree.unflatten(treedef, leaves)
-    return runner, jnp.asarray(tree["eval_key"]), float(tree["wall_seconds"])
+    return jax.tree.unflatten(treedef, leaves), float(tree["wall_seconds"])
+
+
+def check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """A new run needs a missing or empty directory; a resumed one needs its config."""
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is a file, not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = f"use --resume {run_dir}" if (run_dir / "config.yaml").exists() else "pick another"
+        raise ConfigError(f"--out {str(run_dir)!r} exists and is not empty: {hint}")
+
+
+def _inline_layout(config: TrainConfig) -> TrainConfig:
+    """A layout given as a file path is stored as its map text, so the run is self-contained."""
+    layout = config.env.layout
+    if "\n" in layout or layout in two_room.LAYOUTS:
+        return config
+    text = two_room.load_layout(layout)
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, layout=text))
+
+
+def _last_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """The last metrics row of each seed."""
+    rows: dict[int, dict[str, Any]] = {}
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows[int(r["seed"])] = {k: float(v) if v else math.nan for k, v in r.items()}
+    if not rows:
+        raise ConfigError(f"{str(path)!r} holds no metrics rows to summarise")
+    return rows
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -447,7 +504,10 @@ def _truncate_metrics(path: Path, log_step: int) -> None:
         return
     header, body = rows[0], rows[1:]
     col = header.index("log_step")
-    kept = [r for r in body if int(r[col]) <= log_step]
+    # Also drops a row cut short by a crash mid-write.
+    kept = [
+        r for r in body if len(r) == len(header) and r[col].isdigit() and int(r[col]) <= log_step
+    ]
     if len(kept) == len(body):
         return
     tmp = path.with_name(f".{path.name}.tmp")

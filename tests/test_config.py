@@ -18,7 +18,9 @@ def test_defaults_and_overrides_compose(tmp_path):
 
 
 def test_yaml_round_trip(tmp_path):
-    c = cfg.load_config(None, ["env.goals=[[1, 1], [3, 12]]", "n_step=5", "returns=vtrace"])
+    c = cfg.load_config(
+        None, ["env.goals=[[1, 1], [3, 12]]", "env.num_tasks=2", "n_step=5", "returns=vtrace"]
+    )
     path = tmp_path / "config.yaml"
     path.write_text(cfg.dump_yaml(c))
     assert cfg.load_config(path) == c

@@ -95,19 +95,24 @@ def test_a3c_has_no_pi0_evaluation(tmp_path):
 
 
 def test_resume_continues_with_the_same_results(tmp_path):
-    config = small_config(variant="kl_ent_2col", env_steps_per_task=1_600, seeds=[0, 1])
+    """A crash between checkpoints (at log step 3; checkpoints at 2 and 4) loses nothing:
+    the resume drops the row written after the checkpoint and recomputes it identically."""
+    config = small_config(
+        variant="kl_ent_2col", env_steps_per_task=1_600, seeds=[0, 1], checkpoint_every=2
+    )
     run(config, tmp_path / "whole", progress=False)
 
     class Crash(Exception):
         pass
 
-    def crash_after_two(log_step):
-        if log_step == 2:
+    def crash_at_three(log_step):
+        if log_step == 3:
             raise Crash
 
     with pytest.raises(Crash):
-        run(config, tmp_path / "part", progress=False, on_log=crash_after_two)
-    assert len(read_rows(tmp_path / "part" / "metrics.csv")) == 4
+        run(config, tmp_path / "part", progress=False, on_log=crash_at_three)
+    assert len(read_rows(tmp_path / "part" / "metrics.csv")) == 6  # 3 log steps x 2 seeds
+    assert not (tmp_path / "part" / "summary.json").exists()
     run(config, tmp_path / "part", resume=True, progress=False)
 
     whole = read_rows(tmp_path / "whole" / "metrics.csv")
@@ -130,8 +135,10 @@ def test_seeds_are_deterministic_and_distinct(tmp_path):
     )
     a, b = read_rows(tmp_path / "a" / "metrics.csv"), read_rows(tmp_path / "b" / "metrics.csv")
     assert float(a[0]["loss"]) != float(a[1]["loss"])  # seeds 0 and 1 differ
-    # Seed 1 alone gives what seed 1 gave beside seed 0 (vmapped seeds are independent).
-    np.testing.assert_allclose(float(a[1]["loss"]), float(b[0]["loss"]), rtol=1e-5)
+    # Seed 1 alone gives what seed 1 gave beside seed 0 (vmapped seeds are independent),
+    # training and evaluation alike.
+    for key in ("loss", "kl", "eval_return", "pi0_eval_return", "eval_return_task_5"):
+        np.testing.assert_allclose(float(a[1][key]), float(b[0][key]), rtol=1e-5)
 
 
 def cli(*args, cwd=None):
@@ -148,10 +155,14 @@ def cli(*args, cwd=None):
     "extra, fragment",
     [
         (["--set", 'env.layout="#.x.#\\n#...#\\n"'], "unknown character 'x'"),
-        (["--set", "env.goals=[[0, 0]]"], "goal (0, 0) is on a wall"),
+        (["--set", "env.goals=[[0, 0]]", "--set", "env.num_tasks=1"], "goal (0, 0) is on a wall"),
         (["--set", "learning_rate=-1"], "learning_rate=-1.0 must be > 0"),
         (["--set", "env.num_tasks=1.5"], "env.num_tasks=1.5 must be of type int"),
         (["--variant", "a3c", "--set", "beta=3"], "variant 'a3c' has no beta"),
+        (["--set", "env.goals=[[1, 1], [1, 2]]"], "env.goals has 2 cells but env.num_tasks=8"),
+        (["--set", 'env.layout="#####\\n#G.G#\\n#####\\n"'], "has 2 G goal cells but env."),
+        (["--set", "torso=nature_cnn"], "torso='nature_cnn' needs image observations"),
+        (["--set", "value_cost=.nan"], "value_cost=nan must be a finite number"),
     ],
 )
 def test_cli_bad_input_exits_2_before_writing(tmp_path, extra, fragment):
@@ -165,6 +176,18 @@ def test_cli_bad_input_exits_2_before_writing(tmp_path, extra, fragment):
     assert not out.exists()
 
 
+def test_cli_out_must_be_a_new_or_empty_directory(tmp_path):
+    preset = tmp_path / "c.yaml"
+    preset.write_text(yaml.safe_dump({"env_steps_per_task": 400}))
+    (tmp_path / "afile").write_text("x")
+    p = cli("train", str(preset), "--out", str(tmp_path / "afile"), "--quiet")
+    assert p.returncode == 2 and "is a file, not a directory" in p.stderr
+    p = cli("train", str(preset), "--out", str(tmp_path), "--quiet")  # holds c.yaml
+    assert p.returncode == 2 and "exists and is not empty: pick another" in p.stderr
+    p = cli("train", "--resume", str(tmp_path / "nothing"))
+    assert p.returncode == 2 and "no config.yaml there" in p.stderr
+
+
 def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path):
     preset = tmp_path / "c.yaml"
     preset.write_text(yaml.safe_dump({**SMALL, "env_steps_per_task": 800}))
@@ -176,12 +199,18 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path):
     assert "curves:" in p.stdout and "optimal" in p.stdout
     before = (out / "metrics.csv").read_text()
     p = cli("train", str(preset), "--out", str(out), "--quiet")
-    assert p.returncode == 2 and "already holds a run" in p.stderr
+    assert p.returncode == 2 and "exists and is not empty: use --resume" in p.stderr
     assert (out / "metrics.csv").read_text() == before  # untouched
-    # A finished run resumes to nothing new; the metrics are not duplicated.
+    # A finished run whose summary was lost (killed at the very end) resumes to nothing
+    # new: the metrics are not duplicated and the summary is rebuilt from them.
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").unlink()
     p = cli("train", "--resume", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     assert (out / "metrics.csv").read_text() == before
+    rebuilt = json.loads((out / "summary.json").read_text())
+    assert rebuilt["final_mean_return"] == pytest.approx(summary["final_mean_return"])
+    assert rebuilt["env_steps_per_task"] == summary["env_steps_per_task"]
     p = cli("plot", str(out), "--out", str(tmp_path / "c.png"))
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "c.png").stat().st_size > 10_000
