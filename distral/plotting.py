@@ -184,6 +184,9 @@ def _save(fig: Any, out: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=120)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a PNG is for everyone
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
