@@ -43,6 +43,11 @@ _LAZY = {
     "load_config": "distral.config",
     "Trainer": "distral.train",
     "run": "distral.train",
+    # distributed components (Reverb)
+    "Learner": "distral.learner",
+    "Actor": "distral.actor",
+    "select_action": "distral.acting",
+    "select_action_pi0": "distral.acting",
 }
 
 __all__ = ["VARIANTS", "Variant", "VariantError", "__version__", "get_variant", *_LAZY]

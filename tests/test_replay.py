@@ -1,0 +1,210 @@
+"""Tests of distral.replay on a real in-process Reverb server (no mocks)."""
+
+import numpy as np
+import pytest
+import reverb
+from dm_env import specs
+
+from distral import replay
+
+# A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
+pytestmark = pytest.mark.timeout(60)
+
+T, B, D, A = 3, 2, 5, 4
+
+
+@pytest.fixture
+def make_server():
+    """Starts servers with the three tables; every one is stopped after the test."""
+    servers = []
+
+    def make(max_queue_size=100, num_envs=B, variables_signature=None):
+        sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, num_envs)
+        tables = replay.make_tables(
+            sig, max_queue_size=max_queue_size, variables_signature=variables_signature
+        )
+        server = replay.start_server(tables)
+        servers.append(server)
+        return server, reverb.Client(replay.server_address(server)), sig
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def known_step(i, task=3, num_envs=B, params_step=None):
+    """Step i of an actor of `task`: every value encodes (task, i, env)."""
+    env = np.arange(num_envs)
+    code = 1000 * task + 10 * i + env  # [B]
+    return {
+        "observation": (code[:, None] + np.arange(D) / 10).astype(np.float32),
+        "action": (code % A).astype(np.int32),
+        "reward": code.astype(np.float32) / 7,
+        "discount": np.where(env == i % num_envs, 0.0, 1.0).astype(np.float32),
+        "behaviour_logits": (code[:, None] - np.arange(A)).astype(np.float32),
+        "task_id": np.int32(task),
+        "params_step": np.int64(100 + i if params_step is None else params_step),
+    }
+
+
+def sample_all(client, n):
+    return [
+        s.data
+        for s in client.sample(
+            replay.TRAJECTORIES, num_samples=n, emit_timesteps=False, unpack_as_table_signature=True
+        )
+    ]
+
+
+def test_signature_shapes():
+    sig = replay.unroll_signature(specs.Array((7, 2), np.uint8), 6, unroll_length=20, num_envs=8)
+    assert sig["observation"].shape == (21, 8, 7, 2) and sig["observation"].dtype == "uint8"
+    assert sig["behaviour_logits"].shape == (21, 8, 6)
+    assert sig["task_id"].shape == (21,) and sig["params_step"].dtype == "int64"
+
+
+def test_writer_makes_overlapping_unrolls(make_server):
+    _, client, sig = make_server()
+    writer = replay.UnrollWriter(client, T)
+    created = [writer.append(known_step(i)) for i in range(2 * T + 1)]
+    writer.flush()
+    # Items after T+1 appends, then every T: steps 0..T and T..2T.
+    assert created == [False] * T + [True] + [False] * (T - 1) + [True]
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    first, second = sample_all(client, 2)  # FIFO: written order
+    for item in (first, second):
+        for name, spec in sig.items():
+            assert item[name].shape == tuple(spec.shape), name
+            assert item[name].dtype == spec.dtype.as_numpy_dtype, name
+    for name in sig:
+        np.testing.assert_array_equal(first[name][-1], second[name][0])  # overlap by one
+        for t in range(T + 1):
+            np.testing.assert_array_equal(first[name][t], known_step(t)[name])
+            np.testing.assert_array_equal(second[name][t], known_step(T + t)[name])
+    np.testing.assert_array_equal(second["task_id"], np.full(T + 1, 3))
+    np.testing.assert_array_equal(second["params_step"], 100 + np.arange(T, 2 * T + 1))
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("observation", np.zeros((B, D + 1), np.float32), "'observation' has shape"),
+        ("observation", np.zeros((B + 1, D), np.float32), "'observation' has shape"),
+        ("action", np.zeros(B, np.float32), "'action' has shape .* dtype float32"),
+        ("task_id", np.zeros(B, np.int32), "'task_id' has shape"),
+    ],
+)
+def test_wrong_append_is_rejected(make_server, field, value, match):
+    _, client, _ = make_server()
+    writer = replay.UnrollWriter(client, T)
+    writer.append(known_step(0))
+    step = known_step(1)
+    step[field] = value
+    with pytest.raises(ValueError, match=match):
+        writer.append(step)
+    missing = known_step(1)
+    del missing["reward"]
+    with pytest.raises(ValueError, match="exactly the fields"):
+        writer.append(missing)
+    writer.close()
+
+
+def test_writer_checks_unroll_length(make_server):
+    _, client, _ = make_server()
+    with pytest.raises(ValueError, match="unroll_length=4"):
+        replay.UnrollWriter(client, T + 1)
+
+
+def nested_params(scale):
+    return {
+        "distilled": {"policy": {"w": scale * np.arange(6.0).reshape(2, 3), "b": np.ones(3)}},
+        "tasks": (np.full((2, 2), scale, np.float32), {"z": np.array(7 * scale, np.int32)}),
+    }
+
+
+def test_publish_and_fetch_round_trip(make_server):
+    template = nested_params(0)
+    _, client, _ = make_server(variables_signature=replay.variables_signature(template))
+    source = replay.VariableSource(client, template)
+    with pytest.raises(TimeoutError):
+        source.fetch(timeout=0.05)
+    for step, scale in [(5, 1), (9, 3)]:
+        replay.publish_params(client, nested_params(scale), step)
+        params, got_step = source.fetch(timeout=5)
+        assert got_step == step
+        assert replay.table_size(client, replay.VARIABLES) == 1  # the second replaced the first
+        expected = nested_params(scale)
+        np.testing.assert_array_equal(
+            params["distilled"]["policy"]["w"], expected["distilled"]["policy"]["w"]
+        )
+        np.testing.assert_array_equal(
+            params["distilled"]["policy"]["b"], expected["distilled"]["policy"]["b"]
+        )
+        np.testing.assert_array_equal(params["tasks"][0], expected["tasks"][0])
+        np.testing.assert_array_equal(params["tasks"][1]["z"], expected["tasks"][1]["z"])
+        assert params["tasks"][0].dtype == np.float32 and params["tasks"][1]["z"].dtype == np.int32
+    with pytest.raises(ValueError, match="do not match the template"):
+        replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5)
+
+
+def test_sample_batch_columns_are_the_written_unrolls(make_server):
+    _, client, _ = make_server()
+    tasks = (0, 5)
+    for task in tasks:  # two actors' worth of data: 2 unrolls each
+        writer = replay.UnrollWriter(client, T)
+        for i in range(2 * T + 1):
+            writer.append(known_step(i, task=task, params_step=10 * task + i // T))
+        writer.flush()
+        writer.close()
+    assert replay.table_size(client, replay.TRAJECTORIES) == 4
+    sampled = replay.sample_batch(client, 4)
+    batch = sampled.batch
+    assert batch.observation.shape == (T + 1, 4 * B, D)
+    assert batch.behaviour_logits.shape == (T + 1, 4 * B, A)
+    assert batch.task_id.shape == (4 * B,) and batch.task_id.dtype == np.int32
+    assert replay.table_size(client, replay.TRAJECTORIES) == 0
+    seen = []
+    for k in range(4):
+        cols = slice(k * B, (k + 1) * B)
+        task = int(batch.task_id[k * B])
+        np.testing.assert_array_equal(batch.task_id[cols], task)
+        start = int(np.rint(batch.observation[0, k * B, 0])) % 1000 // 10  # first step written
+        seen.append((task, start))
+        for name in ("observation", "action", "reward", "discount", "behaviour_logits"):
+            expected = np.stack([known_step(start + t, task=task)[name] for t in range(T + 1)])
+            np.testing.assert_array_equal(getattr(batch, name)[:, cols], expected)
+        assert sampled.params_step[k] == 10 * task + start // T  # oldest params in the unroll
+    assert sorted(seen) == [(0, 0), (0, T), (5, 0), (5, T)]
+
+
+def test_queue_samples_each_item_once_and_blocks_writers_when_full(make_server):
+    _, client, _ = make_server(max_queue_size=2)
+    writer = replay.UnrollWriter(client, T, max_in_flight_items=0)
+    steps = iter(range(100))
+    for _ in range(2):  # two items fill the queue
+        while not writer.append(known_step(next(steps)), timeout_ms=2000):
+            pass
+    with pytest.raises(reverb.errors.DeadlineExceededError):
+        while not writer.append(known_step(next(steps)), timeout_ms=300):
+            pass
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    first = sample_all(client, 1)[0]  # frees a slot: the blocked item goes in
+    writer.wait(timeout_ms=5000)
+    rest = sample_all(client, 2)
+    assert replay.table_size(client, replay.TRAJECTORIES) == 0
+    starts = [int(item["params_step"][0]) - 100 for item in (first, *rest)]
+    assert starts == [0, T, 2 * T]  # FIFO, and every item exactly once
+    writer.close()
+
+
+def test_episodes_are_drained_without_blocking(make_server):
+    _, client, _ = make_server()
+    assert replay.drain_episodes(client) == []
+    writer = replay.EpisodeWriter(client)
+    writer.write(2, -1.5, 7, 11)
+    writer.write(0, 0.25, 3, 12)
+    writer.flush()
+    assert replay.drain_episodes(client) == [(2, -1.5, 7, 11), (0, 0.25, 3, 12)]
+    assert replay.drain_episodes(client) == []
+    writer.close()
