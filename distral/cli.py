@@ -73,10 +73,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
                 "--variant, --seeds or --out with it"
             )
-        from distral.train import load_run_config
+        from distral.train import check_run_dir
 
         run_dir = Path(args.resume)
-        config = load_run_config(run_dir)
+        check_run_dir(run_dir, resume=True)
+        config = load_config(run_dir / "config.yaml")
     else:
         if args.config is None:
             _fail("a CONFIG file is needed, e.g. experiments/two_room.yaml (or --resume DIR)")
@@ -85,11 +86,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["seeds"] = list(_parse_seeds(args.seeds))
         config = load_config(args.config, args.set, overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+        from distral.train import check_run_dir
+
+        check_run_dir(run_dir, resume=False)
     from distral.envs.two_room import LayoutError
-    from distral.train import Trainer, check_run_dir, run
+    from distral.train import Trainer, run
 
     # Everything is checked and built before the first file is written.
-    check_run_dir(run_dir, resume=args.resume is not None)
     try:
         trainer = Trainer(config)
     except LayoutError as e:

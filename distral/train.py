@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral import learning
-from distral.config import ConfigError, TrainConfig, dump_yaml, load_config
+from distral.config import ConfigError, TrainConfig, dump_yaml
 from distral.envs import two_room
 from distral.losses import LossConfig
 from distral.networks import make_torso
@@ -303,6 +303,7 @@ def run(
     N = trainer.num_tasks
     steps_per_chunk = config.steps_per_update * config.log_every
     columns = _metric_columns(N)
+    optimal = float(trainer.optimal_returns.mean())
 
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / "config.yaml", dump_yaml(config))
@@ -370,7 +371,7 @@ def run(
                     "mean_return": _nanmean(per_task),
                     "eval_return": float(np.mean(pi_i_ret[j])),
                     "pi0_eval_return": _nanmean(pi_0_ret[j]),
-                    "optimal_return": float(trainer.optimal_returns.mean()),
+                    "optimal_return": optimal,
                 }
                 for name, value in stats.metrics.items():
                     if np.ndim(value[j]) == 0:
@@ -400,7 +401,7 @@ def run(
             mean_ret = _nanmean(np.array([r["mean_return"] for r in last_rows.values()]))
             bar.set_postfix(
                 ret=f"{mean_ret:.2f}",
-                opt=f"{trainer.optimal_returns.mean():.2f}",
+                opt=f"{optimal:.2f}",
                 sps=f"{steps_per_chunk * N * len(seeds) / dt:,.0f}",
             )
             done = log_step + 1 == config.num_log_steps
@@ -417,21 +418,26 @@ def run(
         for w in writers.values():
             w.close()
 
-    if not last_rows:  # resumed a run that had finished: summarise it from its metrics
+    if last_rows:
+        wall = wall_before + time.perf_counter() - t0
+    else:  # resumed a run that had finished: summarise it from its metrics
         last_rows = _last_rows(metrics_path)
-    else:
-        wall_before += time.perf_counter() - t0
-    wall = max([wall_before, *(float(r["wall_seconds"]) for r in last_rows.values())])
+        wall = max(float(r["wall_seconds"]) for r in last_rows.values())
+
+    def final(column: str) -> float:
+        """Mean over seeds of the column in each seed's last row."""
+        return _nanmean(np.array([r[column] for r in last_rows.values()]))
+
     summary = {
         "variant": config.variant,
         "seeds": seeds,
-        "final_mean_return": _nanmean(np.array([r["eval_return"] for r in last_rows.values()])),
+        "final_mean_return": final("eval_return"),
         "final_mean_return_per_seed": {str(s): r["eval_return"] for s, r in last_rows.items()},
-        "final_training_return": _nanmean(np.array([r["mean_return"] for r in last_rows.values()])),
-        "final_pi0_return": _nanmean(np.array([r["pi0_eval_return"] for r in last_rows.values()])),
-        "optimal_mean_return": float(trainer.optimal_returns.mean()),
+        "final_training_return": final("mean_return"),
+        "final_pi0_return": final("pi0_eval_return"),
+        "optimal_mean_return": optimal,
         "optimal_returns": trainer.optimal_returns.tolist(),
-        "env_steps_per_task": int(max(float(r["env_steps_per_task"]) for r in last_rows.values())),
+        "env_steps_per_task": int(final("env_steps_per_task")),
         "wall_seconds": round(wall, 2),
     }
     _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -514,11 +520,3 @@ def _truncate_metrics(path: Path, log_step: int) -> None:
     with tmp.open("w", newline="") as fh:
         csv.writer(fh).writerows([header, *kept])
     os.replace(tmp, path)
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The resolved config of an existing run directory (for --resume)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
-    return load_config(path)
