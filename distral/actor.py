@@ -153,7 +153,12 @@ class Actor:
             else:  # max_steps reached: every unroll written reaches the table
                 self._wait(self._writer.flush, stop_event)
         finally:
-            self._episodes.flush()
+            # Bounded: when stopping, the server may already be gone.
+            stopping = stop_event is not None and stop_event.is_set()
+            try:
+                self._episodes.flush(timeout_ms=_POLL_MS if stopping else None)
+            except reverb.errors.DeadlineExceededError:
+                pass
 
     def close(self) -> None:
         self._writer.close()

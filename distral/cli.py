@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
                 "--variant, --seeds or --out with it"
             )
-        from distral.train import check_run_dir
+        from distral.rundir import check_run_dir
 
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
@@ -86,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["seeds"] = list(_parse_seeds(args.seeds))
         config = load_config(args.config, args.set, overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        from distral.train import check_run_dir
+        from distral.rundir import check_run_dir
 
         check_run_dir(run_dir, resume=False)
     from distral.envs.two_room import LayoutError
@@ -126,7 +126,7 @@ def _print_summary(summary: dict) -> None:
         rows.append(
             (
                 seed,
-                f"{ret:.3f}",
+                "n/a" if ret is None else f"{ret:.3f}",
                 f"{summary['optimal_mean_return']:.3f}",
                 f"{summary['env_steps_per_task']:,}",
                 f"{summary['wall_seconds']:.1f}",
@@ -135,6 +135,99 @@ def _print_summary(summary: dict) -> None:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from distral.config import load_config
+    from distral.rundir import check_run_dir
+
+    distributed = {
+        k: v
+        for k, v in (
+            ("actors_per_task", args.actors_per_task),
+            ("max_learner_steps", args.max_learner_steps),
+        )
+        if v is not None
+    }
+    if args.resume is not None:
+        if args.config is not None or args.set or args.variant or args.seed is not None or args.out:
+            _fail(
+                "--resume DIR continues that run as configured: give no CONFIG, --set, "
+                "--variant, --seed or --out with it"
+            )
+        run_dir = Path(args.resume)
+        check_run_dir(run_dir, resume=True)
+        config = load_config(run_dir / "config.yaml", overrides={"distributed": distributed})
+    else:
+        if args.config is None:
+            _fail(
+                "a CONFIG file is needed, e.g. experiments/two_room_distributed.yaml "
+                "(or --resume DIR)"
+            )
+        overrides: dict = {"variant": args.variant, "distributed": distributed}
+        if args.seed is not None:
+            overrides["seeds"] = [args.seed]
+        config = load_config(args.config, args.set, overrides)
+        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+        check_run_dir(run_dir, resume=False)
+    from distral.envs.two_room import LayoutError
+    from distral.launch import LaunchError, launch
+
+    d = config.distributed
+    print(
+        f"distral launch: {config.variant}, seed {config.seeds[0]}, backend {args.backend}, "
+        f"{d.actors_per_task} actor(s) per task, run directory {run_dir}",
+        flush=True,
+    )
+    try:
+        summary = launch(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            backend=args.backend,
+            ray_address=args.ray_address,
+        )
+    except LayoutError as e:
+        _fail(str(e))
+    except LaunchError as e:
+        print(f"distral launch: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"stopped; resume with: distral launch --resume {run_dir}", file=sys.stderr)
+        return 130
+    _print_summary(summary)
+    print(f"learner steps: {summary['learner_steps']}; curves: {Path(run_dir) / 'curves.png'}")
+    return 0
+
+
+def _cmd_replay_server(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from distral.config import load_config
+    from distral.experiment import make_experiment
+    from distral.launch import check_port_free
+
+    config = load_config(args.config, args.set)
+    if not 1 <= args.port < 65536:
+        _fail(f"--port {args.port} must lie in [1, 65535]")
+    check_port_free(args.port)
+    from distral import replay
+    from distral.workers import make_replay_tables
+
+    server = replay.start_server(make_replay_tables(make_experiment(config)), port=args.port)
+    print(
+        f"distral replay-server: listening on port {server.port} (all interfaces, no "
+        f"authentication: keep it on a private network). Use it with "
+        f"--set distributed.replay_address=HOST:{server.port}; Ctrl-C stops it.",
+        flush=True,
+    )
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+    return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -194,6 +287,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "launch",
+        help="the distributed run: Reverb server, actor processes, jitted learner",
+        description="Starts a learner (with the Reverb server and the evaluator) and "
+        "actors (one task each), supervises them (dead actors are restarted; Ctrl-C stops "
+        "everything and writes a checkpoint) and writes the run directory of distral train.",
+        epilog="config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. "
+        "--set distributed.batch_size=16):\n" + describe_fields(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "config", nargs="?", help="YAML config, e.g. experiments/two_room_distributed.yaml"
+    )
+    p.add_argument("--variant", help=f"one of: {', '.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, help="the run's seed (one per launch)")
+    p.add_argument("--actors-per-task", type=int, metavar="K", help="actor processes per task")
+    p.add_argument("--backend", default="local", help="local (default) or ray")
+    p.add_argument("--ray-address", metavar="A", help="host:port of a Ray cluster (ray backend)")
+    p.add_argument("--max-learner-steps", type=int, metavar="N", help="stop after N learner steps")
+    p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+    p.set_defaults(func=_cmd_launch)
+
+    p = sub.add_parser(
+        "replay-server",
+        help="a standalone Reverb server with the tables of a config",
+        description="Runs the Reverb tables of CONFIG on --port until Ctrl-C; point a "
+        "launch at it with --set distributed.replay_address=HOST:PORT.",
+    )
+    p.add_argument("config", help="YAML config the tables are built for")
+    p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_replay_server)
 
     p = sub.add_parser(
         "plot",

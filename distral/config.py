@@ -70,8 +70,54 @@ class EnvConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """`distral launch` only: actors, the Reverb queue and the learner's batch."""
+
+    actors_per_task: int = _f(1, "actor processes per task (each steps its own envs)")
+    envs_per_actor: int = _f(16, "environments each actor steps in a batch (B)")
+    batch_size: int = _f(8, "unrolls per learner step (each [T+1, B]); paper-size: N tasks")
+    queue_size: int = _f(64, "unrolls the trajectories queue holds; full -> actors wait")
+    refresh_every: int = _f(20, "actor steps between parameter fetches (20 = one unroll)")
+    publish_every: int = _f(1, "learner steps between parameter publications")
+    max_learner_steps: int | None = _f(
+        None, "stop after this many learner steps; null: when the env-step budget is consumed"
+    )
+    port: int = _f(0, "Reverb server port in the learner process; 0: any free port")
+    replay_address: str | None = _f(
+        None, "host:port of a running `distral replay-server` to use instead of starting one"
+    )
+    max_actor_restarts: int = _f(3, "restarts allowed per actor slot before the run stops")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "actors_per_task",
+            "envs_per_actor",
+            "batch_size",
+            "queue_size",
+            "refresh_every",
+            "publish_every",
+        ):
+            _positive(f"distributed.{name}", getattr(self, name))
+        if self.max_learner_steps is not None:
+            _positive("distributed.max_learner_steps", self.max_learner_steps)
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"distributed.port={self.port!r} must lie in [0, 65535]")
+        if self.replay_address is not None:
+            host, sep, port = self.replay_address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(
+                    f"distributed.replay_address={self.replay_address!r} must look like host:port"
+                )
+        if self.max_actor_restarts < 0:
+            raise ConfigError(
+                f"distributed.max_actor_restarts={self.max_actor_restarts!r} must be >= 0"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """`distral train`: the single-process, fully jitted trainer."""
+    """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
+    section adds the processes' settings; everything else means the same in both)."""
 
     variant: str = _f("kl_ent_2col", f"algorithm; one of {', '.join(VARIANTS)}")
     alpha: float | None = _f(None, "override of alpha (KL+ent variants), in [0, 1]")
@@ -97,6 +143,9 @@ class TrainConfig:
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
+    distributed: DistributedConfig = dataclasses.field(
+        default_factory=DistributedConfig, metadata={"help": "distral launch section"}
+    )
 
     def __post_init__(self) -> None:
         try:

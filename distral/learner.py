@@ -87,6 +87,8 @@ class Learner:
         out: dict[str, Any] = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         out.update(
             learner_step=self.step,
+            frames_per_task=np.bincount(sampled.batch.task_id, minlength=self._network.num_tasks)
+            * (T1 - 1),
             kl_per_task=np.asarray(metrics["kl_per_task"]),
             parameter_lag_mean=float(np.mean(lag)),
             parameter_lag_max=int(np.max(lag)),

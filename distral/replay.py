@@ -333,6 +333,21 @@ def items_to_batch(items: list[Mapping[str, np.ndarray]]) -> SampledBatch:
     return SampledBatch(batch, params_step)
 
 
+def wait_for_items(
+    client: reverb.Client, table: str, num_items: int, should_stop: Any, poll: float = 0.002
+) -> bool:
+    """Waits until `table` holds `num_items` items (True) or `should_stop()` (False).
+
+    Reverb's Python sampler has no timeout; a single consumer that waits here first can
+    then sample without blocking, and still notices a stop request.
+    """
+    while table_size(client, table) < num_items:
+        if should_stop():
+            return False
+        time.sleep(poll)
+    return True
+
+
 def sample_batch(client: reverb.Client, batch_size: int) -> SampledBatch:
     """Takes `batch_size` unrolls from the queue (blocking until there are that many)."""
     samples = client.sample(

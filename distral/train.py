@@ -13,10 +13,8 @@ Run directory: config.yaml, metrics.csv (appended), tb/ (TensorBoard), checkpoin
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distral import learning
-from distral.config import ConfigError, TrainConfig, dump_yaml
+from distral import learning, rundir
+from distral.config import TrainConfig, dump_yaml
 from distral.envs import two_room
-from distral.losses import LossConfig
-from distral.networks import make_torso
-from distral.variants import get_variant
+from distral.evaluator import evaluation_fn, evaluation_key
+from distral.experiment import make_experiment
 
 Array = jax.Array
 
@@ -57,55 +54,25 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        env = config.env
-        self.env_params = two_room.make_params(
-            env.layout,
-            num_tasks=env.num_tasks,
-            goal_seed=env.goal_seed,
-            goals=env.goals,
-            max_steps=env.max_steps,
-        )
-        self.variant = get_variant(
-            config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
-        )
-        self.num_tasks = two_room.num_tasks(self.env_params)
-        if self.num_tasks != env.num_tasks:
-            raise ConfigError(
-                f"env.layout has {self.num_tasks} G goal cells but env.num_tasks="
-                f"{env.num_tasks}: set env.num_tasks={self.num_tasks}"
-            )
-        self.obs_size = two_room.observation_size(self.env_params)
-        self.network = learning.build_network(
-            self.variant,
-            num_tasks=self.num_tasks,
-            num_actions=two_room.NUM_ACTIONS,
-            torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
-            task_columns=config.task_columns,
-        )
-        self.optimizer = learning.make_optimizer(config.learning_rate, config.max_grad_norm)
-        self.loss_config = LossConfig.from_variant(
-            self.variant,
-            discount=config.discount,
-            returns=config.returns,
-            n_step=config.n_step,
-            value_cost=config.value_cost,
-        )
-        self.has_pi0 = self.variant.architecture != "independent"
-        self.optimal_returns = np.asarray(two_room.optimal_returns(self.env_params))
+        self.experiment = experiment = make_experiment(config)
+        self.env_params = experiment.env_params
+        self.variant = experiment.variant
+        self.num_tasks = experiment.num_tasks
+        self.obs_size = experiment.obs_size
+        self.network = experiment.network
+        self.optimizer = experiment.optimizer
+        self.loss_config = experiment.loss_config
+        self.has_pi0 = experiment.has_pi0
+        self.optimal_returns = experiment.optimal_returns
         self.init = jax.jit(jax.vmap(self._init))
         self.run_chunk = jax.jit(jax.vmap(self._chunk))
-        self.evaluate = jax.jit(jax.vmap(self._evaluate))
+        self.evaluate = jax.jit(jax.vmap(evaluation_fn(experiment, config.eval_episodes_per_task)))
         # Trace (no compile) once, so a config that cannot run fails here, before any file.
         jax.eval_shape(self._init, jax.random.PRNGKey(0))
 
     def eval_keys(self, log_step: int) -> Array:
         """Evaluation keys [seeds] of a log step: a function of each seed alone."""
-        return jnp.stack(
-            [
-                jax.random.fold_in(jax.random.PRNGKey(10_000 + s), log_step)
-                for s in self.config.seeds
-            ]
-        )
+        return jnp.stack([evaluation_key(s, log_step) for s in self.config.seeds])
 
     # ENVIRONMENT BATCH: [N tasks, E envs]
     def _task_ids(self, num_envs: int) -> Array:
@@ -193,84 +160,8 @@ class Trainer:
         stats = ChunkStats(ret_sum.sum(0), count.sum(0), jax.tree.map(lambda x: x.mean(0), metrics))
         return runner, stats
 
-    # EVALUATION: one episode per environment, pi_i on its task and pi_0 on every task.
-    def _evaluate(self, params: Any, key: Array) -> tuple[Array, Array]:
-        E = self.config.eval_episodes_per_task
-        task_ids = self._task_ids(E)
-        step = jax.vmap(jax.vmap(two_room.step, (None, 0, 0, 0)), (None, 0, 0, 0))
-
-        def episode_returns(key: Array, use_pi0: bool) -> Array:
-            k_reset, k_run = jax.random.split(key)
-            env_state, obs = self._reset(k_reset, E)
-
-            def one_step(carry, key):
-                env_state, obs, total, alive = carry
-                out = self.network.apply_tasks(params, obs)
-                logits = out.distilled_logits if use_pi0 else out.logits
-                action = jax.random.categorical(key, logits)
-                env_state, obs, reward, discount = step(
-                    self.env_params, env_state, action, task_ids
-                )
-                total = total + jnp.where(alive, reward, 0.0)
-                alive = alive & (discount > 0)
-                return (env_state, obs, total, alive), None
-
-            init = (
-                env_state,
-                obs,
-                jnp.zeros((self.num_tasks, E)),
-                jnp.ones((self.num_tasks, E), bool),
-            )
-            keys = jax.random.split(k_run, self.config.env.max_steps)
-            (_, _, total, _), _ = jax.lax.scan(one_step, init, keys)
-            return total.mean(axis=1)  # [N]
-
-        k_i, k_0 = jax.random.split(key)
-        pi_i = episode_returns(k_i, use_pi0=False)
-        pi_0 = episode_returns(k_0, use_pi0=True) if self.has_pi0 else jnp.full_like(pi_i, jnp.nan)
-        return pi_i, pi_0
-
 
 # THE RUN: Python between chunks.
-
-
-def _metric_columns(num_tasks: int) -> list[str]:
-    scalars = [
-        "loss",
-        "policy_loss",
-        "value_loss",
-        "distill_loss",
-        "entropy_loss",
-        "kl",
-        "entropy",
-        "distilled_entropy",
-        "regularised_reward",
-        "grad_norm",
-    ]
-    per_task = [
-        f"{p}_task_{i}"
-        for p in ("return", "eval_return", "pi0_eval_return", "kl")
-        for i in range(num_tasks)
-    ]
-    return [
-        "seed",
-        "log_step",
-        "updates",
-        "env_steps_per_task",
-        "wall_seconds",
-        "steps_per_second",
-        "mean_return",
-        "eval_return",
-        "pi0_eval_return",
-        "optimal_return",
-        *scalars,
-        *per_task,
-    ]
-
-
-def _nanmean(x: np.ndarray) -> float:
-    x = np.asarray(x, np.float64)
-    return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
 
 
 class RunResult(NamedTuple):
@@ -296,17 +187,17 @@ def run(
     from tqdm import tqdm
 
     run_dir = Path(run_dir).absolute()
-    check_run_dir(run_dir, resume=resume)
-    config = _inline_layout(config)
+    rundir.check_run_dir(run_dir, resume=resume)
+    config = rundir.inline_layout(config)
     trainer = trainer or Trainer(config)
     seeds = list(config.seeds)
     N = trainer.num_tasks
     steps_per_chunk = config.steps_per_update * config.log_every
-    columns = _metric_columns(N)
+    columns = rundir.metric_columns(N)
     optimal = float(trainer.optimal_returns.mean())
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", dump_yaml(config))
+    rundir.atomic_write(run_dir / "config.yaml", dump_yaml(config))
     manager = ocp.CheckpointManager(
         run_dir / "checkpoints",
         options=ocp.CheckpointManagerOptions(
@@ -324,7 +215,7 @@ def run(
         runner, wall_before = _from_checkpoint_tree(restored, runner)
         start_log = int(manager.latest_step())
     if resume:
-        _truncate_metrics(run_dir / "metrics.csv", start_log)
+        rundir.truncate_metrics(run_dir / "metrics.csv", start_log)
 
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
@@ -368,9 +259,9 @@ def run(
                     "env_steps_per_task": env_steps,
                     "wall_seconds": round(wall, 3),
                     "steps_per_second": round(steps_per_chunk * N * len(seeds) / dt, 1),
-                    "mean_return": _nanmean(per_task),
+                    "mean_return": rundir.nanmean(per_task),
                     "eval_return": float(np.mean(pi_i_ret[j])),
-                    "pi0_eval_return": _nanmean(pi_0_ret[j]),
+                    "pi0_eval_return": rundir.nanmean(pi_0_ret[j]),
                     "optimal_return": optimal,
                 }
                 for name, value in stats.metrics.items():
@@ -398,7 +289,7 @@ def run(
                 last_rows[seed] = row
             fh.flush()
             bar.update(steps_per_chunk)
-            mean_ret = _nanmean(np.array([r["mean_return"] for r in last_rows.values()]))
+            mean_ret = rundir.nanmean(np.array([r["mean_return"] for r in last_rows.values()]))
             bar.set_postfix(
                 ret=f"{mean_ret:.2f}",
                 opt=f"{optimal:.2f}",
@@ -421,12 +312,12 @@ def run(
     if last_rows:
         wall = wall_before + time.perf_counter() - t0
     else:  # resumed a run that had finished: summarise it from its metrics
-        last_rows = _last_rows(metrics_path)
+        last_rows = rundir.last_rows(metrics_path)
         wall = max(float(r["wall_seconds"]) for r in last_rows.values())
 
     def final(column: str) -> float:
         """Mean over seeds of the column in each seed's last row."""
-        return _nanmean(np.array([r[column] for r in last_rows.values()]))
+        return rundir.nanmean(np.array([r[column] for r in last_rows.values()]))
 
     summary = {
         "variant": config.variant,
@@ -440,7 +331,7 @@ def run(
         "env_steps_per_task": int(final("env_steps_per_task")),
         "wall_seconds": round(wall, 2),
     }
-    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
+    rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
     from distral.plotting import plot_run
 
     plot_run(run_dir)
@@ -459,64 +350,3 @@ def _from_checkpoint_tree(tree: dict[str, Any], like: RunnerState) -> tuple[Runn
     treedef = jax.tree.structure(like)
     leaves = [jnp.asarray(tree[f"runner_{i:04d}"]) for i in range(treedef.num_leaves)]
     return jax.tree.unflatten(treedef, leaves), float(tree["wall_seconds"])
-
-
-def check_run_dir(run_dir: Path, *, resume: bool) -> None:
-    """A new run needs a missing or empty directory; a resumed one needs its config."""
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {str(run_dir)!r} is a file, not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        hint = f"use --resume {run_dir}" if (run_dir / "config.yaml").exists() else "pick another"
-        raise ConfigError(f"--out {str(run_dir)!r} exists and is not empty: {hint}")
-
-
-def _inline_layout(config: TrainConfig) -> TrainConfig:
-    """A layout given as a file path is stored as its map text, so the run is self-contained."""
-    layout = config.env.layout
-    if "\n" in layout or layout in two_room.LAYOUTS:
-        return config
-    text = two_room.load_layout(layout)
-    return dataclasses.replace(config, env=dataclasses.replace(config.env, layout=text))
-
-
-def _last_rows(path: Path) -> dict[int, dict[str, Any]]:
-    """The last metrics row of each seed."""
-    rows: dict[int, dict[str, Any]] = {}
-    with path.open(newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows[int(r["seed"])] = {k: float(v) if v else math.nan for k, v in r.items()}
-    if not rows:
-        raise ConfigError(f"{str(path)!r} holds no metrics rows to summarise")
-    return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _truncate_metrics(path: Path, log_step: int) -> None:
-    """Drops rows past the checkpoint (written before a crash), so a resume appends cleanly."""
-    if not path.exists():
-        return
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    col = header.index("log_step")
-    # Also drops a row cut short by a crash mid-write.
-    kept = [
-        r for r in body if len(r) == len(header) and r[col].isdigit() and int(r[col]) <= log_step
-    ]
-    if len(kept) == len(body):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        csv.writer(fh).writerows([header, *kept])
-    os.replace(tmp, path)

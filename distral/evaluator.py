@@ -1,0 +1,81 @@
+"""The evaluator: pi_i on its own task and pi_0 on every task (Teh et al., 2017,
+arXiv:1707.04175; DESIGN.md section 3).
+
+`evaluation_fn` is pure: `distral train` vmaps it over seeds inside its program and the
+distributed learner jits it as is. Each evaluation runs `episodes` fresh episodes per task
+to the time limit (no auto-reset) and returns the mean undiscounted return per task.
+Keys are a function of the seed and the log step alone (`evaluation_key`), so a resumed run
+evaluates exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distral.envs import two_room
+from distral.experiment import Experiment
+
+Array = jax.Array
+EvaluationFn = Callable[[Any, Array], tuple[Array, Array]]
+
+
+def evaluation_key(seed: int, log_step: int) -> Array:
+    """The key of the evaluation at `log_step` of seed `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(10_000 + seed), log_step)
+
+
+def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
+    """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
+    N, E = experiment.num_tasks, episodes
+    env_params, network = experiment.env_params, experiment.network
+    max_steps = experiment.config.env.max_steps
+    task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
+    reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
+    step = jax.vmap(jax.vmap(two_room.step, (None, 0, 0, 0)), (None, 0, 0, 0))
+
+    def episode_returns(params: Any, key: Array, use_pi0: bool) -> Array:
+        k_reset, k_run = jax.random.split(key)
+        env_state, obs = reset(
+            jax.random.split(k_reset, N * E).reshape(N, E, -1), env_params, task_ids
+        )
+
+        def one_step(carry, key):
+            env_state, obs, total, alive = carry
+            out = network.apply_tasks(params, obs)
+            logits = out.distilled_logits if use_pi0 else out.logits
+            action = jax.random.categorical(key, logits)
+            env_state, obs, reward, discount = step(env_params, env_state, action, task_ids)
+            total = total + jnp.where(alive, reward, 0.0)
+            alive = alive & (discount > 0)
+            return (env_state, obs, total, alive), None
+
+        init = (env_state, obs, jnp.zeros((N, E)), jnp.ones((N, E), bool))
+        (_, _, total, _), _ = jax.lax.scan(one_step, init, jax.random.split(k_run, max_steps))
+        return total.mean(axis=1)
+
+    def evaluate(params: Any, key: Array) -> tuple[Array, Array]:
+        k_i, k_0 = jax.random.split(key)
+        pi_i = episode_returns(params, k_i, use_pi0=False)
+        if not experiment.has_pi0:
+            return pi_i, jnp.full_like(pi_i, jnp.nan)
+        return pi_i, episode_returns(params, k_0, use_pi0=True)
+
+    return evaluate
+
+
+class Evaluator:
+    """The distributed run's evaluator: one jitted evaluation of one seed's parameters."""
+
+    def __init__(self, experiment: Experiment, episodes: int, seed: int) -> None:
+        self._evaluate = jax.jit(evaluation_fn(experiment, episodes))
+        self._seed = seed
+
+    def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`."""
+        pi_i, pi_0 = self._evaluate(params, evaluation_key(self._seed, log_step))
+        return np.asarray(pi_i), np.asarray(pi_0)

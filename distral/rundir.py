@@ -1,0 +1,120 @@
+"""The run directory shared by `distral train` and `distral launch` (DESIGN.md section 4).
+
+config.yaml (resolved), metrics.csv (one row per log step and seed, appended; cut back to
+the last checkpoint on resume), tb/ (TensorBoard), checkpoints/ (orbax, atomic), curves.png
+and summary.json. Files are written by write-then-rename, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distral.config import ConfigError, TrainConfig
+from distral.envs import two_room
+
+
+def metric_columns(num_tasks: int) -> list[str]:
+    scalars = [
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "distill_loss",
+        "entropy_loss",
+        "kl",
+        "entropy",
+        "distilled_entropy",
+        "regularised_reward",
+        "grad_norm",
+    ]
+    per_task = [
+        f"{p}_task_{i}"
+        for p in ("return", "eval_return", "pi0_eval_return", "kl")
+        for i in range(num_tasks)
+    ]
+    return [
+        "seed",
+        "log_step",
+        "updates",
+        "env_steps_per_task",
+        "wall_seconds",
+        "steps_per_second",
+        "mean_return",
+        "eval_return",
+        "pi0_eval_return",
+        "optimal_return",
+        *scalars,
+        *per_task,
+    ]
+
+
+def nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
+
+
+def check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """A new run needs a missing or empty directory; a resumed one needs its config."""
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is a file, not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        hint = f"use --resume {run_dir}" if (run_dir / "config.yaml").exists() else "pick another"
+        raise ConfigError(f"--out {str(run_dir)!r} exists and is not empty: {hint}")
+
+
+def inline_layout(config: TrainConfig) -> TrainConfig:
+    """A layout given as a file path is stored as its map text, so the run is self-contained."""
+    layout = config.env.layout
+    if "\n" in layout or layout in two_room.LAYOUTS:
+        return config
+    text = two_room.load_layout(layout)
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, layout=text))
+
+
+def last_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """The last metrics row of each seed."""
+    rows: dict[int, dict[str, Any]] = {}
+    with path.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows[int(r["seed"])] = {k: float(v) if v else math.nan for k, v in r.items()}
+    if not rows:
+        raise ConfigError(f"{str(path)!r} holds no metrics rows to summarise")
+    return rows
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: Path, log_step: int) -> None:
+    """Drops rows past the checkpoint (written before a crash), so a resume appends cleanly."""
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    col = header.index("log_step")
+    # Also drops a row cut short by a crash mid-write.
+    kept = [
+        r for r in body if len(r) == len(header) and r[col].isdigit() and int(r[col]) <= log_step
+    ]
+    if len(kept) == len(body):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *kept])
+    os.replace(tmp, path)

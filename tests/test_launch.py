@@ -1,0 +1,306 @@
+"""`distral launch` with real processes and a real Reverb server: end to end, faults, bad input.
+
+Each test starts the CLI as a subprocess in its own session (as a user's terminal would)
+and reads the PIDs the launcher logs, so it can kill a child or check that none remains.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "experiments" / "two_room_distributed.yaml"
+
+# Small and fast: 2 tasks (2 actors), short unrolls, small batches.
+SMALL = [
+    "env.num_tasks=2",
+    "unroll_length=10",
+    "distributed.envs_per_actor=8",
+    "distributed.batch_size=2",
+    "distributed.queue_size=4",
+    "distributed.refresh_every=10",
+    "log_every=10",
+    "checkpoint_every=1",
+    "eval_episodes_per_task=8",
+]
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+class Launch:
+    """`distral launch ...` in its own session; stderr collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distral.cli", "launch", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.stdout = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 240.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.lines[seen:]:
+                m = re.search(pattern, line)
+                if m:
+                    return m
+            seen = len(self.lines)
+            if self.proc.poll() is not None and seen == len(self.lines):
+                time.sleep(0.2)  # the reader may still be draining
+                if not any(re.search(pattern, x) for x in self.lines):
+                    break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not seen; stderr:\n" + "\n".join(self.lines[-40:]))
+
+    def pids(self) -> list[int]:
+        return [int(m.group(1)) for x in self.lines if (m := re.search(r": pid (\d+)$", x))]
+
+    def finish(self, timeout: float = 300.0) -> int:
+        self.proc.wait(timeout=timeout)  # stdout is short (a summary table): no pipe stall
+        self._reader.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout.read()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "bound"
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def launches():
+    started: list[Launch] = []
+    yield started
+    for launch in started:
+        launch.kill()
+
+
+# ----------------------------------------------------------------------------------------
+# BAD INPUT: one line, exit code 2, nothing started or written
+# ----------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distral.cli", "launch", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("distral: error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_variant_is_a_one_line_error(tmp_path):
+    out = tmp_path / "run"
+    r = _cli(str(PRESET), "--variant", "kl_3col", "--out", str(out))
+    _one_line_error(r, "kl_3col")
+    assert not out.exists()
+
+
+def test_busy_port_is_a_one_line_error(tmp_path):
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _cli(str(PRESET), "--set", f"distributed.port={port}", "--out", str(out))
+    _one_line_error(r, f"distributed.port={port}", "busy")
+    assert not out.exists()
+
+
+def test_unreachable_ray_address_is_a_one_line_error(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _cli(
+        str(PRESET), "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", str(out)
+    )
+    _one_line_error(r, f"127.0.0.1:{port}", "unreachable")
+    assert not out.exists()
+
+
+def test_several_seeds_and_bad_backend_are_one_line_errors(tmp_path):
+    out = tmp_path / "run"
+    _one_line_error(_cli(str(PRESET), "--set", "seeds=[0,1]", "--out", str(out)), "one seed")
+    _one_line_error(_cli(str(PRESET), "--backend", "slurm", "--out", str(out)), "slurm")
+    _one_line_error(
+        _cli(str(PRESET), "--set", "distributed.batch_size=0", "--out", str(out)), "batch_size"
+    )
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# PROCESSES
+# ----------------------------------------------------------------------------------------
+
+
+def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
+    """End to end: 2 actor processes + the learner, 1,500 learner steps of kl_ent_2col;
+    the random policy scores about -14 here (BUILD_NOTES.md), the optimum about 0.25."""
+    out = tmp_path / "run"
+    launch = Launch(
+        str(PRESET),
+        "--out",
+        str(out),
+        "--max-learner-steps",
+        "1500",
+        *_sets([*SMALL, "log_every=100", "checkpoint_every=5"]),
+    )
+    launches.append(launch)
+    assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-20:])
+    rows = _rows(out)
+    assert [int(r["updates"]) for r in rows] == list(range(100, 1501, 100))
+    first, last = rows[0], rows[-1]
+    assert float(first["eval_return"]) < -10.0  # near random at the start
+    late = rows[-3:]  # training episodes reported by the actors, and the evaluator's
+    assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0
+    assert float(last["eval_return"]) > -8.0
+    assert 0 <= float(last["parameter_lag_mean"]) < 10
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 1500
+    assert summary["env_steps_per_task"] == 1500 * 2 * 8 * 10 // 2
+    for name in ("config.yaml", "curves.png"):
+        assert (out / name).is_file()
+    assert list((out / "tb").glob("seed_0/events.*"))
+    assert not [p for p in launch.pids() if _alive(p)]
+
+
+def test_ctrl_c_stops_every_process_and_writes_a_checkpoint(tmp_path, launches):
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), *_sets(SMALL))
+    launches.append(launch)
+    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+    launch.wait_for(r"2 actors started")
+    pids = launch.pids()
+    assert len(pids) == 3 and all(_alive(p) for p in pids)
+    time.sleep(3.0)  # let it learn a little
+    t0 = time.monotonic()
+    os.killpg(launch.proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
+    code = launch.finish(timeout=30)
+    stop_seconds = time.monotonic() - t0
+    assert code == 130, "\n".join(launch.lines[-20:])
+    assert stop_seconds < 10.0
+    assert not [p for p in pids if _alive(p)]
+    assert _port_free(port)
+    assert any((out / "checkpoints").iterdir())
+    assert (out / "summary.json").is_file()
+    assert any("resume with: distral launch --resume" in x for x in launch.lines)
+
+
+def test_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "150", *_sets(SMALL))
+    launches.append(launch)
+    victim = int(launch.wait_for(r"actor task 1 replica 0: pid (\d+)").group(1))
+    launch.wait_for(r"2 actors started")
+    time.sleep(2.0)
+    os.kill(victim, signal.SIGKILL)
+    launch.wait_for(r"actor task 1 replica 0 died \(exit code -9\); restart 1/3")
+    new_pid = int(launch.wait_for(rf"actor task 1 replica 0: pid (?!{victim}\b)(\d+)").group(1))
+    assert new_pid != victim
+    code = launch.finish()
+    assert code == 0, "\n".join(launch.lines[-20:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 150
+    assert not [p for p in launch.pids() if _alive(p)]
+
+
+def test_dead_learner_stops_the_run_and_resume_continues(tmp_path, launches):
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "100000", *_sets(SMALL))
+    launches.append(launch)
+    learner = int(launch.wait_for(r"learner: pid (\d+)").group(1))
+    launch.wait_for(r"2 actors started")
+    ckpt = out / "checkpoints"
+    deadline = time.monotonic() + 180
+
+    def saved_steps() -> list[int]:  # finished checkpoints (orbax renames tmp dirs when done)
+        return [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()]
+
+    while time.monotonic() < deadline and len(saved_steps()) < 3:
+        time.sleep(0.2)
+    os.kill(learner, signal.SIGKILL)
+    code = launch.finish(timeout=60)
+    assert code == 1
+    assert any("the learner died" in x and "--resume" in x for x in launch.lines)
+    assert not [p for p in launch.pids() if _alive(p)]
+    saved = max(saved_steps())
+    rows = [r for r in _rows(out) if int(r["log_step"]) <= saved]
+    step_at_checkpoint = int(rows[-1]["updates"])
+
+    resumed = Launch("--resume", str(out), "--max-learner-steps", str(step_at_checkpoint + 30))
+    launches.append(resumed)
+    start = int(resumed.wait_for(r"learner at step (\d+)").group(1))
+    assert start == step_at_checkpoint
+    assert resumed.finish() == 0, "\n".join(resumed.lines[-20:])
+    rows = _rows(out)
+    log_steps = [int(r["log_step"]) for r in rows]
+    assert log_steps == list(range(1, len(rows) + 1))  # cut back to the checkpoint, appended
+    assert int(rows[-1]["updates"]) == step_at_checkpoint + 30
+    assert json.loads((out / "summary.json").read_text())["learner_steps"] == start + 30
