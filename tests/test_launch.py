@@ -304,3 +304,27 @@ def test_dead_learner_stops_the_run_and_resume_continues(tmp_path, launches):
     assert log_steps == list(range(1, len(rows) + 1))  # cut back to the checkpoint, appended
     assert int(rows[-1]["updates"]) == step_at_checkpoint + 30
     assert json.loads((out / "summary.json").read_text())["learner_steps"] == start + 30
+
+
+def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, launches):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    launch = Launch(
+        str(PRESET),
+        "--backend",
+        "ray",
+        "--out",
+        str(out),
+        "--max-learner-steps",
+        "30",
+        *_sets(SMALL),
+    )
+    launches.append(launch)
+    assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-30:])
+    assert any("2 Ray actors started" in x for x in launch.lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 30
+    rows = _rows(out)
+    assert [int(r["updates"]) for r in rows] == [10, 20, 30]
+    assert all(int(r["episodes"]) >= 0 for r in rows)
+    assert (out / "curves.png").is_file()
