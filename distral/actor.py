@@ -48,6 +48,7 @@ class Actor:
         seed: int,
         params_template: Any,
         first_fetch_timeout: float | None = None,
+        write: bool = True,
     ) -> None:
         if not 0 <= task_id < network.num_tasks:
             raise ValueError(f"task_id {task_id} out of range: the network has {network.num_tasks}")
@@ -63,6 +64,7 @@ class Actor:
         self._refresh_every = refresh_every
         self._seed = seed
         self._first_fetch_timeout = first_fetch_timeout
+        self._write_enabled = write  # False: act and step only (benchmarks/distributed.py)
         self._variables = replay.VariableSource(client, params_template)
         self._writer = replay.UnrollWriter(client, unroll_length)
         self._episodes = replay.EpisodeWriter(client)
@@ -140,18 +142,19 @@ class Actor:
                 # EPISODES: returns and lengths of the ones that ended with this step.
                 episode_return += reward
                 episode_length += 1
-                for b in np.flatnonzero(done):
+                for b in np.flatnonzero(done) if self._write_enabled else ():
                     self._episodes.write(
                         self._task_id, episode_return[b], episode_length[b], self.params_step
                     )
                     self.num_episodes += 1
                 episode_return[done] = 0.0
                 episode_length[done] = 0
-                if not self._write(step, stop_event):
+                if self._write_enabled and not self._write(step, stop_event):
                     break
                 obs = next_obs
             else:  # max_steps reached: every unroll written reaches the table
-                self._wait(self._writer.flush, stop_event)
+                if self._write_enabled:
+                    self._wait(self._writer.flush, stop_event)
         finally:
             # Bounded: when stopping, the server may already be gone.
             stopping = stop_event is not None and stop_event.is_set()

@@ -71,15 +71,10 @@ def actor_seed(seed: int, task_id: int, replica: int, attempt: int) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def actor_main(
-    config: TrainConfig,
-    address: str,
-    task_id: int,
-    seed: int,
-    should_stop: ShouldStop,
-    max_steps: int | None = None,
-) -> None:
-    """Acts on task `task_id` with pi_i, writing to the Reverb server at `address`."""
+def make_actor(
+    config: TrainConfig, address: str, task_id: int, seed: int, *, write: bool = True
+) -> Any:
+    """The `Actor` of one slot: task `task_id`'s B environments, pi_i, the server's client."""
     import jax
     import reverb
 
@@ -93,12 +88,7 @@ def actor_main(
     template = jax.eval_shape(
         experiment.network.init, jax.random.PRNGKey(0), experiment.example_obs
     )
-
-    class _Stop:  # the Actor polls an Event-like object
-        def is_set(self) -> bool:
-            return should_stop()
-
-    actor = Actor(
+    return Actor(
         env,
         task_id,
         experiment.network,
@@ -107,8 +97,28 @@ def actor_main(
         refresh_every=d.refresh_every,
         seed=seed,
         params_template=template,
+        write=write,
     )
-    actor.run(max_steps=max_steps, stop_event=_Stop())
+
+
+class _StopFlag:
+    """An Event-like view of a `should_stop()` callable (what `Actor.run` polls)."""
+
+    def __init__(self, should_stop: ShouldStop) -> None:
+        self.is_set = should_stop
+
+
+def actor_main(
+    config: TrainConfig,
+    address: str,
+    task_id: int,
+    seed: int,
+    should_stop: ShouldStop,
+    max_steps: int | None = None,
+) -> None:
+    """Acts on task `task_id` with pi_i, writing to the Reverb server at `address`."""
+    actor = make_actor(config, address, task_id, seed)
+    actor.run(max_steps=max_steps, stop_event=_StopFlag(should_stop))
     if not should_stop():  # closing flushes, which could wait on a server that is gone
         actor.close()
 
@@ -314,13 +324,13 @@ def learner_main(
             "pi0_eval_return": rundir.nanmean(pi_0),
             "optimal_return": optimal,
             "updates_per_second": round(window.updates / dt, 2),
-            "queue_size": window.last.get("queue_size", math.nan),
+            "queue_size": window.mean("queue_size"),
             "parameter_lag_mean": window.lag_mean / max(window.updates, 1),
             "parameter_lag_max": window.lag_max,
             "episodes": int(episode_counts.sum()),
         }
-        for name in window.sums:
-            if name in columns:
+        for name in window.sums:  # loss terms etc.: means over the window's updates
+            if name in columns and name not in row:
                 row[name] = window.mean(name)
         for i in range(N):
             row[f"return_task_{i}"] = float(per_task[i])

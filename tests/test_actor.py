@@ -195,7 +195,7 @@ def test_select_action_samples_the_task_and_distilled_policies(network):
 # ACTOR
 
 
-def make_actor(network, client, unroll_length, refresh_every):
+def make_actor(network, client, unroll_length, refresh_every, write=True):
     env = DmEnvVector([FakeEnv(b, n) for b, n in enumerate(LENGTHS)])
     return Actor(
         env,
@@ -207,6 +207,7 @@ def make_actor(network, client, unroll_length, refresh_every):
         seed=0,
         params_template=init_params(network),
         first_fetch_timeout=30,
+        write=write,
     )
 
 
@@ -237,6 +238,17 @@ def test_actor_writes_the_env_stream_as_overlapping_unrolls(network, server_and_
     assert all(p == 7 for *_, p in episodes)
     assert actor.num_episodes == len(ref_episodes) > 0
     actor.close()
+
+
+def test_actor_without_writing_acts_but_sends_nothing(network, server_and_client):
+    """`write=False` (benchmarks/distributed.py): same acting and stepping, no Reverb writes."""
+    client = server_and_client(4, max_queue_size=100)
+    replay.publish_params(client, init_params(network), 3)
+    actor = make_actor(network, client, 4, refresh_every=100, write=False)
+    actor.run(max_steps=13)
+    assert actor.num_steps == 13 and actor.params_step == 3
+    assert replay.table_size(client, replay.TRAJECTORIES) == 0
+    assert replay.drain_episodes(client) == []
 
 
 def test_actor_refreshes_params_and_blocks_on_a_full_queue(network, server_and_client):

@@ -222,6 +222,9 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
     assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0
     assert float(last["eval_return"]) > -8.0
     assert 0 <= float(last["parameter_lag_mean"]) < 10
+    for r in rows[1:]:  # both rates are over the same window: frames per update = 2 x 8 x 10
+        ratio = float(r["steps_per_second"]) / float(r["updates_per_second"])
+        assert ratio == pytest.approx(160, rel=0.02)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] == 1500
     assert summary["env_steps_per_task"] == 1500 * 2 * 8 * 10 // 2
@@ -328,3 +331,47 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
     assert [int(r["updates"]) for r in rows] == [10, 20, 30]
     assert all(int(r["episodes"]) >= 0 for r in rows)
     assert (out / "curves.png").is_file()
+
+
+def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distral.cli",
+            "replay-server",
+            str(PRESET),
+            "--port",
+            str(port),
+            *_sets(SMALL),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert f"listening on port {port}" in server.stdout.readline()
+        out = tmp_path / "run"
+        launch = Launch(
+            str(PRESET),
+            "--out",
+            str(out),
+            "--max-learner-steps",
+            "20",
+            *_sets([*SMALL, f"distributed.replay_address=localhost:{port}"]),
+        )
+        launches.append(launch)
+        assert launch.finish() == 0, "\n".join(launch.lines[-20:])
+        assert any(f"Reverb server at localhost:{port}" in x for x in launch.lines)
+        assert json.loads((out / "summary.json").read_text())["learner_steps"] == 20
+        assert server.poll() is None  # the run does not own the external server
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    assert _port_free(port)
