@@ -242,6 +242,18 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--set and --resume, shared by `train` and `launch`."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="distral",
@@ -277,14 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help=f"one of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", help="comma-separated seeds run together, e.g. 0,1,2")
     p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
-    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+    _add_run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -308,14 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="A", help="host:port of a Ray cluster (ray backend)")
     p.add_argument("--max-learner-steps", type=int, metavar="N", help="stop after N learner steps")
     p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
-    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+    _add_run_arguments(p)
     p.set_defaults(func=_cmd_launch)
 
     p = sub.add_parser(

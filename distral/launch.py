@@ -242,9 +242,16 @@ def run_local(
             summary = _shutdown(learner, list(actors.values()), reports, summary, log)
             reports.close()
             reports.join_thread()
+    return _outcome(failure, signals.received is not None, summary, run_dir)
+
+
+def _outcome(
+    failure: str | None, interrupted: bool, summary: dict[str, Any] | None, run_dir: Path
+) -> dict[str, Any]:
+    """The summary of a run that ended well, else the LaunchError / KeyboardInterrupt."""
     if failure is not None:
         raise LaunchError(f"{failure}; resume with: distral launch --resume {run_dir}")
-    if signals.received is not None:
+    if interrupted:
         raise KeyboardInterrupt
     if summary is None:
         raise LaunchError(f"the learner ended without a summary; see {run_dir}")
@@ -406,13 +413,7 @@ def run_ray(
                 ray.kill(worker, no_restart=True)
             if started_here:
                 ray.shutdown()
-    if failure is not None:
-        raise LaunchError(f"{failure}; resume with: distral launch --resume {run_dir}")
-    if signals.received is not None:
-        raise KeyboardInterrupt
-    if summary is None:
-        raise LaunchError(f"the learner ended without a summary; see {run_dir}")
-    return summary
+    return _outcome(failure, signals.received is not None, summary, run_dir)
 
 
 def launch(

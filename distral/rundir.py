@@ -59,6 +59,23 @@ def nanmean(x: np.ndarray) -> float:
     return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
 
 
+def open_run(run_dir: Path, config: TrainConfig) -> Any:
+    """Creates `run_dir`, writes the resolved config.yaml and returns the orbax
+    CheckpointManager of `run_dir/checkpoints` (synchronous saves, latest N kept)."""
+    import orbax.checkpoint as ocp
+
+    from distral.config import dump_yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", dump_yaml(config))
+    return ocp.CheckpointManager(
+        run_dir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints, enable_async_checkpointing=False
+        ),
+    )
+
+
 def check_run_dir(run_dir: Path, *, resume: bool) -> None:
     """A new run needs a missing or empty directory; a resumed one needs its config."""
     if resume:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral import learning, rundir
-from distral.config import TrainConfig, dump_yaml
+from distral.config import TrainConfig
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment
@@ -196,14 +196,7 @@ def run(
     columns = rundir.metric_columns(N)
     optimal = float(trainer.optimal_returns.mean())
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(run_dir / "config.yaml", dump_yaml(config))
-    manager = ocp.CheckpointManager(
-        run_dir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, enable_async_checkpointing=False
-        ),
-    )
+    manager = rundir.open_run(run_dir, config)
 
     runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
     start_log, wall_before = 0, 0.0

@@ -184,7 +184,6 @@ class _Window:
         self.frames = 0
         self.lag_mean = 0.0
         self.lag_max = 0
-        self.last: dict[str, Any] = {}
         self.t_start = time.perf_counter()
 
     def add(self, metrics: dict[str, Any]) -> None:
@@ -196,7 +195,6 @@ class _Window:
         self.frames += int(np.sum(metrics["frames_per_task"]))
         self.lag_mean += metrics["parameter_lag_mean"]
         self.lag_max = max(self.lag_max, metrics["parameter_lag_max"])
-        self.last = metrics
 
     def mean(self, key: str) -> float:
         return self.sums.get(key, math.nan) / max(self.updates, 1)
@@ -225,7 +223,6 @@ def learner_main(
     from tensorboardX import SummaryWriter
 
     from distral import learning, replay, rundir
-    from distral.config import dump_yaml
     from distral.evaluator import Evaluator
     from distral.experiment import make_experiment
     from distral.learner import Learner
@@ -251,14 +248,7 @@ def learner_main(
         raise RuntimeError(f"no Reverb server answers at {address}") from None
 
     # STATE: fresh, or the latest checkpoint.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(run_dir / "config.yaml", dump_yaml(config))
-    manager = ocp.CheckpointManager(
-        run_dir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, enable_async_checkpointing=False
-        ),
-    )
+    manager = rundir.open_run(run_dir, config)
     state = learning.init_training_state(
         jax.random.PRNGKey(seed), experiment.network, experiment.optimizer, experiment.example_obs
     )
