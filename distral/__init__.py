@@ -48,6 +48,9 @@ _LAZY = {
     "Actor": "distral.actor",
     "select_action": "distral.acting",
     "select_action_pi0": "distral.acting",
+    # the paper's Figure 3 (`distral.compare.compare` runs comparisons)
+    "Figure3Config": "distral.config",
+    "reproduce_two_room": "distral.reproduce",
 }
 
 __all__ = ["VARIANTS", "Variant", "VariantError", "__version__", "get_variant", *_LAZY]

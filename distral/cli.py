@@ -114,10 +114,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_run_dir(variant: str) -> Path:
+def _timestamp() -> str:
     import time
 
-    return Path("runs") / f"{variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _default_run_dir(variant: str) -> Path:
+    return Path("runs") / f"{variant}-{_timestamp()}"
 
 
 def _print_summary(summary: dict) -> None:
@@ -230,6 +234,77 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from distral.config import Figure3Config, load_config
+    from distral.reproduce import reproduce_two_room
+    from distral.rundir import check_run_dir
+
+    if args.experiment != "two-room":
+        _fail(f"unknown experiment {args.experiment!r}; valid: two-room")
+    overrides = {"seeds": args.seeds, "iterations": args.iterations}
+    config = load_config(None, args.set, overrides, cls=Figure3Config)
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-two-room-{_timestamp()}"
+    check_run_dir(out, resume=False)
+    from distral.envs.two_room import LayoutError
+
+    print(
+        f"distral reproduce two-room: {config.seeds} seeds x {config.iterations} iterations, "
+        f"Distral and Separately, output {out}",
+        flush=True,
+    )
+    try:
+        reproduce_two_room(config, out)
+    except LayoutError as e:
+        _fail(str(e))
+    print((out / "README.md").read_text(), end="")
+    print(f"figure: {out / 'figure3.png'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from distral.compare import DEFAULT_GRID, compare, parse_grid
+    from distral.config import read_yaml
+
+    read_yaml(args.config)  # a missing or broken CONFIG is reported before anything else
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    grid = None
+    if args.grid is not None:
+        grid = parse_grid(DEFAULT_GRID if args.grid == "default" else args.grid)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{_timestamp()}"
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} is a file, not a directory")
+    from distral.compare import CompareError, check_out, plan
+
+    # Every run's config and directory is checked before the first one starts.
+    specs = plan(args.config, args.set, variants, args.seeds, grid, args.mode, out)
+    check_out(specs, args.mode)
+    print(
+        f"distral compare: {len(variants)} variant(s) x {args.seeds} seeds, "
+        f"{len(specs)} setting(s), mode {args.mode}, output {out}",
+        flush=True,
+    )
+    try:
+        compare(
+            args.config,
+            out,
+            variants=variants,
+            seeds=args.seeds,
+            grid=grid,
+            mode=args.mode,
+            sets=args.set,
+            threshold=args.threshold,
+            progress=not args.quiet,
+        )
+    except CompareError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print((out / "table.md").read_text(), end="")
+    print(f"curves: {out / 'curves.png'}; table: {out / 'table.csv'}")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from distral.plotting import PlotError, plot_runs
 
@@ -326,6 +401,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_replay_server)
+
+    p = sub.add_parser(
+        "compare",
+        help="run variants x seeds (x a hyperparameter grid) and aggregate them",
+        description="Runs each variant for N seeds through distral train (--mode train, "
+        "pure-JAX environments) or distral launch (--mode launch), into OUT/runs/; a re-run "
+        "skips finished runs and resumes stopped ones. Writes curves.png, table.md, "
+        "table.csv and summary.json (final return, AUC, env steps to a threshold, IQM with "
+        "stratified-bootstrap CIs, probability of improvement; rliable), and with --grid "
+        "grid.csv and robustness.png.",
+    )
+    p.add_argument("config", help="YAML config, e.g. experiments/two_room.yaml")
+    p.add_argument(
+        "--variants", default="all", help="all (default) or comma-separated variant names"
+    )
+    p.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds per run (default 5)")
+    p.add_argument(
+        "--grid",
+        nargs="?",
+        const="default",
+        metavar="SPEC",
+        help="hyperparameter grid, e.g. beta=10,30,100,lr=3e-4,1e-3,3e-3 (keys: config "
+        "fields, lr = learning_rate; beta applies to the Distral rows, entropy_cost to the "
+        "A3C rows). Without SPEC: beta=10,30,100 x lr=3e-4,1e-3,3e-3, the A3C rows "
+        "entropy_cost=0.003,0.01,0.03 x the same learning rates",
+    )
+    p.add_argument("--mode", default="train", help="train (default) or launch")
+    p.add_argument("--threshold", type=float, help="return threshold (default optimum - 0.3)")
+    p.add_argument("--out", help="output directory (default runs/compare-TIMESTAMP)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compare)
+
+    from distral.config import Figure3Config
+
+    p = sub.add_parser(
+        "reproduce",
+        help="regenerate a figure of the paper (two-room: Figure 3)",
+        description="two-room: the paper's Figure 3. Tabular Distral (alpha = 1, KL only) "
+        "against Separately (soft Q-learning per task, no pi_0) on the two-room tasks, all "
+        "seeds in one jitted program, plus pi_0 in the corridor. Writes figure3.png, "
+        "pi0_corridor.png, curves.csv, summary.json and README.md into --out.",
+        epilog="settings (--set KEY=VALUE):\n" + describe_fields(Figure3Config),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", metavar="EXPERIMENT", help="two-room")
+    p.add_argument("--seeds", type=int, metavar="N", help="number of seeds (default 10)")
+    p.add_argument("--iterations", type=int, metavar="I", help="iterations (default 1000)")
+    p.add_argument("--out", help="output directory (default runs/reproduce-two-room-TIMESTAMP)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
         "plot",

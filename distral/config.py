@@ -199,6 +199,39 @@ class TrainConfig:
         return -(-self.env_steps_per_task // per_chunk)
 
 
+@dataclasses.dataclass(frozen=True)
+class Figure3Config:
+    """The protocol and hyperparameters of the Figure 3 reproduction (`--set KEY=VALUE`)."""
+
+    seeds: int = _f(10, "independent runs, vmapped together into one program")
+    iterations: int = _f(1000, "Distral iterations (paper's x axis: 1000)")
+    rollouts: int = _f(10, "roll-outs per task per iteration (paper: 10)")
+    length: int = _f(100, "agent steps per roll-out (paper: 100, the episode limit)")
+    alpha: float = _f(1.0, "KL share; 1 = KL only, as the paper's tabular experiment")
+    beta: float = _f(10.0, "1/c_KL, inverse temperature of the soft Q step (BUILD_NOTES.md)")
+    discount: float = _f(0.95, "per agent step (as the deep preset)")
+    learning_rate: float = _f(0.1, "soft Q-learning step size (BUILD_NOTES.md)")
+    prior_counts: float = _f(0.1, "pseudo-count per (s, a) in the distillation; keeps pi_0 > 0")
+    layout: str = _f("default", "two 5x5 rooms + 3-cell corridor; or distral_public, a file")
+    num_tasks: int = _f(8, "goal cells drawn with goal_seed (paper: 8)")
+    goal_seed: int = _f(0, "seed of the goal draw")
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "iterations", "rollouts", "length", "num_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not self.beta > 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.discount < 1.0:
+            raise ConfigError(f"discount must lie in [0, 1), got {self.discount}")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ConfigError(f"learning_rate must lie in (0, 1], got {self.learning_rate}")
+        if not self.prior_counts > 0:
+            raise ConfigError(f"prior_counts must be > 0, got {self.prior_counts}")
+
+
 # LOADING
 
 

@@ -69,6 +69,22 @@ def read_metrics(run_dir: str | Path) -> Metrics:
     return {name: table[:, j] for j, name in enumerate(header)}
 
 
+def mean_ci(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of `samples` along `axis` and its 95% Student-t interval (the mean when n = 1).
+
+    mean +- t_{0.975, n-1} * sd / sqrt(n), with n = samples.shape[axis]; no NaN handling.
+    """
+    samples = np.asarray(samples, dtype=float)
+    n = samples.shape[axis]
+    mean = samples.mean(axis=axis)
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    from scipy import stats  # here, not at the top: keeps `import distral.plotting` fast
+
+    half = stats.t.ppf(0.975, n - 1) * samples.std(axis=axis, ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def learning_curve(
     metrics: Metrics, column: str = "mean_return", x: str = "env_steps_per_task"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -92,20 +108,13 @@ def learning_curve(
         if not math.isnan(v):
             by_x.setdefault(xv, []).append(v)
             seeds.add(s)
-    from scipy import stats  # here, not at the top: keeps `import distral.plotting` fast
-
     xs = sorted(by_x)
     mean, low, high = [], [], []
     for xv in xs:
-        vals = np.asarray(by_x[xv])
-        m = float(vals.mean())
-        half = 0.0
-        if vals.size > 1:
-            sem = vals.std(ddof=1) / math.sqrt(vals.size)
-            half = float(stats.t.ppf(0.975, vals.size - 1) * sem)
-        mean.append(m)
-        low.append(m - half)
-        high.append(m + half)
+        m, lo, hi = mean_ci(np.asarray(by_x[xv]))
+        mean.append(float(m))
+        low.append(float(lo))
+        high.append(float(hi))
     arrays = (np.asarray(a, dtype=float) for a in (xs, mean, low, high))
     return (*arrays, len(seeds))
 
@@ -150,7 +159,8 @@ def _optimal_return(run_dirs: Sequence[str | Path]) -> float | None:
     return None
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib  # here, not at the top: keeps `import distral.plotting` fast
 
     matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
@@ -176,7 +186,7 @@ def _draw(ax: Any, metrics: Metrics, column: str, label: str | None = None) -> b
     return x.size > 0
 
 
-def _save(fig: Any, out: str | Path) -> Path:
+def save_figure(fig: Any, out: str | Path) -> Path:
     """Writes the PNG to a temporary file beside `out`, then renames it into place."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +219,7 @@ def plot_runs(
     for d, metrics in zip(run_dirs, all_metrics, strict=True):
         if column not in metrics:
             raise PlotError(f"no column {column!r} in {Path(d) / 'metrics.csv'}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
         for metrics, label in zip(all_metrics, run_labels(run_dirs, labels), strict=True):
@@ -221,7 +231,7 @@ def plot_runs(
             ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        return _save(fig, out)
+        return save_figure(fig, out)
     finally:
         plt.close(fig)
 
@@ -233,7 +243,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     (pi_0 eval for variants without pi_0) is drawn empty with a "no data" note.
     """
     metrics = read_metrics(run_dir)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     try:
         panels = zip(
@@ -253,6 +263,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         n_seeds = np.unique(seeds[~np.isnan(seeds)]).size
         fig.suptitle(f"{run_label(run_dir)} ({n_seeds} seeds)")
         fig.tight_layout()
-        return _save(fig, Path(run_dir) / "curves.png" if out is None else out)
+        return save_figure(fig, Path(run_dir) / "curves.png" if out is None else out)
     finally:
         plt.close(fig)

@@ -193,13 +193,13 @@ def test_run_labels_dedupe_identical_variants(tmp_path):
 def saved_figures(monkeypatch):
     """Records each figure as it is saved, so a test can look at what was drawn."""
     figures = []
-    save = plotting._save
+    save = plotting.save_figure
 
     def recording_save(fig, out):
         figures.append(fig)
         return save(fig, out)
 
-    monkeypatch.setattr(plotting, "_save", recording_save)
+    monkeypatch.setattr(plotting, "save_figure", recording_save)
     return figures
 
 
