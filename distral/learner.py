@@ -45,6 +45,7 @@ class Learner:
         self._optimizer = optimizer
         self._config = loss_config
         self._client = client
+        self._sampler = replay.QueueSampler(client)
         self._batch_size = batch_size
         self._publish_every = publish_every
         self.state = state or learning.init_training_state(
@@ -66,7 +67,7 @@ class Learner:
     def update(self) -> dict[str, Any]:
         """One learner step on `batch_size` unrolls from the queue (blocks until they exist)."""
         t0 = time.perf_counter()
-        sampled = replay.sample_batch(self._client, self._batch_size)
+        sampled = self._sampler.sample(self._batch_size)
         t_sampled = time.perf_counter()
         lag = self.step - sampled.params_step
         self.state, metrics = learning.update_step(

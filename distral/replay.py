@@ -348,6 +348,25 @@ def wait_for_items(
     return True
 
 
+class QueueSampler:
+    """One long-lived sampler of the trajectories queue.
+
+    Reverb logs an INFO line ("Sampler and server are owned by the same process") for every
+    sampler it makes, on stderr, and `client.sample` makes one per call: one line per learner
+    step. This keeps a single sampler open instead. It fetches at most one item ahead (Reverb's
+    buffer of 1), so the queue shows one item fewer than was written and not yet learned on.
+    """
+
+    def __init__(self, client: reverb.Client) -> None:
+        self._samples = client.sample(
+            TRAJECTORIES, num_samples=1 << 62, emit_timesteps=False, unpack_as_table_signature=True
+        )
+
+    def sample(self, batch_size: int) -> SampledBatch:
+        """The next `batch_size` unrolls (blocking until there are that many)."""
+        return items_to_batch([next(self._samples).data for _ in range(batch_size)])
+
+
 def sample_batch(client: reverb.Client, batch_size: int) -> SampledBatch:
     """Takes `batch_size` unrolls from the queue (blocking until there are that many)."""
     samples = client.sample(
