@@ -124,14 +124,18 @@ def _default_run_dir(variant: str) -> Path:
     return Path("runs") / f"{variant}-{_timestamp()}"
 
 
+def _fmt3(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _print_summary(summary: dict) -> None:
     rows = [("seed", "mean return", "optimal", "env steps/task", "wall s")]
     for seed, ret in summary["final_mean_return_per_seed"].items():
         rows.append(
             (
                 seed,
-                "n/a" if ret is None else f"{ret:.3f}",
-                f"{summary['optimal_mean_return']:.3f}",
+                _fmt3(ret),
+                _fmt3(summary["optimal_mean_return"]),
                 f"{summary['env_steps_per_task']:,}",
                 f"{summary['wall_seconds']:.1f}",
             )

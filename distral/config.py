@@ -44,29 +44,97 @@ def _f(default: Any, help: str) -> Any:
 class EnvConfig:
     """The environment: the tasks to learn."""
 
-    name: str = _f("two_room", "environment; two_room (the paper's grid world, pure JAX)")
+    name: str = _f(
+        "two_room",
+        "environment: two_room (the paper's grid world, pure JAX), minatar (the five MinAtar "
+        "games) or atari (ALE games); the games run with distral launch",
+    )
     layout: str = _f(
         "default",
         "two_room map: a built-in name (default, distral_public), a .txt path, or an "
         "inline ASCII map (# wall, . free, G goal)",
     )
-    num_tasks: int = _f(8, "number of tasks (goal cells); the paper uses 8")
+    num_tasks: int | None = _f(
+        None, "two_room: number of goal cells (null = 8, the paper's); games: one per game"
+    )
     goal_seed: int = _f(0, "seed of the fixed list of goal cells (when the map has no G)")
     goals: tuple[tuple[int, int], ...] | None = _f(
         None, "explicit goal cells [[row, col], ...]; overrides goal_seed"
     )
-    max_steps: int = _f(100, "episode time limit, agent steps (paper: 100)")
+    games: tuple[str, ...] | None = _f(
+        None,
+        "minatar / atari: one task per game, e.g. [Pong, Breakout]; null = the five MinAtar "
+        "games (minatar)",
+    )
+    max_steps: int | None = _f(
+        None,
+        "episode time limit, agent steps; null = 100 (two_room, the paper's), 10000 (minatar), "
+        "27000 (atari: 108K frames, 30 minutes)",
+    )
+    sticky_action_prob: float | None = _f(
+        None, "games: null = the standard (minatar 0.1, atari 0.25, Machado et al. 2018)"
+    )
 
     def __post_init__(self) -> None:
-        if self.name != "two_room":
-            raise ConfigError(f"env.name={self.name!r}; valid choices: two_room")
-        _positive("env.num_tasks", self.num_tasks)
-        if self.goals is not None and len(self.goals) != self.num_tasks:
+        _choice("env.name", self.name, ENV_NAMES)
+        if self.name == "two_room":
+            if self.games is not None:
+                raise ConfigError("env.games is for minatar and atari; two_room has goal cells")
+            if self.num_tasks is not None:
+                _positive("env.num_tasks", self.num_tasks)
+            if self.goals is not None and len(self.goals) != self.task_count:
+                raise ConfigError(
+                    f"env.goals has {len(self.goals)} cells but env.num_tasks={self.task_count}:"
+                    " give one goal per task"
+                )
+        else:
+            if self.name == "atari" and not self.games:
+                raise ConfigError("env.games must name the Atari games, e.g. [Pong, Breakout]")
+            games = self.canonical_games
+            if len(set(games)) != len(games):
+                raise ConfigError(f"env.games={list(self.games or ())!r} names a game twice")
+            if self.num_tasks is not None and self.num_tasks != len(games):
+                raise ConfigError(
+                    f"env.num_tasks={self.num_tasks} but env.games has {len(games)} games: "
+                    "leave num_tasks null (one task per game)"
+                )
+        if self.max_steps is not None:
+            _positive("env.max_steps", self.max_steps)
+        if self.sticky_action_prob is not None and not 0.0 <= self.sticky_action_prob <= 1.0:
             raise ConfigError(
-                f"env.goals has {len(self.goals)} cells but env.num_tasks={self.num_tasks}: "
-                "give one goal per task"
+                f"env.sticky_action_prob={self.sticky_action_prob!r} is outside [0, 1]"
             )
-        _positive("env.max_steps", self.max_steps)
+
+    @property
+    def canonical_games(self) -> tuple[str, ...]:
+        """The games' package names (minatar / atari); a ConfigError names an unknown one."""
+        if self.name == "minatar":
+            from distral.envs import minatar as module
+        elif self.name == "atari":
+            from distral.envs import atari as module  # type: ignore[no-redef]
+        else:
+            return ()
+        names = self.games if self.games is not None else module.GAMES
+        try:
+            return tuple(module.canonical_game(g) for g in names)
+        except module.GameError as e:
+            raise ConfigError(f"env.games: {e}") from None
+
+    @property
+    def task_count(self) -> int:
+        if self.name == "two_room":
+            return 8 if self.num_tasks is None else self.num_tasks
+        return len(self.canonical_games)
+
+    @property
+    def step_limit(self) -> int:
+        """max_steps, or the environment's default."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return {"two_room": 100, "minatar": 10_000, "atari": 27_000}[self.name]
+
+
+ENV_NAMES = ("two_room", "minatar", "atari")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +194,7 @@ class TrainConfig:
     env: EnvConfig = dataclasses.field(
         default_factory=EnvConfig, metadata={"help": "environment section"}
     )
-    torso: str = _f("mlp", "network torso: mlp, nature_cnn, impala_resnet")
+    torso: str = _f("mlp", "network torso: mlp, nature_cnn, impala_resnet, minatar_cnn")
     hidden_sizes: tuple[int, ...] = _f((64, 64), "MLP torso layer sizes")
     task_columns: str = _f("separate", "task columns: separate (paper) or shared_torso")
     num_envs_per_task: int = _f(16, "parallel environments per task")
@@ -154,10 +222,15 @@ class TrainConfig:
             )
         except VariantError as e:
             raise ConfigError(str(e)) from None
-        _choice("torso", self.torso, ("mlp", "nature_cnn", "impala_resnet"))
+        _choice("torso", self.torso, ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn"))
         if self.env.name == "two_room" and self.torso != "mlp":
             raise ConfigError(
                 f"torso={self.torso!r} needs image observations; two_room gives vectors: use mlp"
+            )
+        if self.env.name != "two_room" and self.torso == "mlp":
+            raise ConfigError(
+                f"torso='mlp' takes vectors; {self.env.name} gives images: use "
+                + ("minatar_cnn" if self.env.name == "minatar" else "nature_cnn or impala_resnet")
             )
         _choice("task_columns", self.task_columns, ("separate", "shared_torso"))
         _choice("returns", self.returns, ("nstep", "vtrace"))

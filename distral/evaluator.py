@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral.envs import two_room
-from distral.experiment import Experiment
+from distral.experiment import Experiment, _seed32
 
 Array = jax.Array
 EvaluationFn = Callable[[Any, Array], tuple[Array, Array]]
@@ -33,7 +33,7 @@ def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
     """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
     N, E = experiment.num_tasks, episodes
     env_params, network = experiment.env_params, experiment.network
-    max_steps = experiment.config.env.max_steps
+    max_steps = experiment.config.env.step_limit
     task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
     reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
     step = jax.vmap(jax.vmap(two_room.step, (None, 0, 0, 0)), (None, 0, 0, 0))
@@ -79,3 +79,64 @@ class Evaluator:
         """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`."""
         pi_i, pi_0 = self._evaluate(params, evaluation_key(self._seed, log_step))
         return np.asarray(pi_i), np.asarray(pi_0)
+
+
+class GameEvaluator:
+    """The evaluator of the game environments (MinAtar, Atari): dm_env episodes in Python.
+
+    Each task keeps `episodes` environments; an evaluation resets them, runs pi_i (then
+    pi_0) on all of them in lockstep (one jitted action selection per step) until every
+    episode ended or the step limit, and returns the mean return per task. It runs in the
+    learner process and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
+    """
+
+    def __init__(self, experiment: Experiment, episodes: int, seed: int) -> None:
+        from distral import acting
+
+        self._experiment = experiment
+        self._seed = seed
+        self._limit = experiment.config.env.step_limit
+        self._envs = [
+            [experiment.make_env(task, _seed32(seed, task, e, 1)) for e in range(episodes)]
+            for task in range(experiment.num_tasks)
+        ]  # fmt: skip
+        self._select = {False: acting.select_action, True: acting.select_action_pi0}
+
+    def _returns(self, params: Any, key: Array, use_pi0: bool) -> np.ndarray:
+        network = self._experiment.network
+        out = np.zeros(self._experiment.num_tasks)
+        for task, envs in enumerate(self._envs):
+            obs = np.stack([np.asarray(env.reset().observation) for env in envs])
+            task_ids = np.full(len(envs), task, np.int32)
+            total = np.zeros(len(envs))
+            alive = np.ones(len(envs), bool)
+            for _ in range(self._limit):
+                key, sub = jax.random.split(key)
+                action, _ = self._select[use_pi0](params, obs, task_ids, sub, network=network)
+                action = np.asarray(action)
+                for e, env in enumerate(envs):
+                    if not alive[e]:
+                        continue
+                    ts = env.step(int(action[e]))
+                    total[e] += float(ts.reward)
+                    obs[e] = ts.observation
+                    alive[e] = not ts.last()
+                if not alive.any():
+                    break
+            out[task] = total.mean()
+        return out
+
+    def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`."""
+        k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
+        pi_i = self._returns(params, k_i, use_pi0=False)
+        if not self._experiment.has_pi0:
+            return pi_i, np.full_like(pi_i, np.nan)
+        return pi_i, self._returns(params, k_0, use_pi0=True)
+
+
+def make_evaluator(experiment: Experiment, episodes: int, seed: int):
+    """The evaluator of a distributed run: jitted for two_room, dm_env episodes for games."""
+    if experiment.config.env.name == "two_room":
+        return Evaluator(experiment, episodes, seed)
+    return GameEvaluator(experiment, episodes, seed)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import dm_env
 import numpy as np
 import optax
+from dm_env import specs
 
 from distral import learning
 from distral.config import ConfigError, TrainConfig
 from distral.envs import two_room
+from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
 from distral.losses import LossConfig
 from distral.networks import DistralNetwork, make_torso
 from distral.variants import Variant, get_variant
@@ -25,14 +28,47 @@ class Experiment:
     """The resolved parts of one configuration (no state, no processes, no files)."""
 
     config: TrainConfig
-    env_params: two_room.TwoRoomParams
+    env_params: two_room.TwoRoomParams | None  # None for the game environments
     variant: Variant
     num_tasks: int
-    obs_size: int
+    obs_size: int  # two_room's vector size; for images the product of obs_shape
     network: DistralNetwork
     optimizer: optax.GradientTransformation
     loss_config: LossConfig
-    optimal_returns: np.ndarray  # [N] exact optimal expected return per task
+    optimal_returns: np.ndarray  # [N] exact optimal return per task (NaN for games)
+    observation_spec: specs.Array  # one environment's observation (no batch axis)
+    task_names: tuple[str, ...]  # "goal (r, c)" or the game
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.observation_spec.shape)
+
+    def make_vector_env(self, task_id: int, num_envs: int, seed: int) -> VectorEnv:
+        """`num_envs` environments of task `task_id` for an actor (auto-resetting)."""
+        env = self.config.env
+        if env.name == "two_room":
+            assert self.env_params is not None
+            return TwoRoomVectorEnv(self.env_params, task_id, num_envs, seed=seed)
+        # One 32-bit seed per environment from (seed, b): the games' generators take 32 bits.
+        seeds = [_seed32(seed, b) for b in range(num_envs)]
+        return DmEnvVector([self.make_env(task_id, s) for s in seeds])
+
+    def make_env(self, task_id: int, seed: int) -> dm_env.Environment:
+        """One dm_env.Environment of task `task_id`."""
+        env = self.config.env
+        if env.name == "two_room":
+            assert self.env_params is not None
+            return two_room.TwoRoomEnv(self.env_params, task_id, seed=seed)
+        kwargs: dict = {"max_steps": env.step_limit}
+        if env.sticky_action_prob is not None:
+            kwargs["sticky_action_prob"] = env.sticky_action_prob
+        if env.name == "minatar":
+            from distral.envs.minatar import MinAtarEnv
+
+            return MinAtarEnv(self.task_names[task_id], seed, **kwargs)
+        from distral.envs.atari import AtariEnv
+
+        return AtariEnv(self.task_names[task_id], seed, **kwargs)
 
     @property
     def has_pi0(self) -> bool:
@@ -41,32 +77,59 @@ class Experiment:
 
     @property
     def example_obs(self) -> np.ndarray:
-        return np.zeros((1, self.obs_size), np.float32)
+        return np.zeros((1, *self.obs_shape), self.observation_spec.dtype)
+
+
+def _seed32(*entropy: int) -> int:
+    """A 32-bit seed derived from `entropy` (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+
+
+def _tasks(config: TrainConfig):
+    """(env_params, num_tasks, num_actions, observation spec, optimal returns, task names)."""
+    env = config.env
+    if env.name == "two_room":
+        env_params = two_room.make_params(
+            env.layout,
+            num_tasks=env.task_count,
+            goal_seed=env.goal_seed,
+            goals=env.goals,
+            max_steps=env.step_limit,
+        )
+        num_tasks = two_room.num_tasks(env_params)
+        if num_tasks != env.task_count:
+            raise ConfigError(
+                f"env.layout has {num_tasks} G goal cells but env.num_tasks="
+                f"{env.task_count}: set env.num_tasks={num_tasks}"
+            )
+        names = tuple(f"goal {tuple(g)}" for g in np.asarray(env_params.goals).tolist())
+        return (
+            env_params,
+            num_tasks,
+            two_room.NUM_ACTIONS,
+            two_room.TwoRoomEnv(env_params, 0).observation_spec(),
+            np.asarray(two_room.optimal_returns(env_params)),
+            names,
+        )
+    if env.name == "minatar":
+        from distral.envs import minatar as module
+    else:
+        from distral.envs import atari as module  # type: ignore[no-redef]
+    games = env.canonical_games
+    optimal = np.full(len(games), np.nan)
+    return None, len(games), module.NUM_ACTIONS, module.observation_spec(), optimal, games
 
 
 def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Experiment:
     """Builds the parts of `config`; `returns` overrides `config.returns` (nstep | vtrace)."""
-    env = config.env
-    env_params = two_room.make_params(
-        env.layout,
-        num_tasks=env.num_tasks,
-        goal_seed=env.goal_seed,
-        goals=env.goals,
-        max_steps=env.max_steps,
-    )
-    num_tasks = two_room.num_tasks(env_params)
-    if num_tasks != env.num_tasks:
-        raise ConfigError(
-            f"env.layout has {num_tasks} G goal cells but env.num_tasks="
-            f"{env.num_tasks}: set env.num_tasks={num_tasks}"
-        )
+    env_params, num_tasks, num_actions, obs_spec, optimal, names = _tasks(config)
     variant = get_variant(
         config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
     )
     network = learning.build_network(
         variant,
         num_tasks=num_tasks,
-        num_actions=two_room.NUM_ACTIONS,
+        num_actions=num_actions,
         torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
         task_columns=config.task_columns,
     )
@@ -82,9 +145,11 @@ def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Exper
         env_params=env_params,
         variant=variant,
         num_tasks=num_tasks,
-        obs_size=two_room.observation_size(env_params),
+        obs_size=int(np.prod(obs_spec.shape)),
         network=network,
         optimizer=learning.make_optimizer(config.learning_rate, config.max_grad_norm),
         loss_config=loss_config,
-        optimal_returns=np.asarray(two_room.optimal_returns(env_params)),
+        optimal_returns=optimal,
+        observation_spec=obs_spec,
+        task_names=names,
     )

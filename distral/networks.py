@@ -30,7 +30,7 @@ Params = Any  # A pytree of arrays.
 Array = chex.Array
 PRNGKey = chex.PRNGKey
 
-TORSOS = ("mlp", "nature_cnn", "impala_resnet")
+TORSOS = ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn")
 ARCHITECTURES = ("independent", "shared", "1col", "2col")
 TASK_COLUMNS = ("separate", "shared_torso")
 
@@ -121,6 +121,18 @@ class NatureCNN(nn.Module):
         return nn.relu(nn.Dense(512)(x))
 
 
+class MinAtarCNN(nn.Module):
+    """The MinAtar torso of Young and Tian (2019, arXiv:1903.03176): a 3x3 convolution with
+    16 channels and a 128-unit layer; input [B, 10, 10, C] -> features [B, 128]."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = _as_float(x)
+        x = nn.relu(nn.Conv(16, (3, 3), strides=(1, 1), padding="VALID")(x))
+        x = x.reshape((x.shape[0], -1))
+        return nn.relu(nn.Dense(128)(x))
+
+
 class _ResidualBlock(nn.Module):
     channels: int
 
@@ -158,6 +170,8 @@ def make_torso(kind: str, *, hidden_sizes: Sequence[int] = (64, 64)) -> Torso:
         return flax_torso(NatureCNN())
     if kind == "impala_resnet":
         return flax_torso(ImpalaResNet())
+    if kind == "minatar_cnn":
+        return flax_torso(MinAtarCNN())
     raise ValueError(f"unknown torso {kind!r}; valid choices: {', '.join(TORSOS)}")
 
 

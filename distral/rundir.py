@@ -92,7 +92,7 @@ def check_run_dir(run_dir: Path, *, resume: bool) -> None:
 def inline_layout(config: TrainConfig) -> TrainConfig:
     """A layout given as a file path is stored as its map text, so the run is self-contained."""
     layout = config.env.layout
-    if "\n" in layout or layout in two_room.LAYOUTS:
+    if config.env.name != "two_room" or "\n" in layout or layout in two_room.LAYOUTS:
         return config
     text = two_room.load_layout(layout)
     return dataclasses.replace(config, env=dataclasses.replace(config.env, layout=text))

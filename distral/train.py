@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral import learning, rundir
-from distral.config import TrainConfig
+from distral.config import ConfigError, TrainConfig
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment
@@ -53,6 +53,11 @@ class Trainer:
     """Builds the jitted programs of one configuration."""
 
     def __init__(self, config: TrainConfig) -> None:
+        if config.env.name != "two_room":
+            raise ConfigError(
+                f"distral train runs pure-JAX environments (two_room); env.name="
+                f"{config.env.name!r} runs with distral launch"
+            )
         self.config = config
         self.experiment = experiment = make_experiment(config)
         self.env_params = experiment.env_params

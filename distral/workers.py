@@ -79,12 +79,11 @@ def make_actor(
     import reverb
 
     from distral.actor import Actor
-    from distral.envs.vector import TwoRoomVectorEnv
     from distral.experiment import make_experiment
 
     experiment = make_experiment(config)
     d = config.distributed
-    env = TwoRoomVectorEnv(experiment.env_params, task_id, d.envs_per_actor, seed=seed)
+    env = experiment.make_vector_env(task_id, d.envs_per_actor, seed)
     template = jax.eval_shape(
         experiment.network.init, jax.random.PRNGKey(0), experiment.example_obs
     )
@@ -157,11 +156,10 @@ def make_replay_tables(experiment: Any) -> list:
     import jax
 
     from distral import replay
-    from distral.envs import two_room
 
     config = experiment.config
     d = config.distributed
-    obs_spec = two_room.TwoRoomEnv(experiment.env_params, 0).observation_spec()
+    obs_spec = experiment.observation_spec
     signature = replay.unroll_signature(
         obs_spec, experiment.network.num_actions, config.unroll_length, d.envs_per_actor
     )
@@ -223,7 +221,7 @@ def learner_main(
     from tensorboardX import SummaryWriter
 
     from distral import learning, replay, rundir
-    from distral.evaluator import Evaluator
+    from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
     from distral.learner import Learner
 
@@ -274,10 +272,15 @@ def learner_main(
         publish_every=d.publish_every,
         state=state,
     )
-    evaluate = Evaluator(experiment, config.eval_episodes_per_task, seed)
+    evaluate = make_evaluator(experiment, config.eval_episodes_per_task, seed)
     report(("ready", address, learner.step))
 
     columns = rundir.metric_columns(N) + DISTRIBUTED_COLUMNS
+    atari = config.env.name == "atari"
+    if atari:  # human-normalised evaluation scores (Mnih et al., 2015)
+        from distral.envs.atari import human_normalised_score
+
+        columns += ["eval_hns", *(f"eval_hns_task_{i}" for i in range(N))]
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     tb = SummaryWriter(
@@ -330,6 +333,11 @@ def learner_main(
         if not experiment.has_pi0:
             for name in ("kl", "distilled_entropy", *(f"kl_task_{i}" for i in range(N))):
                 row[name] = math.nan
+        if atari:
+            games = zip(experiment.task_names, pi_i, strict=True)
+            hns = [human_normalised_score(g, float(r)) for g, r in games]
+            row["eval_hns"] = rundir.nanmean(np.asarray(hns))
+            row.update({f"eval_hns_task_{i}": h for i, h in enumerate(hns)})
         writer.writerow({c: row.get(c, "") for c in columns})
         fh.flush()
         for name in ("mean_return", "eval_return", "pi0_eval_return", "loss", "kl", "entropy"):
@@ -389,7 +397,10 @@ def learner_main(
         "final_training_return": row.get("mean_return", math.nan),
         "final_pi0_return": row.get("pi0_eval_return", math.nan),
         "optimal_mean_return": optimal,
-        "optimal_returns": experiment.optimal_returns.tolist(),
+        "optimal_returns": [
+            None if math.isnan(v) else v for v in experiment.optimal_returns.tolist()
+        ],
+        "tasks": list(experiment.task_names),
         "env_steps_per_task": int(frames_per_task.mean()),
         "wall_seconds": round(wall_before + time.perf_counter() - t0, 2),
         "learner_steps": learner.step,
@@ -399,7 +410,7 @@ def learner_main(
     }
     summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     summary["final_mean_return_per_seed"] = {str(seed): summary["final_mean_return"]}
-    rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
+    rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     if row:
         from distral.plotting import plot_run
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import dm_env
 import numpy as np
 import pytest
 
 from distral.envs import atari, minatar
 from distral.envs.vector import DmEnvVector
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ATARI
 
@@ -122,3 +130,125 @@ def test_game_envs_run_in_the_actor_vector_env():
     envs = DmEnvVector([atari.AtariEnv("pong", seed=s) for s in range(2)])
     assert envs.reset(0).shape == (2, 84, 84, 4)
     assert isinstance(atari.AtariEnv("pong").reset(), dm_env.TimeStep)
+
+
+# CONFIG, EXPERIMENT AND A DISTRIBUTED RUN
+
+
+def test_game_configs_resolve_tasks_shapes_and_limits():
+    from distral.config import load_config
+    from distral.experiment import make_experiment
+
+    c = load_config(None, ["env.name=minatar", "torso=minatar_cnn"])
+    assert c.env.canonical_games == minatar.GAMES and c.env.step_limit == 10_000
+    e = make_experiment(c)
+    assert (e.num_tasks, e.obs_shape, e.network.num_actions) == (5, (10, 10, 10), 6)
+    assert e.example_obs.dtype == np.float32 and np.isnan(e.optimal_returns).all()
+    c = load_config(ROOT / "experiments" / "atari_4games.yaml")
+    e = make_experiment(c)
+    assert e.task_names == ("pong", "breakout", "space_invaders", "seaquest")
+    assert (e.obs_shape, e.example_obs.dtype, e.network.num_actions) == ((84, 84, 4), np.uint8, 18)
+    env = e.make_vector_env(1, 2, seed=123)
+    assert env.reset(0).shape == (2, 84, 84, 4)
+    c = load_config(ROOT / "experiments" / "minatar_5games.yaml")
+    assert make_experiment(c).num_tasks == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--set", "env.games=[Pong, Breakot]"],
+            "unknown Atari game 'Breakot'; did you mean breakout",
+        ),
+        (["--set", "env.games=[Pong, pong]"], "names a game twice"),
+        (["--set", "torso=mlp"], "torso='mlp' takes vectors; atari gives images"),
+        (["--set", "env.num_tasks=3"], "env.num_tasks=3 but env.games has 4 games"),
+    ],
+)
+def test_game_config_errors_are_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distral.cli",
+            "launch",
+            str(ROOT / "experiments" / "atari_4games.yaml"),
+            "--out",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not out.exists()
+
+
+def test_train_refuses_game_environments(tmp_path):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distral.cli",
+            "train",
+            str(ROOT / "experiments" / "minatar_5games.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "runs with distral launch" in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_distributed_run_on_two_atari_games(tmp_path):
+    """Learner + 2 actor processes (Pong, Breakout) + Reverb, tiny budget, end to end."""
+    out = tmp_path / "atari"
+    sets = [
+        "env.games=[Pong, Breakout]",
+        "env.max_steps=60",
+        "distributed.envs_per_actor=2",
+        "distributed.batch_size=2",
+        "distributed.queue_size=4",
+        "log_every=5",
+        "eval_episodes_per_task=1",
+        "checkpoint_every=1",
+    ]
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distral.cli",
+            "launch",
+            str(ROOT / "experiments" / "atari_4games.yaml"),
+            "--out",
+            str(out),
+            "--max-learner-steps",
+            "10",
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 10 and summary["tasks"] == ["pong", "breakout"]
+    assert summary["optimal_mean_return"] is None
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["log_step"]) for r in rows] == [1, 2]
+    assert int(rows[-1]["env_steps_per_task"]) == 10 * 2 * 2 * 20 // 2  # frames per task
+    for r in rows:
+        # a 60-step Pong evaluation scores between -21 and 0; its HNS follows the formula
+        pong = float(r["eval_return_task_0"])
+        assert -21 <= pong <= 0
+        assert float(r["eval_hns_task_0"]) == pytest.approx((pong + 20.7) / (14.6 + 20.7))
+        assert int(r["episodes"]) >= 1
+    assert (out / "checkpoints").is_dir() and (out / "curves.png").is_file()

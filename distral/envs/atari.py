@@ -115,6 +115,11 @@ def _resize(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((SIZE, SIZE), Image.Resampling.BOX))
 
 
+def observation_spec() -> specs.BoundedArray:
+    """Every game's observation: uint8 [84, 84, 4], the last 4 preprocessed frames."""
+    return specs.BoundedArray((SIZE, SIZE, STACK), np.uint8, 0, 255, name="observation")
+
+
 class AtariEnv(dm_env.Environment):
     """One Atari game with the preprocessing above, as a dm_env.Environment.
 
@@ -207,7 +212,7 @@ class AtariEnv(dm_env.Environment):
         return int(self._ale.getEpisodeFrameNumber())
 
     def observation_spec(self) -> specs.BoundedArray:
-        return specs.BoundedArray((SIZE, SIZE, STACK), np.uint8, 0, 255, name="observation")
+        return observation_spec()
 
     def action_spec(self) -> specs.DiscreteArray:
         return specs.DiscreteArray(NUM_ACTIONS, name="action")

@@ -45,6 +45,11 @@ def canonical_game(name: str) -> str:
     raise GameError(f"unknown MinAtar game {name!r}{hint} (games: {', '.join(GAMES)})")
 
 
+def observation_spec() -> specs.BoundedArray:
+    """Every game's observation: float32 [10, 10, 10] in {0, 1} (padded channels)."""
+    return specs.BoundedArray((GRID, GRID, NUM_CHANNELS), np.float32, 0.0, 1.0, name="observation")
+
+
 class MinAtarEnv(dm_env.Environment):
     """One MinAtar game as a dm_env.Environment; step after LAST resets."""
 
@@ -94,9 +99,7 @@ class MinAtarEnv(dm_env.Environment):
         return dm_env.transition(np.float32(reward), obs)
 
     def observation_spec(self) -> specs.BoundedArray:
-        return specs.BoundedArray(
-            (GRID, GRID, NUM_CHANNELS), np.float32, 0.0, 1.0, name="observation"
-        )
+        return observation_spec()
 
     def action_spec(self) -> specs.DiscreteArray:
         return specs.DiscreteArray(NUM_ACTIONS, name="action")
