@@ -32,6 +32,10 @@ from distral.workers import actor_seed
 
 SHUTDOWN_SECONDS = 10.0
 ACTOR_GRACE_SECONDS = 2.0  # then actors get SIGTERM (they die at once)
+# A learner that reached its budget still writes its last row, checkpoint, summary and plot
+# after asking the actors to stop; on a loaded machine that can take longer than an
+# interrupt's 10 s, and killing it then would lose the run's end.
+LEARNER_FINISH_SECONDS = 300.0
 LEARNER_READY_SECONDS = 300.0
 _POLL = 0.1
 
@@ -239,7 +243,8 @@ def run_local(
                     break
         finally:
             stop.set()
-            summary = _shutdown(learner, list(actors.values()), reports, summary, log)
+            urgent = lambda: failure is not None or signals.received is not None  # noqa: E731
+            summary = _shutdown(learner, list(actors.values()), reports, summary, log, urgent)
             reports.close()
             reports.join_thread()
     return _outcome(failure, signals.received is not None, summary, run_dir)
@@ -259,14 +264,26 @@ def _outcome(
 
 
 def _shutdown(
-    learner: Any, actors: list[Any], reports: Any, summary: Any, log: Log
+    learner: Any,
+    actors: list[Any],
+    reports: Any,
+    summary: Any,
+    log: Log,
+    urgent: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any] | None:
-    """Waits for every child (the stop event is set), killing stragglers at the deadline."""
+    """Waits for every child (the stop event is set), killing stragglers at the deadline.
+
+    The deadline is SHUTDOWN_SECONDS after the stop when `urgent()` (Ctrl-C, SIGTERM, a
+    failure), else LEARNER_FINISH_SECONDS: the learner reached its budget and is finishing.
+    """
     t0 = time.monotonic()
-    deadline = t0 + SHUTDOWN_SECONDS - 1.5
     everyone = [learner, *actors]
     terminated = False
-    while time.monotonic() < deadline and any(p.is_alive() for p in everyone if p.pid):
+
+    def deadline() -> float:
+        return t0 + (SHUTDOWN_SECONDS - 1.5 if urgent() else LEARNER_FINISH_SECONDS)
+
+    while time.monotonic() < deadline() and any(p.is_alive() for p in everyone if p.pid):
         if not terminated and time.monotonic() > t0 + ACTOR_GRACE_SECONDS:
             for p in actors:  # an actor blocked inside Reverb cannot see the stop event
                 if p.pid and p.is_alive():
