@@ -436,11 +436,37 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     cls: type = TrainConfig,
 ) -> Any:
-    """The config of a file, then `--set` items, then `overrides` (e.g. CLI flags)."""
+    """The config of a file, then `--set` items, then `overrides` (e.g. CLI flags).
+
+    A TrainConfig file may hold `per_variant: {VARIANT: {key: value, ...}}`: the selected
+    variant's entries apply over the file's values and under `--set` and the flags (a
+    preset can carry each algorithm's own hyperparameters, as papers tune them). The
+    resolved config has no `per_variant` section.
+    """
     data = read_yaml(path) if path is not None else {}
-    data = _merge(data, parse_sets(sets))
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    return _build(cls, data)
+    top = _merge(parse_sets(sets), {k: v for k, v in (overrides or {}).items() if v is not None})
+    per_variant = data.pop(PER_VARIANT, None)
+    if PER_VARIANT in top:
+        raise ConfigError(f"{PER_VARIANT} belongs in the config file, not in --set")
+    if per_variant is not None and cls is TrainConfig:
+        if not isinstance(per_variant, Mapping):
+            raise ConfigError(f"{PER_VARIANT} must map variant names to settings")
+        for name, extra in per_variant.items():
+            if name not in VARIANTS:
+                raise ConfigError(
+                    f"{PER_VARIANT}.{name}: unknown variant; valid: {', '.join(VARIANTS)}"
+                )
+            if not isinstance(extra, Mapping) or "variant" in extra:
+                raise ConfigError(f"{PER_VARIANT}.{name} must be a mapping of other keys")
+            _build(cls, _merge(_merge(data, extra), {"variant": name}))  # check every entry
+        variant = _merge(data, top).get("variant", TrainConfig.variant)
+        data = _merge(data, per_variant.get(variant, {}))
+    elif per_variant is not None:
+        raise ConfigError(f"unknown config key {PER_VARIANT!r}")
+    return _build(cls, _merge(data, top))
+
+
+PER_VARIANT = "per_variant"
 
 
 def _plain(x: Any) -> Any:

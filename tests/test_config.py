@@ -90,3 +90,41 @@ def test_derived_values():
     )
     assert c.steps_per_update == 20
     assert c.num_log_steps == 2  # ceil(100 / 60)
+
+
+def test_per_variant_settings_apply_to_their_variant_only(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "learning_rate: 0.001\n"
+        "per_variant:\n"
+        "  a3c: {entropy_cost: 0.03}\n"
+        "  kl_2col: {beta: 10, learning_rate: 0.003}\n"
+    )
+    a3c = cfg.load_config(path, overrides={"variant": "a3c"})
+    assert (a3c.entropy_cost, a3c.learning_rate) == (0.03, 0.001)
+    kl = cfg.load_config(path, overrides={"variant": "kl_2col"})
+    assert (kl.beta, kl.learning_rate, kl.entropy_cost) == (10.0, 0.003, None)
+    other = cfg.load_config(path, overrides={"variant": "kl_ent_1col"})
+    assert (other.beta, other.learning_rate) == (None, 0.001)
+    # --set and flags beat the per-variant entry
+    assert (
+        cfg.load_config(path, ["learning_rate=0.0005"], {"variant": "kl_2col"}).learning_rate
+        == 5e-4
+    )
+    assert "per_variant" not in cfg.dump_yaml(kl)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("per_variant: {a3x: {beta: 1}}", "per_variant.a3x: unknown variant"),
+        ("per_variant: {a3c: {beta: 1}}", "variant 'a3c' has no beta"),
+        ("per_variant: {a3c: {gamma: 1}}", "unknown config key 'gamma'"),
+        ("per_variant: [a3c]", "per_variant must map variant names to settings"),
+    ],
+)
+def test_per_variant_errors(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.load_config(path, overrides={"variant": "kl_2col"})
