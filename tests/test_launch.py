@@ -201,26 +201,42 @@ def test_several_seeds_and_bad_backend_are_one_line_errors(tmp_path):
 
 
 def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
-    """End to end: 2 actor processes + the learner, 1,500 learner steps of kl_ent_2col;
-    the random policy scores about -14 here (BUILD_NOTES.md), the optimum about 0.25."""
+    """End to end: 2 actor processes + the learner, 1,500 learner steps of kl_ent_1col at
+    lr 1e-3; the random policy scores about -14 here (BUILD_NOTES.md), the optimum 0.25.
+
+    Not the preset's kl_ent_2col: under this test's parameter lag (~2.6 learner steps) 2col
+    sometimes collapses a task into a wall-bumping policy (-58; once in CI, and 2 of 2
+    runs with a 50-step refresh), the lag failure BUILD_NOTES.md describes. kl_ent_1col
+    learns here without it (0.24 at 1,500 steps, measured), so this test checks the system.
+    """
     out = tmp_path / "run"
+    settings = [*SMALL, "learning_rate=0.001", "log_every=100", "checkpoint_every=5"]
     launch = Launch(
         str(PRESET),
         "--out",
         str(out),
+        "--variant",
+        "kl_ent_1col",
         "--max-learner-steps",
         "1500",
-        *_sets([*SMALL, "log_every=100", "checkpoint_every=5"]),
+        *_sets(settings),
     )
     launches.append(launch)
     assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-20:])
     rows = _rows(out)
+    curve = "; ".join(
+        f"{r['updates']}: {float(r['return_task_0']):.2f} {float(r['return_task_1']):.2f}"
+        f" H={float(r['entropy']):.2f} lag={float(r['parameter_lag_mean']):.1f}"
+        for r in rows
+    )  # per-task training returns, pi_i entropy and lag, for a failure's message
     assert [int(r["updates"]) for r in rows] == list(range(100, 1501, 100))
     first, last = rows[0], rows[-1]
-    assert float(first["eval_return"]) < -10.0  # near random at the start
+    # Near random over the first 100 steps (the actors' episodes; the evaluator's 8 per
+    # task are too few to tell -14 from -9), clearly above it at the end.
+    assert float(first["mean_return"]) < -10.0, curve
     late = rows[-3:]  # training episodes reported by the actors, and the evaluator's
-    assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0
-    assert float(last["eval_return"]) > -8.0
+    assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0, curve
+    assert float(last["eval_return"]) > -8.0, curve
     assert 0 <= float(last["parameter_lag_mean"]) < 10
     for r in rows[1:]:  # both rates are over the same window: frames per update = 2 x 8 x 10
         ratio = float(r["steps_per_second"]) / float(r["updates_per_second"])
