@@ -310,11 +310,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from distral.plotting import PlotError, plot_runs
+    from distral.plotting import PlotError, plot_per_task, plot_runs
 
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / f"{args.column}.png"
+    if args.per_task:
+        column = "return" if args.column == "mean_return" else args.column
+        name = f"{column}_per_task.png"
+    else:
+        column, name = args.column, f"{args.column}.png"
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / name
     try:
-        path = plot_runs(args.run_dirs, out, column=args.column)
+        if args.per_task:
+            path = plot_per_task(args.run_dirs, out, column=column)
+        else:
+            path = plot_runs(args.run_dirs, out, column=column)
     except PlotError as e:
         _fail(str(e))
     print(path)
@@ -470,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="output PNG (default RUN_DIR/COLUMN.png of the first run)")
     p.add_argument("--column", default="mean_return", help="metrics.csv column to plot")
+    p.add_argument(
+        "--per-task",
+        action="store_true",
+        help="one panel per task (game) of the COLUMN_task_i columns: return (the default "
+        "here), eval_return, pi0_eval_return, kl",
+    )
     p.set_defaults(func=_cmd_plot)
     return parser
 

@@ -90,9 +90,16 @@ class GameEvaluator:
     learner process and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
     """
 
-    def __init__(self, experiment: Experiment, episodes: int, seed: int) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        episodes: int,
+        seed: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         from distral import acting
 
+        self._should_stop = should_stop or (lambda: False)
         self._experiment = experiment
         self._seed = seed
         self._limit = experiment.config.env.step_limit
@@ -123,6 +130,8 @@ class GameEvaluator:
                     alive[e] = not ts.last()
                 if not alive.any():
                     break
+                if self._should_stop():  # a stop must not wait for long episodes
+                    return np.full(self._experiment.num_tasks, np.nan)
             out[task] = total.mean()
         return out
 
@@ -135,8 +144,17 @@ class GameEvaluator:
         return pi_i, self._returns(params, k_0, use_pi0=True)
 
 
-def make_evaluator(experiment: Experiment, episodes: int, seed: int):
-    """The evaluator of a distributed run: jitted for two_room, dm_env episodes for games."""
+def make_evaluator(
+    experiment: Experiment,
+    episodes: int,
+    seed: int,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """The evaluator of a distributed run: jitted for two_room, dm_env episodes for games.
+
+    A game evaluation gives up (NaN returns) as soon as `should_stop()` is true, so that a
+    stop request is honoured within the launcher's 10 s; the two-room one takes ~0.1 s.
+    """
     if experiment.config.env.name == "two_room":
         return Evaluator(experiment, episodes, seed)
-    return GameEvaluator(experiment, episodes, seed)
+    return GameEvaluator(experiment, episodes, seed, should_stop)

@@ -236,6 +236,71 @@ def plot_runs(
         plt.close(fig)
 
 
+def task_names(run_dir: str | Path, num_tasks: int) -> list[str]:
+    """The tasks' names: the games of config.yaml's `env.games`, else 'task i'."""
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    env = config.get("env") if isinstance(config, dict) else None
+    games = env.get("games") if isinstance(env, dict) else None
+    if isinstance(games, list) and len(games) == num_tasks:
+        return [str(g) for g in games]
+    return [f"task {i}" for i in range(num_tasks)]
+
+
+def plot_per_task(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    column: str = "return",
+    labels: Sequence[str] | None = None,
+    references: dict[str, float] | None = None,
+    reference_label: str = "reference",
+    title: str | None = None,
+) -> Path:
+    """One panel per task: the `{column}_task_{i}` curves of every run, mean and 95% CI.
+
+    `column` is a per-task family of metrics.csv ("return" for the actors' training
+    episodes, "eval_return" for the evaluator's pi_i, "pi0_eval_return", "kl"). Tasks are
+    named from the first run's config.yaml; `references` (task name -> value, e.g. a random
+    policy's score) draws a dashed line in the matching panels. Writes the PNG `out`.
+    """
+    if not run_dirs:
+        raise PlotError("no run directories to plot")
+    all_metrics = [read_metrics(d) for d in run_dirs]
+    num_tasks = 0
+    while f"{column}_task_{num_tasks}" in all_metrics[0]:
+        num_tasks += 1
+    if num_tasks == 0:
+        raise PlotError(f"no column {column}_task_0 in {Path(run_dirs[0]) / 'metrics.csv'}")
+    names = task_names(run_dirs[0], num_tasks)
+    plt = pyplot()
+    cols = min(num_tasks, 3)
+    rows = math.ceil(num_tasks / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    try:
+        run_label_list = run_labels(run_dirs, labels)
+        for i, ax in enumerate(axes.flat):
+            if i >= num_tasks:
+                ax.set_axis_off()
+                continue
+            for metrics, label in zip(all_metrics, run_label_list, strict=True):
+                _draw(ax, metrics, f"{column}_task_{i}", label)
+            ax.set_ylabel(column.replace("_", " "))
+            value = (references or {}).get(names[i])
+            if value is not None:
+                ax.axhline(value, color="black", linestyle="--", linewidth=1, label=reference_label)
+            ax.set_title(names[i])
+        axes.flat[0].legend(fontsize=8)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return save_figure(fig, out)
+    finally:
+        plt.close(fig)
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """The per-run figure: training return, pi_0 eval return, KL to pi_0, and entropy.
 

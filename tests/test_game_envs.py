@@ -252,3 +252,103 @@ def test_distributed_run_on_two_atari_games(tmp_path):
         assert float(r["eval_hns_task_0"]) == pytest.approx((pong + 20.7) / (14.6 + 20.7))
         assert int(r["episodes"]) >= 1
     assert (out / "checkpoints").is_dir() and (out / "curves.png").is_file()
+
+
+def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
+    """The MinAtar evaluator's returns are real game scores; a stop request aborts it
+    (NaN) at the next step instead of playing long episodes to their end."""
+    import jax
+
+    from distral.config import load_config
+    from distral.evaluator import make_evaluator
+    from distral.experiment import make_experiment
+    from distral.learning import init_training_state
+
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml",
+        ["env.games=[breakout, freeway]", "env.max_steps=300"],
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs
+    )
+    pi_i, pi_0 = make_evaluator(experiment, 2, seed=0)(state.params, 1)
+    # An untrained policy: Breakout scores a few bricks at most; 300 steps of Freeway
+    # (a full episode is 2,500) score the crossings the chicken makes, a handful at most.
+    assert 0 <= pi_i[0] <= 5 and 0 <= pi_0[0] <= 5
+    assert 0 <= pi_i[1] <= 5 and 0 <= pi_0[1] <= 5
+    calls = []
+
+    def stop_after_ten_steps() -> bool:
+        calls.append(1)
+        return len(calls) > 10
+
+    pi_i, pi_0 = make_evaluator(experiment, 2, 0, stop_after_ten_steps)(state.params, 1)
+    assert np.isnan(pi_i).all() and np.isnan(pi_0).all()
+    assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)
+
+
+def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):
+    """MinAtar evaluations take seconds (Freeway: 2,500 steps an episode) and run in the
+    learner: Ctrl-C in the middle of one still stops the run within 10 s, with a final
+    checkpoint and a summary whose return is the last finished evaluation's."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    sets = [
+        "env.games=[freeway, breakout]",
+        "distributed.envs_per_actor=4",
+        "distributed.batch_size=2",
+        "distributed.queue_size=4",
+        "log_every=1",  # an evaluation after every learner step
+        "eval_episodes_per_task=8",
+        "checkpoint_every=1",
+    ]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distral.cli",
+            "launch",
+            str(ROOT / "experiments" / "minatar_5games.yaml"),
+            "--out",
+            str(out),
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="1"),
+    )
+    try:
+        metrics = out / "metrics.csv"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break  # a first row: the next evaluation has started or is about to
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+        stop_seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read()
+    assert code == 130, stderr[-3000:]
+    assert stop_seconds < 10.0
+    assert "did not stop in time" not in stderr
+    rows = list(csv.DictReader(open(metrics)))
+    evaluated = [r for r in rows if r["eval_return"] != "nan"]
+    assert evaluated  # (the row of the stop, if any, has no evaluation: NaN)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_mean_return"] == pytest.approx(float(evaluated[-1]["eval_return"]))
+    assert summary["learner_steps"] == int(rows[-1]["updates"])
+    assert any((out / "checkpoints").iterdir())

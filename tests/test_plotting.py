@@ -244,6 +244,30 @@ def test_plot_run_has_four_panels_when_pi0_is_all_nan(tmp_path, saved_figures):
     assert saved_figures[0].get_suptitle() == "kl_1col (3 seeds)"  # label from config.yaml
 
 
+def test_plot_per_task_has_a_panel_per_game_with_its_curve_and_reference(tmp_path, saved_figures):
+    rows = [dict(r, return_task_1=2 * float(r["return_task_0"])) for r in THREE_SEED_ROWS]
+    run = _make_run(tmp_path, "run", rows, variant="kl_ent_2col")
+    (run / "config.yaml").write_text(
+        "variant: kl_ent_2col\nenv: {name: minatar, games: [breakout, freeway]}\n"
+    )
+    out = plotting.plot_per_task(
+        [run], tmp_path / "games.png", references={"freeway": 0.17}, reference_label="random"
+    )
+    assert matplotlib.image.imread(out).ndim == 3
+    axes = saved_figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["breakout", "freeway"]
+    for ax, scale in zip(axes, (1.0, 2.0), strict=True):  # task 1's curve is twice task 0's
+        mean = ax.get_lines()[0].get_ydata()
+        np.testing.assert_allclose(mean, [scale * 7 / 3, scale * 6.0])  # hand means, 3 seeds
+    (reference,) = axes[1].get_lines()[1:]  # only the game with a reference has the line
+    np.testing.assert_array_equal(reference.get_ydata(), [0.17, 0.17])
+    assert len(axes[0].get_lines()) == 1
+    # Without games in config.yaml the panels are "task i"; a family with no columns fails.
+    assert plotting.task_names(tmp_path / "nowhere", 2) == ["task 0", "task 1"]
+    with pytest.raises(PlotError, match=r"no column eval_return_task_0 in .*metrics\.csv"):
+        plotting.plot_per_task([run], tmp_path / "x.png", column="eval_return")
+
+
 def test_missing_or_empty_runs_raise_one_line_errors(tmp_path):
     missing = tmp_path / "no_such_run"
     no_csv = tmp_path / "no_csv"

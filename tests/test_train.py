@@ -214,3 +214,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path):
     p = cli("plot", str(out), "--out", str(tmp_path / "c.png"))
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "c.png").stat().st_size > 10_000
+    p = cli("plot", str(out), "--per-task", "--column", "eval_return")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(out / "eval_return_per_task.png")
+    assert (out / "eval_return_per_task.png").stat().st_size > 10_000
