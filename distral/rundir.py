@@ -98,14 +98,18 @@ def inline_layout(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, env=dataclasses.replace(config.env, layout=text))
 
 
-def last_rows(path: Path) -> dict[int, dict[str, Any]]:
-    """The last metrics row of each seed."""
-    rows: dict[int, dict[str, Any]] = {}
+def last_rows(path: Path, finite: str | None = None) -> dict[int, dict[str, Any]]:
+    """The last metrics row of each seed (with `finite`: the last whose `finite` column has
+    a value, e.g. "eval_return" skips a row whose evaluation a stop cut short)."""
     with path.open(newline="") as fh:
-        for r in csv.DictReader(fh):
-            rows[int(r["seed"])] = {k: float(v) if v else math.nan for k, v in r.items()}
-    if not rows:
+        records = list(csv.DictReader(fh))
+    if not records:
         raise ConfigError(f"{str(path)!r} holds no metrics rows to summarise")
+    rows: dict[int, dict[str, Any]] = {}
+    for r in records:
+        row = {k: float(v) if v else math.nan for k, v in r.items()}
+        if finite is None or math.isfinite(row.get(finite, math.nan)):
+            rows[int(r["seed"])] = row
     return rows
 
 

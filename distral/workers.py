@@ -293,17 +293,13 @@ def learner_main(
     window = _Window(N)
     episode_sums, episode_counts = np.zeros(N), np.zeros(N)
 
-    def write_row(evaluation: bool = True) -> None:
-        """A metrics row; without `evaluation` (a stop was asked) its eval cells are NaN."""
+    def write_row() -> None:
         nonlocal log_step, window, last_row, episode_sums, episode_counts
         for task, ret, _, _ in replay.drain_episodes(client):
             episode_sums[task] += ret
             episode_counts[task] += 1
         log_step += 1
-        if evaluation:
-            pi_i, pi_0 = evaluate(learner.state.params, log_step)
-        else:
-            pi_i = pi_0 = np.full(N, np.nan)
+        pi_i, pi_0 = evaluate(learner.state.params, log_step)  # NaN if a stop cut it short
         wall = wall_before + time.perf_counter() - t0
         dt = max(time.perf_counter() - window.t_start, 1e-9)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -376,10 +372,9 @@ def learner_main(
                 if log_step % config.checkpoint_every == 0:
                     save()
         # THE END (budget reached or asked to stop): actors may go; last row and checkpoint.
-        interrupted = should_stop()  # asked to stop: 10 s, no time for an evaluation
         request_stop()
         if window.updates > 0:
-            write_row(evaluation=not interrupted)
+            write_row()
         if saved_at != log_step or manager.latest_step() is None:
             save()
     finally:
@@ -394,8 +389,9 @@ def learner_main(
         row = rundir.last_rows(metrics_path).get(seed, {})
     except ConfigError:  # stopped before the first log row
         row = {}
-    if math.isnan(row.get("eval_return", math.nan)):  # a stop's row: the last evaluation
-        row = {**row, **_last_evaluation(metrics_path, seed)}
+    if row and math.isnan(row["eval_return"]):  # a stop cut the evaluation: the last one
+        evaluated = rundir.last_rows(metrics_path, finite="eval_return").get(seed, {})
+        row = {**row, **{k: evaluated[k] for k in ("eval_return", "pi0_eval_return") if evaluated}}
     summary = {
         "variant": config.variant,
         "seeds": [seed],
@@ -423,22 +419,6 @@ def learner_main(
 
         plot_run(run_dir)
     return summary
-
-
-def _last_evaluation(metrics_path: Path, seed: int) -> dict[str, float]:
-    """eval_return and pi0_eval_return of the seed's last row that has an evaluation."""
-    import csv
-
-    out: dict[str, float] = {}
-    with metrics_path.open(newline="") as fh:
-        for r in csv.DictReader(fh):
-            try:
-                if int(r["seed"]) != seed or math.isnan(float(r["eval_return"])):
-                    continue
-                out = {k: float(r[k]) for k in ("eval_return", "pi0_eval_return")}
-            except (KeyError, TypeError, ValueError):
-                continue
-    return out
 
 
 def _checkpoint_tree(state: Any, frames_per_task: np.ndarray, wall: float) -> dict[str, Any]:

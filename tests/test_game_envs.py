@@ -17,6 +17,14 @@ from distral.envs.vector import DmEnvVector
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _cli(command: str, preset: str, out: Path, *args: str, sets: list[str] = ()) -> list[str]:
+    """argv of `distral COMMAND experiments/PRESET --out OUT ARGS --set S ...`."""
+    setting = [a for s in sets for a in ("--set", s)]
+    cli = [sys.executable, "-m", "distral.cli", command, str(ROOT / "experiments" / preset)]
+    return [*cli, "--out", str(out), *args, *setting]
+
+
 # ATARI
 
 
@@ -169,16 +177,7 @@ def test_game_configs_resolve_tasks_shapes_and_limits():
 def test_game_config_errors_are_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "run"
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "launch",
-            str(ROOT / "experiments" / "atari_4games.yaml"),
-            "--out",
-            str(out),
-            *args,
-        ],
+        _cli("launch", "atari_4games.yaml", out, *args),
         capture_output=True,
         text=True,
         timeout=120,
@@ -190,15 +189,7 @@ def test_game_config_errors_are_one_line_exit_2(tmp_path, args, message):
 
 def test_train_refuses_game_environments(tmp_path):
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "train",
-            str(ROOT / "experiments" / "minatar_5games.yaml"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
+        _cli("train", "minatar_5games.yaml", tmp_path / "run"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -221,18 +212,7 @@ def test_distributed_run_on_two_atari_games(tmp_path):
         "checkpoint_every=1",
     ]
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "launch",
-            str(ROOT / "experiments" / "atari_4games.yaml"),
-            "--out",
-            str(out),
-            "--max-learner-steps",
-            "10",
-            *[a for s in sets for a in ("--set", s)],
-        ],
+        _cli("launch", "atari_4games.yaml", out, "--max-learner-steps", "10", sets=sets),
         capture_output=True,
         text=True,
         timeout=600,
@@ -307,16 +287,7 @@ def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):
         "checkpoint_every=1",
     ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "launch",
-            str(ROOT / "experiments" / "minatar_5games.yaml"),
-            "--out",
-            str(out),
-            *[a for s in sets for a in ("--set", s)],
-        ],
+        _cli("launch", "minatar_5games.yaml", out, sets=sets),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
