@@ -24,16 +24,26 @@ def _sample(logits: Array, key: Array) -> tuple[Array, Array]:
     return action, logits
 
 
+def _apply(network: DistralNetwork, params: Params, obs: Array, task_id: Array):
+    """task_id [B] (any mix of tasks) or a scalar (the whole batch is one task's: only its
+    column runs, N times cheaper than the mixed path for N task columns)."""
+    task_id = jnp.asarray(task_id)
+    if task_id.ndim == 0:
+        return network.apply_task(params, obs, task_id)
+    chex.assert_rank(task_id, 1)
+    return network.apply(params, obs, task_id)
+
+
 @functools.partial(jax.jit, static_argnames=("network",))
 def select_action(
     params: Params, obs: Array, task_id: Array, key: Array, *, network: DistralNetwork
 ) -> tuple[Array, Array]:
-    """Samples a_t ~ pi_i(.|s_t): obs [B, *obs], task_id [B] -> (action [B] int32, logits [B, A]).
+    """Samples a_t ~ pi_i(.|s_t): obs [B, *obs], task_id [B] or a scalar -> (action [B]
+    int32, logits [B, A]).
 
     The logits are those of the behaviour policy, stored for V-trace's importance weights.
     """
-    chex.assert_rank(task_id, 1)
-    return _sample(network.apply(params, obs, task_id).logits, key)
+    return _sample(_apply(network, params, obs, task_id).logits, key)
 
 
 @functools.partial(jax.jit, static_argnames=("network",))
@@ -42,8 +52,8 @@ def select_action_pi0(
 ) -> tuple[Array, Array]:
     """Samples from the distilled policy pi_0 = softmax(h(s_t)): (action [B] int32, logits [B, A]).
 
-    `task_id` is only used to run the network (pi_0 does not depend on it). For the
-    'independent' baseline there is no pi_0: its distilled logits are zeros (uniform).
+    `task_id` ([B] or a scalar) is only used to run the network (pi_0 does not depend on
+    it). For the 'independent' baseline there is no pi_0: its distilled logits are zeros
+    (uniform).
     """
-    chex.assert_rank(task_id, 1)
-    return _sample(network.apply(params, obs, task_id).distilled_logits, key)
+    return _sample(_apply(network, params, obs, task_id).distilled_logits, key)

@@ -68,15 +68,16 @@ class Actor:
         self._variables = replay.VariableSource(client, params_template)
         self._writer = replay.UnrollWriter(client, unroll_length)
         self._episodes = replay.EpisodeWriter(client)
-        self._task_ids = np.full(env.num_envs, task_id, np.int32)
+        self._task_id_array = np.int32(task_id)  # scalar: only this task's column runs
         self.num_steps = 0  # actor steps taken (each steps all B environments)
         self.num_episodes = 0
         self.params_step = -1
 
     def _refresh(self, timeout: float | None = None) -> None:
-        params, step = self._variables.fetch(timeout)
-        self._params = jax.device_put(params)
-        self.params_step = step
+        params, step = self._variables.fetch(timeout, allow_stale=True)
+        if step != self.params_step:  # a step's parameters never change: skip the copy
+            self._params = jax.device_put(params)
+            self.params_step = step
 
     @staticmethod
     def _wait(wait: Any, stop_event: threading.Event | None) -> bool:
@@ -124,7 +125,7 @@ class Actor:
                 # ACT with pi_i at s_t, then STEP the environments (auto-reset).
                 key, act_key = jax.random.split(key)
                 action, logits = acting.select_action(
-                    self._params, obs, self._task_ids, act_key, network=self._network
+                    self._params, obs, self._task_id_array, act_key, network=self._network
                 )
                 action, logits = np.asarray(action), np.asarray(logits)
                 next_obs, reward, discount, done = env.step(action)

@@ -93,7 +93,7 @@ class Learner:
             kl_per_task=np.asarray(metrics["kl_per_task"]),
             parameter_lag_mean=float(np.mean(lag)),
             parameter_lag_max=int(np.max(lag)),
-            queue_size=replay.table_size(self._client, replay.TRAJECTORIES),
+            queue_size=float(replay.table_size(self._client, replay.TRAJECTORIES)),
             sample_seconds=t_sampled - t0,
             update_seconds=t_done - t_sampled,
             updates_per_second=self._updates / elapsed if elapsed > 0 else 0.0,

@@ -230,6 +230,8 @@ class DistralNetwork(NamedTuple):
     apply: Callable[[Params, Array, Array], NetworkOutput]
     # (params, obs [N, B, *obs_shape]), row i from task i -> outputs [N, B, ...].
     apply_tasks: Callable[[Params, Array], NetworkOutput]
+    # (params, obs [B, *obs_shape], task_id scalar int) -> outputs [B, ...], one column run.
+    apply_task: Callable[[Params, Array, Array], NetworkOutput]
     num_tasks: int
     num_actions: int
     architecture: str
@@ -269,8 +271,9 @@ def make_network(
     stacked parameters) and keeps each sample's own column (take_along_axis): N times the
     column's forward cost, and gradients reach only the selected tasks' parameters. With
     'shared_torso' the shared torso runs once and each sample's heads are gathered.
-    `apply_tasks` vmaps the columns over (stacked params, obs rows), costing 1x. The
-    distilled column h always runs once on the flattened batch.
+    `apply_tasks` vmaps the columns over (stacked params, obs rows), costing 1x, and
+    `apply_task` (a batch of one task, as an actor's) slices out and runs that task's column
+    only. The distilled column h always runs once on the flattened batch.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(
@@ -405,10 +408,34 @@ def make_network(
             value = _dense_per_row(tasks["value"], features)
         return combine(f_logits, h_logits, value)
 
+    # APPLY_TASK: every row from one task (an actor's batch): only that task's column runs.
+    def apply_task(params: Params, obs: Array, task_id: Array) -> NetworkOutput:
+        task_id = jnp.asarray(task_id)
+        chex.assert_rank(task_id, 0)
+        chex.assert_type(task_id, int)
+
+        def pick(stacked: Params) -> Params:
+            return jax.tree.map(lambda x: x[task_id], stacked)
+
+        h_logits = f_logits = None
+        if has_distilled:
+            h_features, h_logits = distilled(params, obs)
+        if not has_task_columns:
+            return combine(None, h_logits, _dense(pick(params["values"]), h_features))
+        tasks = params["tasks"]
+        if separate:
+            f_logits, value = task_column(pick(tasks), obs)
+        else:
+            features = torso.apply(tasks["torso"], obs)
+            f_logits = _dense(pick(tasks["policy"]), features)
+            value = _dense(pick(tasks["value"]), features)
+        return combine(f_logits, h_logits, value)
+
     return DistralNetwork(
         init=init,
         apply=apply,
         apply_tasks=apply_tasks,
+        apply_task=apply_task,
         num_tasks=num_tasks,
         num_actions=num_actions,
         architecture=architecture,

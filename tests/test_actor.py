@@ -185,6 +185,14 @@ def test_select_action_samples_the_task_and_distilled_policies(network):
     action0, logits0 = acting.select_action_pi0(params, obs, task_id, key, network=network)
     np.testing.assert_allclose(logits0, out.distilled_logits, rtol=1e-6)
     assert action0.dtype == jnp.int32
+    # A scalar task id (an actor's batch): only that column runs, same logits and draws.
+    for i in range(3):
+        mixed = acting.select_action(params, obs, jnp.full(4, i), key, network=network)
+        single = acting.select_action(params, obs, jnp.int32(i), key, network=network)
+        np.testing.assert_allclose(single[1], mixed[1], rtol=1e-6)
+        np.testing.assert_array_equal(single[0], mixed[0])
+        single0 = acting.select_action_pi0(params, obs, jnp.int32(i), key, network=network)
+        np.testing.assert_allclose(single0[1], out.distilled_logits, rtol=1e-6)
     # Sampling follows the logits: a near one-hot policy picks its action.
     peaked = jax.tree.map(lambda x: x, params)
     peaked["tasks"]["policy"]["b"] = peaked["tasks"]["policy"]["b"].at[:, 3].set(1e4)
@@ -271,7 +279,7 @@ def test_actor_refreshes_params_and_blocks_on_a_full_queue(network, server_and_c
         first = sample_items(client, 2)
         steps_before = actor.num_steps
         replay.publish_params(client, init_params(network, 1), 5)
-        later = sample_items(client, 4)
+        later = sample_items(client, 6)  # the refresh after next sees step 5 (stale fetch)
         assert steps_before < 6 * T + 1  # a full queue of size 1 held the actor back
     finally:
         stop.set()

@@ -238,6 +238,7 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
     assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0, curve
     assert float(last["eval_return"]) > -8.0, curve
     assert 0 <= float(last["parameter_lag_mean"]) < 10
+    assert all(0 <= float(r["queue_size"]) <= 4 for r in rows)  # a mean over the window
     for r in rows[1:]:  # both rates are over the same window: frames per update = 2 x 8 x 10
         ratio = float(r["steps_per_second"]) / float(r["updates_per_second"])
         assert ratio == pytest.approx(160, rel=0.02)

@@ -129,8 +129,10 @@ def test_apply_single_task_equals_apply_tasks_row(architecture, task_columns):
     rows = jax.jit(net.apply_tasks)(params, rows_obs)
     for i in range(NUM_TASKS):
         out = jax.jit(net.apply)(params, rows_obs[i], np.full((BATCH,), i, np.int32))
-        for a, b in zip(out, rows, strict=True):
+        one = jax.jit(net.apply_task)(params, rows_obs[i], np.int32(i))  # column i alone
+        for a, c, b in zip(out, one, rows, strict=True):
             np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(c, b[i], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture,task_columns", ALL)

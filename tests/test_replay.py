@@ -148,6 +148,19 @@ def test_publish_and_fetch_round_trip(make_server):
         replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5)
 
 
+def test_fetch_sees_every_publication_and_a_stale_fetch_lags_by_at_most_one(make_server):
+    template = nested_params(0)
+    _, client, _ = make_server(variables_signature=replay.variables_signature(template))
+    source = replay.VariableSource(client, template)
+    stale = replay.VariableSource(client, template)
+    for step in range(40):
+        replay.publish_params(client, nested_params(step), step)
+        assert source.fetch(timeout=5)[1] == step  # read after the publication: never stale
+        first = stale.fetch(timeout=5, allow_stale=True)[1]
+        assert first in (step - 1, step) if step else first == 0
+        assert stale.fetch(timeout=5, allow_stale=True)[1] == step  # one fetch later: current
+
+
 def test_sample_batch_columns_are_the_written_unrolls(make_server):
     _, client, _ = make_server()
     tasks = (0, 5)
