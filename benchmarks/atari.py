@@ -1,8 +1,9 @@
 """Atari throughput: raw environment frames/s against actor frames/s on the same games.
 
 In one run, on the same cores, K processes (one per game, default Pong and Breakout) each
-step B Atari environments of their game (distral.envs.atari: frame skip 4, 84x84 grey,
-4-frame stack, sticky actions):
+step B Atari environments of their game on ale-py's vectorised C++ environment
+(distral.envs.atari.AtariVectorEnv: frame skip 4, 84x84 grey, 4-frame stack, sticky
+actions), as the actors do:
   (raw)    random actions, nothing else: the environments' own cost;
   (actors) `Actor`s of the preset `experiments/atari_4games.yaml` (policy inference with the
            Nature CNN, pi_i of the variant) writing unrolls to a real Reverb server whose

@@ -74,6 +74,11 @@ class EnvConfig:
     sticky_action_prob: float | None = _f(
         None, "games: null = the standard (minatar 0.1, atari 0.25, Machado et al. 2018)"
     )
+    ale_threads: int = _f(
+        1,
+        "atari: worker threads of each actor's vectorised ALE (1 suits one actor process "
+        "per core; raise it when actors have cores to spare)",
+    )
 
     def __post_init__(self) -> None:
         _choice("env.name", self.name, ENV_NAMES)
@@ -100,6 +105,7 @@ class EnvConfig:
                 )
         if self.max_steps is not None:
             _positive("env.max_steps", self.max_steps)
+        _positive("env.ale_threads", self.ale_threads)
         if self.sticky_action_prob is not None and not 0.0 <= self.sticky_action_prob <= 1.0:
             raise ConfigError(
                 f"env.sticky_action_prob={self.sticky_action_prob!r} is outside [0, 1]"

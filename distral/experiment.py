@@ -49,6 +49,16 @@ class Experiment:
         if env.name == "two_room":
             assert self.env_params is not None
             return TwoRoomVectorEnv(self.env_params, task_id, num_envs, seed=seed)
+        if env.name == "atari":  # ale-py's vectorised C++ environment
+            from distral.envs.atari import AtariVectorEnv
+
+            return AtariVectorEnv(
+                self.task_names[task_id],
+                num_envs,
+                _seed32(seed),
+                num_threads=env.ale_threads,
+                **self._game_kwargs(),
+            )
         # One 32-bit seed per environment from (seed, b): the games' generators take 32 bits.
         seeds = [_seed32(seed, b) for b in range(num_envs)]
         return DmEnvVector([self.make_env(task_id, s) for s in seeds])
@@ -59,16 +69,20 @@ class Experiment:
         if env.name == "two_room":
             assert self.env_params is not None
             return two_room.TwoRoomEnv(self.env_params, task_id, seed=seed)
-        kwargs: dict = {"max_steps": env.step_limit}
-        if env.sticky_action_prob is not None:
-            kwargs["sticky_action_prob"] = env.sticky_action_prob
         if env.name == "minatar":
             from distral.envs.minatar import MinAtarEnv
 
-            return MinAtarEnv(self.task_names[task_id], seed, **kwargs)
+            return MinAtarEnv(self.task_names[task_id], seed, **self._game_kwargs())
         from distral.envs.atari import AtariEnv
 
-        return AtariEnv(self.task_names[task_id], seed, **kwargs)
+        return AtariEnv(self.task_names[task_id], seed, **self._game_kwargs())
+
+    def _game_kwargs(self) -> dict:
+        env = self.config.env
+        kwargs: dict = {"max_steps": env.step_limit}
+        if env.sticky_action_prob is not None:
+            kwargs["sticky_action_prob"] = env.sticky_action_prob
+        return kwargs
 
     @property
     def has_pi0(self) -> bool:

@@ -54,8 +54,8 @@ def test_atari_preprocessing_on_pong():
     assert env.action_spec().num_values == 18
     ts = env.reset()
     assert ts.first() and ts.observation.shape == (84, 84, 4) and ts.observation.dtype == np.uint8
-    # the first observation repeats one frame; no-op starts took 1..30 frames
-    assert all(np.array_equal(ts.observation[..., 0], ts.observation[..., k]) for k in range(4))
+    # the first observation is one frame after zeros; no-op starts took 1..30 frames
+    assert not ts.observation[..., :3].any() and ts.observation[..., 3].any()
     start = env.frame_number
     assert 1 <= start <= 30
     prev = ts.observation
@@ -92,6 +92,55 @@ def test_atari_truncation_and_reset_after_last():
         ts = env.step(1)
     assert ts.last() and ts.discount == 1.0  # truncated, not terminated
     assert env.step(0).first()
+
+
+def test_atari_vector_env_matches_the_python_env_and_auto_resets():
+    """ale-py's C++ vector env against AtariEnv on the same actions (no sticky actions, no
+    no-ops): same rewards, same episode end, same frames up to the resize kernel."""
+    game, steps = "breakout", 150
+    vec = atari.AtariVectorEnv(game, 2, sticky_action_prob=0.0, noop_max=0, max_steps=steps)
+    ref = atari.AtariEnv(game, sticky_action_prob=0.0, noop_max=0, max_steps=steps)
+    assert vec.observation_spec() == ref.observation_spec()
+    obs, ts = vec.reset(0), ref.reset()
+    assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
+    assert not obs[..., :3].any()  # zeros before the first frame, as AtariEnv's
+    rng, diffs, total = np.random.default_rng(0), [], 0.0
+    for t in range(steps):
+        action = int(rng.integers(18))
+        obs, reward, discount, done = vec.step(np.array([action, action]))
+        ts = ref.step(action)
+        assert reward[0] == reward[1] == ts.reward, t
+        total += ts.reward
+        if t < steps - 1:
+            assert not done.any() and not ts.last() and (discount == 1).all(), t
+            diffs.append(np.abs(obs[0].astype(int) - ts.observation).mean())
+    assert total > 0  # random play in Breakout scores within 150 steps (this seed: 1 point)
+    assert np.mean(diffs) < 3.0  # grey levels: OpenCV area vs PIL box resize
+    # The limit (max_steps x 4 frames) ended both: discount 0, a new episode's first frame.
+    assert done.all() and (discount == 0).all() and ts.last()
+    assert not obs[..., :3].any() and obs[..., 3].any()
+
+
+def test_atari_vector_env_seeds_sticky_actions_and_checks_input():
+    def frames(seed: int) -> np.ndarray:
+        env = atari.AtariVectorEnv("pong", 3)  # sticky actions 0.25, no-op starts
+        out = [env.reset(seed)]
+        for a in [2, 3, 2, 3, 2, 3, 1, 1] * 8:
+            out.append(env.step(np.full(3, a))[0])
+        return np.stack(out)
+
+    a, b, c = frames(0), frames(0), frames(1)
+    np.testing.assert_array_equal(a, b)  # determinism under a seed
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a[:, 0], a[:, 1])  # each env has its own seed
+    env = atari.AtariVectorEnv("pong", 2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2))
+    env.reset(0)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        env.step(np.zeros(3))
+    with pytest.raises(atari.GameError, match="did you mean pong"):
+        atari.AtariVectorEnv("Pongg", 1)
 
 
 # MINATAR
@@ -157,6 +206,7 @@ def test_game_configs_resolve_tasks_shapes_and_limits():
     assert e.task_names == ("pong", "breakout", "space_invaders", "seaquest")
     assert (e.obs_shape, e.example_obs.dtype, e.network.num_actions) == ((84, 84, 4), np.uint8, 18)
     env = e.make_vector_env(1, 2, seed=123)
+    assert isinstance(env, atari.AtariVectorEnv) and env.game == "breakout"
     assert env.reset(0).shape == (2, 84, 84, 4)
     c = load_config(ROOT / "experiments" / "minatar_5games.yaml")
     assert make_experiment(c).num_tasks == 5

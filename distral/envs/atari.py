@@ -4,14 +4,22 @@ One game is one task. Preprocessing as DESIGN.md section 2 (Mnih et al., 2015; M
 al., 2018, arXiv:1709.06009):
 - frame skip 4, the reward summed over the skipped frames, and the max over the last two
   frames' pixels (Atari flicker);
-- grey-scale, resized to 84 x 84 (area averaging), a stack of the last 4 frames: the
-  observation is uint8 [84, 84, 4] (uint8 keeps Reverb items 4x smaller than float32);
+- grey-scale, resized to 84 x 84 (area averaging), a stack of the last 4 frames (zeros
+  before the episode's first): the observation is uint8 [84, 84, 4] (uint8 keeps Reverb
+  items 4x smaller than float32);
 - up to 30 no-op actions at the start of each episode (drawn with the environment's seed);
 - sticky actions with probability 0.25 (ALE's `repeat_action_probability`);
 - the full 18-action set for every game, so pi_0 is shared across games;
 - episodes end at game over (no life-loss episodes), or after `max_steps` agent steps
   (27,000 = 108,000 frames = 30 minutes of play) as a truncation (discount 1).
 Rewards are the game's, unclipped; clipping belongs to the learner's configuration.
+
+Two implementations: `AtariEnv`, one game as a dm_env.Environment (Python preprocessing
+on `ALEInterface`; the evaluator's), and `AtariVectorEnv`, B games stepped by ale-py's C++
+vectorised environment (`ALEVectorInterface`, the same preprocessing in C++ on a thread
+pool; the actors'). Measured against each other (tests/test_game_envs.py): the same
+rewards, episode ends and frames, pixels differing only by the resize kernel (OpenCV's
+area interpolation against PIL's box filter: a mean of ~1 grey level).
 
 `human_normalised_score` uses the random and human reference scores of Mnih et al. (2015,
 "Human-level control through deep reinforcement learning", Nature 518, Extended Data
@@ -174,9 +182,8 @@ class AtariEnv(dm_env.Environment):
                 ale.reset_game()
         self._grab(0)
         self._screens[1] = self._screens[0]
-        self._stack[:] = 0
-        for _ in range(STACK):  # the first observation repeats the first frame
-            obs = self._push_frame()
+        self._stack[:] = 0  # the first observation: the first frame after zeros, as in
+        obs = self._push_frame()  # ale-py's vectorised environment (AtariVectorEnv)
         self._t = 0
         self._needs_reset = False
         return dm_env.restart(obs)
@@ -216,3 +223,92 @@ class AtariEnv(dm_env.Environment):
 
     def action_spec(self) -> specs.DiscreteArray:
         return specs.DiscreteArray(NUM_ACTIONS, name="action")
+
+
+class AtariVectorEnv:
+    """B environments of one game on ale-py's vectorised C++ environment, as a VectorEnv
+    (distral.envs.vector: auto-reset, `done` with discount 0 ends an episode and the
+    returned observation is the next episode's first).
+
+    The preprocessing is `AtariEnv`'s, done in C++ by `ALEVectorInterface` with
+    `num_threads` worker threads (1 suits one actor process per core). Two differences
+    from `AtariEnv`: the no-op starts are drawn by ALE (0..noop_max) and `max_steps`
+    counts the no-op frames (the limit is max_steps x 4 frames of the episode). `reset(seed)`
+    seeds environment b with a 31-bit seed drawn from (seed, b).
+    """
+
+    def __init__(
+        self,
+        game: str,
+        num_envs: int,
+        seed: int = 0,
+        *,
+        sticky_action_prob: float = STICKY,
+        noop_max: int = NOOP_MAX,
+        max_steps: int = MAX_STEPS,
+        num_threads: int = 1,
+    ) -> None:
+        from ale_py import roms
+        from ale_py._ale_py import ALEVectorInterface
+
+        if num_envs < 1 or num_threads < 1 or max_steps < 1 or noop_max < 0:
+            raise ValueError(
+                f"num_envs={num_envs}, num_threads={num_threads} and max_steps={max_steps} "
+                f"must be >= 1 and noop_max={noop_max} >= 0"
+            )
+        self.game = canonical_game(game)
+        self.num_envs = int(num_envs)
+        self.num_actions = NUM_ACTIONS
+        self._seed = seed
+        self._ale = ALEVectorInterface(
+            rom_path=roms.get_rom_path(self.game),
+            num_envs=self.num_envs,
+            frame_skip=FRAME_SKIP,
+            stack_num=STACK,
+            img_height=SIZE,
+            img_width=SIZE,
+            grayscale=True,
+            maxpool=True,
+            noop_max=int(noop_max),
+            use_fire_reset=False,
+            episodic_life=False,
+            life_loss_info=False,
+            reward_clipping=False,
+            max_episode_steps=int(max_steps) * FRAME_SKIP,
+            repeat_action_probability=float(sticky_action_prob),
+            full_action_space=True,
+            num_threads=int(num_threads),
+            autoreset_mode="SameStep",  # a finished env returns its next episode's start
+        )
+        self._strength = np.ones(self.num_envs, np.float32)  # paddle strength (unused)
+        self._started = False
+
+    def observation_spec(self) -> specs.BoundedArray:
+        return observation_spec()
+
+    @staticmethod
+    def _obs(stacked: np.ndarray) -> np.ndarray:
+        """ALE's [B, 4, 84, 84] -> [B, 84, 84, 4], a copy (ALE reuses its buffer)."""
+        return np.ascontiguousarray(np.moveaxis(stacked, 1, -1))
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        entropy = self._seed if seed is None else seed
+        seeds = np.random.SeedSequence(entropy).generate_state(self.num_envs) >> 1
+        obs, _ = self._ale.reset(np.arange(self.num_envs), seeds.astype(np.int64))
+        self._started = True
+        return self._obs(obs)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self._started:
+            raise RuntimeError("call reset(seed) before step(actions)")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        self._ale.send(actions.astype(np.int32), self._strength)
+        obs, reward, terminated, truncated, info = self._ale.recv()
+        done = np.asarray(terminated | truncated, bool)
+        out = self._obs(obs), reward.astype(np.float32), (~done).astype(np.float32), done
+        order = np.asarray(info["env_id"])  # ALE returns env order here; put it in order
+        if not np.array_equal(order, np.arange(self.num_envs)):
+            out = tuple(x[np.argsort(order)] for x in out)
+        return out  # type: ignore[return-value]
