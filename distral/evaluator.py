@@ -114,12 +114,12 @@ class GameEvaluator:
         out = np.zeros(self._experiment.num_tasks)
         for task, envs in enumerate(self._envs):
             obs = np.stack([np.asarray(env.reset().observation) for env in envs])
-            task_id = np.int32(task)  # scalar: only this task's column runs
+            column = network.task_params(params, task)  # this task's column alone
             total = np.zeros(len(envs))
             alive = np.ones(len(envs), bool)
             for _ in range(self._limit):
                 key, sub = jax.random.split(key)
-                action, _ = self._select[use_pi0](params, obs, task_id, sub, network=network)
+                action, _ = self._select[use_pi0](column, obs, np.int32(0), sub, network=network)
                 action = np.asarray(action)
                 for e, env in enumerate(envs):
                     if not alive[e]:

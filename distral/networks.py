@@ -232,6 +232,10 @@ class DistralNetwork(NamedTuple):
     apply_tasks: Callable[[Params, Array], NetworkOutput]
     # (params, obs [B, *obs_shape], task_id scalar int) -> outputs [B, ...], one column run.
     apply_task: Callable[[Params, Array, Array], NetworkOutput]
+    # (params, task_id int) -> the parameters of task_id's column and the shared parts, so
+    # that apply_task(task_params(p, i), obs, 0) == apply_task(p, obs, i) without slicing
+    # the stacked columns at every call (actors slice once per parameter refresh).
+    task_params: Callable[[Params, int], Params]
     num_tasks: int
     num_actions: int
     architecture: str
@@ -431,11 +435,29 @@ def make_network(
             value = _dense(pick(tasks["value"]), features)
         return combine(f_logits, h_logits, value)
 
+    # TASK_PARAMS: task i's column alone (a leading axis of 1), for apply_task(., obs, 0).
+    def task_params(params: Params, task_id: int) -> Params:
+        def one(stacked: Params) -> Params:
+            return jax.tree.map(lambda x: x[task_id : task_id + 1], stacked)
+
+        if not 0 <= task_id < num_tasks:
+            raise ValueError(f"task_id={task_id} is outside [0, {num_tasks})")
+        out = dict(params)
+        if not has_task_columns:
+            out["values"] = one(params["values"])
+        elif separate:
+            out["tasks"] = one(params["tasks"])
+        else:
+            tasks = params["tasks"]
+            out["tasks"] = {**tasks, "policy": one(tasks["policy"]), "value": one(tasks["value"])}
+        return out
+
     return DistralNetwork(
         init=init,
         apply=apply,
         apply_tasks=apply_tasks,
         apply_task=apply_task,
+        task_params=task_params,
         num_tasks=num_tasks,
         num_actions=num_actions,
         architecture=architecture,

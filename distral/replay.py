@@ -34,6 +34,7 @@ from distral.learning import Batch
 
 TRAJECTORIES = "trajectories"
 VARIABLES = "variables"
+VARIABLES_STEP = "variables_step"  # the step of the `variables` item alone: a cheap check
 EPISODES = "episodes"
 
 STEP_FIELDS = (
@@ -94,19 +95,24 @@ def make_tables(
     max_queue_size: int,
     variables_signature: Any = None,
 ) -> list[reverb.Table]:
-    """The three tables: the unroll queue, the parameter slot and the episode log."""
+    """The tables: the unroll queue, the parameter slot and its step, the episode log."""
     if max_queue_size < 1:
         raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
-    return [
-        reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature)),
-        reverb.Table(
-            name=VARIABLES,
+
+    def slot(name: str, slot_signature: Any) -> reverb.Table:  # holds the latest insert
+        return reverb.Table(
+            name=name,
             sampler=reverb.selectors.Fifo(),
             remover=reverb.selectors.Fifo(),
             max_size=1,
             rate_limiter=reverb.rate_limiters.MinSize(1),
-            signature=variables_signature,
-        ),
+            signature=slot_signature,
+        )
+
+    return [
+        reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature)),
+        slot(VARIABLES, variables_signature),
+        slot(VARIABLES_STEP, [tf.TensorSpec([], tf.int64)]),
         reverb.Table(
             name=EPISODES,
             sampler=reverb.selectors.Fifo(),
@@ -266,19 +272,25 @@ def drain_episodes(client: reverb.Client) -> list[tuple[int, float, int, int]]:
 
 
 def publish_params(client: reverb.Client, params: Any, step: int) -> None:
-    """Replaces the `variables` item by (step, flattened leaves of `params`)."""
+    """Replaces the `variables` item by (step, flattened leaves of `params`), then the
+    `variables_step` item by step (so a step read there is never ahead of `variables`)."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
     client.insert([np.int64(step), *leaves], priorities={VARIABLES: 1.0})
+    client.insert([np.int64(step)], priorities={VARIABLES_STEP: 1.0})
 
 
 class VariableSource:
     """Reads the latest published parameters into the structure of `params_template`.
 
-    One long-lived sampler of the size-1 `variables` table (opened at the first fetch):
-    making a sampler per fetch cost ~0.7 ms of the actor's ~3 ms step on two-room. Reverb
-    keeps one sample fetched ahead, read just after the previous fetch returned; a fetch
-    with `allow_stale=True` returns that one (at most one fetch interval old: what actors
-    use), otherwise it is skipped for a sample read after the call began.
+    Long-lived samplers of the size-1 `variables` and `variables_step` tables (opened at
+    the first fetch): making a sampler per fetch cost ~0.7 ms of the actor's ~3 ms step on
+    two-room. Reverb keeps one sample of each fetched ahead, read just after the previous
+    read. A fetch with `allow_stale=True` (what actors use) first reads the step alone, at
+    most one fetch interval old, and returns the parameters it holds when that step is
+    theirs: the parameters themselves (20 MB for the Atari preset's network) cross the
+    wire only when the learner has published new ones. Otherwise, and without
+    `allow_stale`, the prefetched parameters are skipped for a sample read after the call
+    began.
     """
 
     def __init__(self, client: reverb.Client, params_template: Any) -> None:
@@ -286,6 +298,8 @@ class VariableSource:
         leaves, self._treedef = jax.tree.flatten(params_template)
         self._shapes = [np.shape(x) for x in leaves]
         self._samples = None  # opened once published: the size-1 table is never empty again
+        self._steps = None  # the same for `variables_step`
+        self._latest: tuple[Any, int] | None = None
 
     def fetch(self, timeout: float | None = None, *, allow_stale: bool = False) -> tuple[Any, int]:
         """(params, step) of the latest publication (with `allow_stale`: of the latest as of
@@ -293,15 +307,22 @@ class VariableSource:
         one, raising TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
-        while self._samples is None and table_size(self._client, VARIABLES) == 0:
+        while self._samples is None and table_size(self._client, VARIABLES_STEP) == 0:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no parameters published in {VARIABLES!r} after {timeout} s")
             time.sleep(delay)
             delay = min(2 * delay, 0.25)
-        if self._samples is None:  # a new sampler's first sample is read now: fresh
+        if self._samples is None:  # new samplers' first samples are read now: fresh
+            self._steps = self._client.sample(
+                VARIABLES_STEP, num_samples=1 << 62, emit_timesteps=False
+            )
             self._samples = self._client.sample(
                 VARIABLES, num_samples=1 << 62, emit_timesteps=False
             )
+        elif allow_stale and self._latest is not None:
+            if int(next(self._steps).data[0][0]) == self._latest[1]:
+                return self._latest  # nothing newer published (as of the previous fetch)
+            next(self._samples)  # read at the previous fetch: older than that step
         elif not allow_stale:
             next(self._samples)  # read at the previous fetch; the next one is read after it
         sample = next(self._samples)
@@ -311,7 +332,8 @@ class VariableSource:
                 "published parameters do not match the template: leaf shapes "
                 f"{[np.shape(x) for x in leaves]} vs {self._shapes}"
             )
-        return jax.tree.unflatten(self._treedef, list(leaves)), int(step)
+        self._latest = jax.tree.unflatten(self._treedef, list(leaves)), int(step)
+        return self._latest
 
 
 # ----------------------------------------------------------------------------------------

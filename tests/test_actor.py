@@ -219,14 +219,18 @@ def make_actor(network, client, unroll_length, refresh_every, write=True):
     )
 
 
-def test_actor_writes_the_env_stream_as_overlapping_unrolls(network, server_and_client):
+@pytest.mark.parametrize("first_run", [None, 5])
+def test_actor_writes_the_env_stream_as_overlapping_unrolls(network, server_and_client, first_run):
+    """One run, or two (the second continues the first's episodes and unrolls)."""
     T, num_items = 4, 3
     client = server_and_client(T, max_queue_size=100)
     params = init_params(network, seed=1)
     replay.publish_params(client, params, 7)
     actor = make_actor(network, client, T, refresh_every=100)
     num_steps = num_items * T + 1
-    actor.run(max_steps=num_steps)
+    if first_run:
+        actor.run(max_steps=first_run)
+    actor.run(max_steps=num_steps - (first_run or 0))
     assert replay.table_size(client, replay.TRAJECTORIES) == num_items
     items = sample_items(client, num_items)
     ref_obs, ref_r, ref_d, ref_episodes = reference_stream(num_steps)

@@ -130,9 +130,16 @@ def test_apply_single_task_equals_apply_tasks_row(architecture, task_columns):
     for i in range(NUM_TASKS):
         out = jax.jit(net.apply)(params, rows_obs[i], np.full((BATCH,), i, np.int32))
         one = jax.jit(net.apply_task)(params, rows_obs[i], np.int32(i))  # column i alone
-        for a, c, b in zip(out, one, rows, strict=True):
+        sliced = net.task_params(params, i)  # column i's parameters alone, as task 0
+        stacked = sliced["tasks"]["policy"] if "tasks" in sliced else sliced["values"]
+        assert all(x.shape[0] == 1 for x in jax.tree.leaves(stacked))
+        alone = jax.jit(net.apply_task)(sliced, rows_obs[i], np.int32(0))
+        for a, c, d, b in zip(out, one, alone, rows, strict=True):
             np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(c, b[i], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(d, b[i], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="task_id=3 is outside"):
+        net.task_params(params, NUM_TASKS)
 
 
 @pytest.mark.parametrize("architecture,task_columns", ALL)

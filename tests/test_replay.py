@@ -159,6 +159,9 @@ def test_fetch_sees_every_publication_and_a_stale_fetch_lags_by_at_most_one(make
         first = stale.fetch(timeout=5, allow_stale=True)[1]
         assert first in (step - 1, step) if step else first == 0
         assert stale.fetch(timeout=5, allow_stale=True)[1] == step  # one fetch later: current
+        params, _ = stale.fetch(timeout=5, allow_stale=True)  # nothing new: not re-read
+        assert stale.fetch(timeout=5, allow_stale=True)[0] is params
+    assert replay.table_size(client, replay.VARIABLES_STEP) == 1
 
 
 def test_sample_batch_columns_are_the_written_unrolls(make_server):
