@@ -222,6 +222,7 @@ def test_game_configs_resolve_tasks_shapes_and_limits():
         (["--set", "env.games=[Pong, pong]"], "names a game twice"),
         (["--set", "torso=mlp"], "torso='mlp' takes vectors; atari gives images"),
         (["--set", "env.num_tasks=3"], "env.num_tasks=3 but env.games has 4 games"),
+        (["--set", "env.ale_threads=0"], "env.ale_threads=0 must be >= 1"),
     ],
 )
 def test_game_config_errors_are_one_line_exit_2(tmp_path, args, message):
