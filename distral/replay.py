@@ -322,7 +322,7 @@ class VariableSource:
         elif allow_stale and self._latest is not None:
             if int(next(self._steps).data[0][0]) == self._latest[1]:
                 return self._latest  # nothing newer published (as of the previous fetch)
-            next(self._samples)  # read at the previous fetch: older than that step
+            next(self._samples)  # read after the last parameter read: maybe older
         elif not allow_stale:
             next(self._samples)  # read at the previous fetch; the next one is read after it
         sample = next(self._samples)
