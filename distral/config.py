@@ -160,9 +160,18 @@ class DistributedConfig:
     replay_address: str | None = _f(
         None, "host:port of a running `distral replay-server` to use instead of starting one"
     )
-    max_actor_restarts: int = _f(3, "restarts allowed per actor slot before the run stops")
+    max_actor_restarts: int = _f(
+        3, "restarts allowed per actor (or evaluator) slot before the run stops"
+    )
+    evaluator: str = _f(
+        "learner",
+        "where evaluations run: learner (at every log row, blocking the learner meanwhile) or "
+        "process (its own process evaluates the newest parameters once per log_every learner "
+        "steps; a row holds the newest result and its eval_learner_step, NaN if none came)",
+    )
 
     def __post_init__(self) -> None:
+        _choice("distributed.evaluator", self.evaluator, ("learner", "process"))
         for name in (
             "actors_per_task",
             "envs_per_actor",

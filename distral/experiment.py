@@ -8,6 +8,7 @@ so the two paths train the same network with the same loss (DESIGN.md section 3)
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import dm_env
 import numpy as np
@@ -92,6 +93,13 @@ class Experiment:
     @property
     def example_obs(self) -> np.ndarray:
         return np.zeros((1, *self.obs_shape), self.observation_spec.dtype)
+
+    def params_template(self) -> Any:
+        """The network's parameter pytree as shapes and dtypes only (nothing computed): the
+        structure a process reading published parameters unflattens them into."""
+        import jax
+
+        return jax.eval_shape(self.network.init, jax.random.PRNGKey(0), self.example_obs)
 
 
 def _seed32(*entropy: int) -> int:

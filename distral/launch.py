@@ -1,10 +1,12 @@
 """`distral launch`: the distributed run, on this machine (`local`) or a Ray cluster (`ray`).
 
-One learner process (it hosts the Reverb server, the evaluator and the run directory) and
+One learner process (it hosts the Reverb server, the evaluator and the run directory),
 `actors_per_task` actor processes per task (DESIGN.md section 3, in the IMPALA layout of
-Espeholt et al., 2018, arXiv:1802.01561). The launcher supervises them:
+Espeholt et al., 2018, arXiv:1802.01561) and, with `distributed.evaluator: process`, an
+evaluator process. The launcher supervises them:
 
-- a dead actor is restarted with a new seed, at most `max_actor_restarts` times per slot;
+- a dead actor is restarted with a new seed, at most `max_actor_restarts` times per slot
+  (the evaluator likewise, with the same seed);
 - a dead learner stops the run with an error; its last checkpoint resumes it;
 - Ctrl-C or SIGTERM stops every process within `SHUTDOWN_SECONDS`: the learner writes a
   last log row and a checkpoint, stragglers are killed, no child outlives the launcher
@@ -38,8 +40,27 @@ ACTOR_GRACE_SECONDS = 2.0  # then actors get SIGTERM (they die at once)
 LEARNER_FINISH_SECONDS = 300.0
 LEARNER_READY_SECONDS = 300.0
 _POLL = 0.1
+EVALUATOR = "evaluator"  # the evaluator's slot; an actor's is (task, replica)
 
 Log = Callable[[str], None]
+Slot = tuple[int, int] | str
+
+
+def _slot_name(slot: Slot) -> str:
+    return EVALUATOR if slot == EVALUATOR else f"actor task {slot[0]} replica {slot[1]}"
+
+
+def _started(config: TrainConfig, num_tasks: int, what: str) -> str:
+    d = config.distributed
+    line = f"{num_tasks * d.actors_per_task} {what} started ({d.actors_per_task} per task)"
+    return line + (" and the evaluator" if d.evaluator == "process" else "")
+
+
+def _slots(config: TrainConfig, num_tasks: int) -> list[Slot]:
+    """The processes besides the learner: every (task, replica) actor, then the evaluator."""
+    d = config.distributed
+    slots: list[Slot] = [(t, r) for t in range(num_tasks) for r in range(d.actors_per_task)]
+    return [*slots, EVALUATOR] if d.evaluator == "process" else slots
 
 
 class LaunchError(RuntimeError):
@@ -161,21 +182,23 @@ def run_local(
         args=(config, str(run_dir), resume, stop, reports, parent),
         name="distral-learner",
     )
-    actors: dict[tuple[int, int], Any] = {}
-    attempts: dict[tuple[int, int], int] = {}
+    actors: dict[Slot, Any] = {}  # and the evaluator: every child but the learner
+    attempts: dict[Slot, int] = {}
     seed = config.seeds[0]
 
-    def start_actor(slot: tuple[int, int], address: str) -> None:
-        task, replica = slot
-        s = actor_seed(seed, task, replica, attempts.get(slot, 0))
-        p = ctx.Process(
-            target=workers.actor_process,
-            args=(config, address, task, s, stop, parent),
-            name=f"distral-actor-{task}-{replica}",
-        )
+    def start_actor(slot: Slot, address: str) -> None:
+        if slot == EVALUATOR:
+            target, args = workers.evaluator_process, (config, address, seed, stop, parent)
+            name = "distral-evaluator"
+        else:
+            task, replica = slot
+            s = actor_seed(seed, task, replica, attempts.get(slot, 0))
+            target, args = workers.actor_process, (config, address, task, s, stop, parent)
+            name = f"distral-actor-{task}-{replica}"
+        p = ctx.Process(target=target, args=args, name=name)
         p.start()
         actors[slot] = p
-        log(f"actor task {task} replica {replica}: pid {p.pid}")
+        log(f"{_slot_name(slot)}: pid {p.pid}")
 
     summary: dict[str, Any] | None = None
     failure: str | None = None
@@ -204,10 +227,9 @@ def run_local(
                     f"Reverb server at {address}; learner at step {msg[2]}; run directory {run_dir}"
                 )
             if address is not None:
-                for task in range(num_tasks):
-                    for replica in range(d.actors_per_task):
-                        start_actor((task, replica), address)
-                log(f"{len(actors)} actors started ({d.actors_per_task} per task)")
+                for slot in _slots(config, num_tasks):
+                    start_actor(slot, address)
+                log(_started(config, num_tasks, "actors"))
             # SUPERVISE
             while not stop.is_set():
                 try:
@@ -227,15 +249,14 @@ def run_local(
                     if p.is_alive() or stop.is_set():
                         continue
                     attempts[slot] = attempts.get(slot, 0) + 1
-                    task, replica = slot
                     if attempts[slot] > d.max_actor_restarts:
                         failure = (
-                            f"actor task {task} replica {replica} died {attempts[slot]} times "
+                            f"{_slot_name(slot)} died {attempts[slot]} times "
                             f"(exit code {p.exitcode}); stopping the run"
                         )
                         break
                     log(
-                        f"actor task {task} replica {replica} died (exit code {p.exitcode}); "
+                        f"{_slot_name(slot)} died (exit code {p.exitcode}); "
                         f"restart {attempts[slot]}/{d.max_actor_restarts}"
                     )
                     start_actor(slot, address)
@@ -348,18 +369,21 @@ def run_ray(
         num_cpus=1,
         name=None,
     ).remote()
-    actors: dict[tuple[int, int], Any] = {}
-    runs: dict[tuple[int, int], Any] = {}
-    attempts: dict[tuple[int, int], int] = {}
+    actors: dict[Slot, Any] = {}
+    runs: dict[Slot, Any] = {}
+    attempts: dict[Slot, int] = {}
     stopping = threading.Event()
     seed = config.seeds[0]
     failure: str | None = None
     summary: dict[str, Any] | None = None
 
-    def start_actor(slot: tuple[int, int], address: str) -> None:
-        task, replica = slot
+    def start_actor(slot: Slot, address: str) -> None:
         worker = RayWorker.options(num_cpus=0.5).remote()
         actors[slot] = worker
+        if slot == EVALUATOR:
+            runs[slot] = worker.run_evaluator.remote(config, address, seed)
+            return
+        task, replica = slot
         s = actor_seed(seed, task, replica, attempts.get(slot, 0))
         runs[slot] = worker.run_actor.remote(config, address, task, s)
 
@@ -384,10 +408,9 @@ def run_ray(
                     raise LaunchError("the learner did not start in time")
                 time.sleep(_POLL)
             if address is not None:
-                for task in range(num_tasks):
-                    for replica in range(d.actors_per_task):
-                        start_actor((task, replica), address)
-                log(f"{len(actors)} Ray actors started ({d.actors_per_task} per task)")
+                for slot in _slots(config, num_tasks):
+                    start_actor(slot, address)
+                log(_started(config, num_tasks, "Ray actors"))
             while not stopping.is_set():
                 done, _ = ray.wait([learner_run], timeout=_POLL)
                 if done:
@@ -406,11 +429,10 @@ def run_ray(
                     except Exception as e:
                         code = type(e).__name__
                     attempts[slot] = attempts.get(slot, 0) + 1
-                    task, replica = slot
                     if attempts[slot] > d.max_actor_restarts:
-                        failure = f"actor task {task} replica {replica} died {attempts[slot]} times"
+                        failure = f"{_slot_name(slot)} died {attempts[slot]} times"
                         break
-                    log(f"actor task {task} replica {replica} ended ({code}); restart")
+                    log(f"{_slot_name(slot)} ended ({code}); restart")
                     start_actor(slot, address)
                 if failure:
                     break

@@ -1,4 +1,4 @@
-"""The Ray backend's actor class: one Ray actor runs one learner or one Distral actor.
+"""The Ray backend's actor class: one Ray actor runs the learner, an actor or the evaluator.
 
 The bodies are the same functions the local launcher spawns (`distral.workers`); a Ray
 actor is threaded (`max_concurrency`), so `stop` and `reports` answer while `run_*` works.
@@ -34,6 +34,9 @@ class RayWorker:
 
     def run_actor(self, config: TrainConfig, address: str, task_id: int, seed: int) -> None:
         workers.actor_main(config, address, task_id, seed, self._stop.is_set)
+
+    def run_evaluator(self, config: TrainConfig, address: str, seed: int) -> None:
+        workers.evaluator_main(config, address, seed, self._stop.is_set)
 
     def stop(self) -> None:
         self._stop.set()

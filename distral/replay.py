@@ -12,6 +12,8 @@ back. Three Reverb tables:
 - `variables`: size 1, the latest learner parameters (flattened leaves) and their step.
 - `episodes`: finished episodes (task id, return, length, params step), drained by the
   learner; never rate-limited, so actors never block on it.
+- `evaluations`: the evaluator process's results (learner step of the parameters, pi_i
+  and pi_0 mean returns per task), drained by the learner like `episodes`.
 
 Step layout (that of `learning.Batch`): entry t holds s_t, the action a_t taken there, the
 reward r_t and discount d_t that followed, the behaviour logits at s_t, the task id and the
@@ -36,6 +38,7 @@ TRAJECTORIES = "trajectories"
 VARIABLES = "variables"
 VARIABLES_STEP = "variables_step"  # the step of the `variables` item alone: a cheap check
 EPISODES = "episodes"
+EVALUATIONS = "evaluations"
 
 STEP_FIELDS = (
     "observation",
@@ -89,13 +92,24 @@ def variables_signature(params: Any) -> list[tf.TensorSpec]:
     return [tf.TensorSpec([], tf.int64)] + [tf.TensorSpec(x.shape, x.dtype) for x in leaves]
 
 
+def evaluation_signature(num_tasks: int) -> dict[str, tf.TensorSpec]:
+    """The spec of an `evaluations` item: whose parameters, and the returns per task."""
+    return {
+        "learner_step": tf.TensorSpec([], tf.int64),
+        "pi_i": tf.TensorSpec([num_tasks], tf.float64),
+        "pi_0": tf.TensorSpec([num_tasks], tf.float64),
+    }
+
+
 def make_tables(
     signature: Mapping[str, tf.TensorSpec],
     *,
     max_queue_size: int,
     variables_signature: Any = None,
+    num_tasks: int = 1,
 ) -> list[reverb.Table]:
-    """The tables: the unroll queue, the parameter slot and its step, the episode log."""
+    """The tables: the unroll queue, the parameter slot and its step, the episode and
+    evaluation logs (`num_tasks` sizes the evaluations' per-task returns)."""
     if max_queue_size < 1:
         raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
 
@@ -109,19 +123,23 @@ def make_tables(
             signature=slot_signature,
         )
 
-    return [
-        reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature)),
-        slot(VARIABLES, variables_signature),
-        slot(VARIABLES_STEP, [tf.TensorSpec([], tf.int64)]),
-        reverb.Table(
-            name=EPISODES,
+    def log(name: str, log_signature: Any) -> reverb.Table:  # read once, never blocks writers
+        return reverb.Table(
+            name=name,
             sampler=reverb.selectors.Fifo(),
             remover=reverb.selectors.Fifo(),
             max_size=EPISODES_MAX_SIZE,
             max_times_sampled=1,
             rate_limiter=reverb.rate_limiters.MinSize(1),
-            signature=EPISODE_SIGNATURE,
-        ),
+            signature=log_signature,
+        )
+
+    return [
+        reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature)),
+        slot(VARIABLES, variables_signature),
+        slot(VARIABLES_STEP, [tf.TensorSpec([], tf.int64)]),
+        log(EPISODES, EPISODE_SIGNATURE),
+        log(EVALUATIONS, evaluation_signature(num_tasks)),
     ]
 
 
@@ -249,21 +267,52 @@ class EpisodeWriter:
         self._writer.close()
 
 
-def drain_episodes(client: reverb.Client) -> list[tuple[int, float, int, int]]:
-    """Every episode now in `episodes` as (task_id, return, length, params_step); no blocking.
-
-    Meant for one consumer (the learner): it reads the table size, then samples that many.
-    """
-    size = table_size(client, EPISODES)
+def _drain(client: reverb.Client, table: str) -> list[Mapping[str, np.ndarray]]:
+    """Every item now in a log table (`episodes`, `evaluations`), in insertion order; no
+    blocking. Meant for one consumer (the learner): it reads the size, samples that many."""
+    size = table_size(client, table)
     if size == 0:
         return []
-    out = []
-    for sample in client.sample(
-        EPISODES, num_samples=size, emit_timesteps=False, unpack_as_table_signature=True
-    ):
-        d = sample.data
-        out.append((int(d["task_id"]), float(d["return"]), int(d["length"]), int(d["params_step"])))
-    return out
+    samples = client.sample(
+        table, num_samples=size, emit_timesteps=False, unpack_as_table_signature=True
+    )
+    return [sample.data for sample in samples]
+
+
+def drain_episodes(client: reverb.Client) -> list[tuple[int, float, int, int]]:
+    """Every episode now in `episodes` as (task_id, return, length, params_step)."""
+    return [
+        (int(d["task_id"]), float(d["return"]), int(d["length"]), int(d["params_step"]))
+        for d in _drain(client, EPISODES)
+    ]
+
+
+def write_evaluation(
+    client: reverb.Client, learner_step: int, pi_i: np.ndarray, pi_0: np.ndarray
+) -> None:
+    """Logs one evaluation (of the parameters published at `learner_step`) in `evaluations`."""
+    writer = client.trajectory_writer(num_keep_alive_refs=1)
+    try:
+        writer.append(
+            {
+                "learner_step": np.int64(learner_step),
+                "pi_i": np.asarray(pi_i, np.float64),
+                "pi_0": np.asarray(pi_0, np.float64),
+            }
+        )
+        trajectory = {k: writer.history[k][-1] for k in ("learner_step", "pi_i", "pi_0")}
+        writer.create_item(EVALUATIONS, priority=1.0, trajectory=trajectory)
+        writer.flush()
+    finally:
+        writer.close()
+
+
+def drain_evaluations(client: reverb.Client) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every evaluation now in `evaluations` as (learner_step, pi_i [N], pi_0 [N])."""
+    return [
+        (int(d["learner_step"]), np.asarray(d["pi_i"]), np.asarray(d["pi_0"]))
+        for d in _drain(client, EVALUATIONS)
+    ]
 
 
 # ----------------------------------------------------------------------------------------

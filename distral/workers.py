@@ -4,6 +4,8 @@
   the evaluator (pi_i on its task, pi_0 on every task, every log row), metrics, TensorBoard,
   checkpoints and the summary: the run directory of `distral train`.
 - `actor_main`: one `Actor` for one (task, replica) slot.
+- `evaluator_main`: with `distributed.evaluator: process`, the evaluations in their own
+  process (the learner then only drains their results).
 
 The launchers (`distral.launch`) start these with spawn (local) or as Ray actors. A worker
 stops when `should_stop()` turns true; it reports through `report(message)`:
@@ -36,6 +38,7 @@ DISTRIBUTED_COLUMNS = [
     "parameter_lag_mean",
     "parameter_lag_max",
     "episodes",
+    "eval_learner_step",  # the learner step of the parameters the row's evaluation ran
 ]
 
 
@@ -75,7 +78,6 @@ def make_actor(
     config: TrainConfig, address: str, task_id: int, seed: int, *, write: bool = True
 ) -> Any:
     """The `Actor` of one slot: task `task_id`'s B environments, pi_i, the server's client."""
-    import jax
     import reverb
 
     from distral.actor import Actor
@@ -84,9 +86,6 @@ def make_actor(
     experiment = make_experiment(config)
     d = config.distributed
     env = experiment.make_vector_env(task_id, d.envs_per_actor, seed)
-    template = jax.eval_shape(
-        experiment.network.init, jax.random.PRNGKey(0), experiment.example_obs
-    )
     return Actor(
         env,
         task_id,
@@ -95,7 +94,7 @@ def make_actor(
         unroll_length=config.unroll_length,
         refresh_every=d.refresh_every,
         seed=seed,
-        params_template=template,
+        params_template=experiment.params_template(),
         write=write,
     )
 
@@ -122,18 +121,74 @@ def actor_main(
         actor.close()
 
 
+def _run_child(what: str, body: Callable[[], None], stop_event: Any, parent: int) -> None:
+    """The body of a spawned actor or evaluator: it dies with its parent and on SIGTERM;
+    an error is one line on stderr and exit code 1 (the launcher restarts the slot)."""
+    child_setup(parent, stop_event, clean_sigterm=False)
+    try:
+        body()
+    except Exception as e:
+        if stop_event.is_set():  # the server went away during shutdown: not a fault
+            return
+        print(f"distral: {what} failed: {e!r}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 def actor_process(
     config: TrainConfig, address: str, task_id: int, seed: int, stop_event: Any, parent: int
 ) -> None:
     """Entry point of a spawned actor process."""
-    child_setup(parent, stop_event, clean_sigterm=False)
-    try:
-        actor_main(config, address, task_id, seed, stop_event.is_set)
-    except Exception as e:
-        if stop_event.is_set():  # the server went away during shutdown: not a fault
-            return
-        print(f"distral: actor (task {task_id}) failed: {e!r}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    body = lambda: actor_main(config, address, task_id, seed, stop_event.is_set)  # noqa: E731
+    _run_child(f"actor (task {task_id})", body, stop_event, parent)
+
+
+# ----------------------------------------------------------------------------------------
+# EVALUATOR (distributed.evaluator: process)
+# ----------------------------------------------------------------------------------------
+
+
+def evaluator_main(
+    config: TrainConfig,
+    address: str,
+    seed: int,
+    should_stop: ShouldStop,
+    poll_seconds: float = 0.2,
+) -> None:
+    """Evaluates the newest published parameters whenever the learner has moved on by
+    `log_every` steps since the last evaluation, and logs each result in `evaluations`.
+
+    The evaluation key depends on the seed and the parameters' learner step alone, so the
+    same parameters always get the same evaluation (`distral.evaluator`).
+    """
+    import reverb
+
+    from distral import replay
+    from distral.evaluator import make_evaluator
+    from distral.experiment import make_experiment
+
+    experiment = make_experiment(config)
+    client = reverb.Client(address)
+    source = replay.VariableSource(client, experiment.params_template())
+    evaluate = make_evaluator(experiment, config.eval_episodes_per_task, seed, should_stop)
+    last: int | None = None
+    while not should_stop():
+        params, step = source.fetch(allow_stale=True)
+        if last is not None and step < last + config.log_every:
+            time.sleep(poll_seconds)
+            continue
+        pi_i, pi_0 = evaluate(params, step)
+        if should_stop():  # a game evaluation cut short returns NaN: not a result
+            break
+        replay.write_evaluation(client, step, pi_i, pi_0)
+        last = step
+
+
+def evaluator_process(
+    config: TrainConfig, address: str, seed: int, stop_event: Any, parent: int
+) -> None:
+    """Entry point of the spawned evaluator process."""
+    body = lambda: evaluator_main(config, address, seed, stop_event.is_set)  # noqa: E731
+    _run_child("evaluator", body, stop_event, parent)
 
 
 # ----------------------------------------------------------------------------------------
@@ -163,12 +218,12 @@ def make_replay_tables(experiment: Any) -> list:
     signature = replay.unroll_signature(
         obs_spec, experiment.network.num_actions, config.unroll_length, d.envs_per_actor
     )
-    params = jax.eval_shape(experiment.network.init, jax.random.PRNGKey(0), experiment.example_obs)
-    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
     return replay.make_tables(
         signature,
         max_queue_size=d.queue_size,
         variables_signature=replay.variables_signature(params),
+        num_tasks=experiment.num_tasks,
     )
 
 
@@ -273,6 +328,7 @@ def learner_main(
         state=state,
     )
     evaluate = make_evaluator(experiment, config.eval_episodes_per_task, seed, should_stop)
+    separate_evaluator = d.evaluator == "process"
     report(("ready", address, learner.step))
 
     columns = rundir.metric_columns(N) + DISTRIBUTED_COLUMNS
@@ -283,6 +339,9 @@ def learner_main(
         columns += ["eval_hns", *(f"eval_hns_task_{i}" for i in range(N))]
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    if not new_file:  # resuming: keep the file's columns (an older version may have fewer)
+        with metrics_path.open(newline="") as f:
+            columns = next(csv.reader(f))
     tb = SummaryWriter(
         str(run_dir / "tb" / f"seed_{seed}"),
         purge_step=int(frames_per_task.mean()) + 1 if resume else None,
@@ -293,13 +352,29 @@ def learner_main(
     window = _Window(N)
     episode_sums, episode_counts = np.zeros(N), np.zeros(N)
 
-    def write_row() -> None:
+    def evaluation(final: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """(learner step of the parameters, pi_i returns, pi_0 returns) for this row: the
+        learner's own evaluation, or the evaluator process's newest result; the last row
+        evaluates the final parameters here when it can (a game's is cut by the stop)."""
+        newest = None
+        if separate_evaluator:
+            results = replay.drain_evaluations(client)
+            newest = max(results, key=lambda r: r[0]) if results else None
+        if not separate_evaluator or final:
+            pi_i, pi_0 = evaluate(learner.state.params, log_step)  # NaN if a stop cut it
+            if np.all(np.isfinite(pi_i)) or newest is None:
+                return learner.step, pi_i, pi_0
+        if newest is None:
+            return math.nan, np.full(N, math.nan), np.full(N, math.nan)
+        return newest
+
+    def write_row(final: bool = False) -> None:
         nonlocal log_step, window, last_row, episode_sums, episode_counts
         for task, ret, _, _ in replay.drain_episodes(client):
             episode_sums[task] += ret
             episode_counts[task] += 1
         log_step += 1
-        pi_i, pi_0 = evaluate(learner.state.params, log_step)  # NaN if a stop cut it short
+        eval_step, pi_i, pi_0 = evaluation(final)
         wall = wall_before + time.perf_counter() - t0
         dt = max(time.perf_counter() - window.t_start, 1e-9)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -321,6 +396,7 @@ def learner_main(
             "parameter_lag_mean": window.lag_mean / max(window.updates, 1),
             "parameter_lag_max": window.lag_max,
             "episodes": int(episode_counts.sum()),
+            "eval_learner_step": eval_step if np.all(np.isfinite(pi_i)) else math.nan,
         }
         for name in window.sums:  # loss terms etc.: means over the window's updates
             if name in columns and name not in row:
@@ -368,13 +444,13 @@ def learner_main(
             frames_per_task += metrics["frames_per_task"]
             window.add(metrics)
             if learner.step % config.log_every == 0:
-                write_row()
+                write_row(final=learner.step >= budget)
                 if log_step % config.checkpoint_every == 0:
                     save()
         # THE END (budget reached or asked to stop): actors may go; last row and checkpoint.
         request_stop()
         if window.updates > 0:
-            write_row()
+            write_row(final=True)
         if saved_at != log_step or manager.latest_step() is None:
             save()
     finally:

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,3 +393,97 @@ def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
     assert _port_free(port)
+
+
+# ----------------------------------------------------------------------------------------
+# THE EVALUATOR PROCESS (distributed.evaluator: process)
+# ----------------------------------------------------------------------------------------
+
+
+def test_evaluator_evaluates_new_parameters_once_per_log_every_steps():
+    """`evaluator_main` against a real Reverb server, in a thread: it evaluates the first
+    published parameters, skips a publication fewer than log_every steps later, evaluates
+    the next one, and logs exactly what the learner's own evaluator computes."""
+    import jax
+    import reverb
+
+    from distral import learning, replay, workers
+    from distral.config import load_config
+    from distral.evaluator import make_evaluator
+    from distral.experiment import make_experiment
+
+    config = load_config(PRESET, [*SMALL, "log_every=5", "distributed.evaluator=process"])
+    experiment = make_experiment(config)
+    server = replay.start_server(workers.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    stop = threading.Event()
+    params = [
+        learning.init_training_state(
+            jax.random.PRNGKey(k), experiment.network, experiment.optimizer, experiment.example_obs
+        ).params
+        for k in range(3)
+    ]
+    thread = threading.Thread(
+        target=workers.evaluator_main, args=(config, replay.server_address(server), 0, stop.is_set)
+    )
+    logged: list = []
+
+    def wait_for_evaluations(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(logged) < n and time.monotonic() < deadline:
+            logged.extend(replay.drain_evaluations(client))
+            time.sleep(0.05)
+
+    try:
+        replay.publish_params(client, params[0], 0)
+        thread.start()
+        wait_for_evaluations(1)
+        replay.publish_params(client, params[1], 3)  # 3 < 0 + log_every: not evaluated
+        time.sleep(1.5)
+        replay.publish_params(client, params[2], 5)
+        wait_for_evaluations(2)
+        time.sleep(0.5)
+        logged.extend(replay.drain_evaluations(client))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        server.stop()
+    assert not thread.is_alive()
+    assert [step for step, _, _ in logged] == [0, 5]
+    reference = make_evaluator(experiment, config.eval_episodes_per_task, seed=0)
+    for (step, pi_i, pi_0), p in zip(logged, (params[0], params[2]), strict=True):
+        want_i, want_0 = reference(p, step)
+        np.testing.assert_allclose(pi_i, want_i, rtol=1e-6)
+        np.testing.assert_allclose(pi_0, want_0, rtol=1e-6)
+    assert not np.allclose(logged[0][1], logged[1][1])  # different parameters, keys
+
+
+def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path, launches):
+    """A launch with the evaluator in its own process: killed, it is restarted; rows carry
+    its newest evaluation (of parameters at most a few log rows old), the last row the
+    learner's evaluation of the final parameters; no child survives the run."""
+    out = tmp_path / "run"
+    settings = [*SMALL, "distributed.evaluator=process"]
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "200", *_sets(settings))
+    launches.append(launch)
+    victim = int(launch.wait_for(r"evaluator: pid (\d+)").group(1))
+    launch.wait_for(r"2 actors started \(1 per task\) and the evaluator")
+    time.sleep(2.0)
+    os.kill(victim, signal.SIGKILL)
+    launch.wait_for(r"evaluator died \(exit code -9\); restart 1/3")
+    launch.wait_for(rf"evaluator: pid (?!{victim}\b)(\d+)")
+    assert launch.finish() == 0, "\n".join(launch.lines[-20:])
+    rows = _rows(out)
+    assert [int(r["updates"]) for r in rows] == list(range(10, 201, 10))
+    evaluated = [r for r in rows[:-1] if r["eval_learner_step"] not in ("", "nan")]
+    assert len(evaluated) >= 3, [r["eval_learner_step"] for r in rows]
+    for r in evaluated:  # a published step, not newer than the row, and a real return
+        assert 0 <= int(float(r["eval_learner_step"])) <= int(r["updates"])
+        assert -100 <= float(r["eval_return"]) <= 1
+    steps = [int(float(r["eval_learner_step"])) for r in evaluated]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # each result used once
+    last = rows[-1]
+    assert int(float(last["eval_learner_step"])) == 200
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_mean_return"] == pytest.approx(float(last["eval_return"]))
+    assert not [p for p in launch.pids() if _alive(p)]

@@ -224,3 +224,27 @@ def test_episodes_are_drained_without_blocking(make_server):
     assert replay.drain_episodes(client) == [(2, -1.5, 7, 11), (0, 0.25, 3, 12)]
     assert replay.drain_episodes(client) == []
     writer.close()
+
+
+def test_evaluations_are_logged_and_drained_in_order():
+    sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, B)
+    tables = replay.make_tables(sig, max_queue_size=4, num_tasks=3)
+    server = replay.start_server(tables)
+    client = reverb.Client(replay.server_address(server))
+    try:
+        assert replay.drain_evaluations(client) == []
+        replay.write_evaluation(
+            client, 20, np.array([0.5, -1.0, 2.25]), np.array([0.0, np.nan, 1.0])
+        )
+        replay.write_evaluation(client, 40, np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]))
+        (s1, i1, z1), (s2, i2, z2) = replay.drain_evaluations(client)
+        assert (s1, s2) == (20, 40)
+        np.testing.assert_array_equal(i1, [0.5, -1.0, 2.25])
+        np.testing.assert_array_equal(z1, [0.0, np.nan, 1.0])  # NaN (no pi_0) survives
+        np.testing.assert_array_equal(i2, [1.0, 2.0, 3.0])
+        np.testing.assert_array_equal(z2, [4.0, 5.0, 6.0])
+        assert replay.drain_evaluations(client) == []
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):
+            replay.write_evaluation(client, 60, np.zeros(2), np.zeros(2))  # 2 tasks, not 3
+    finally:
+        server.stop()
