@@ -308,11 +308,7 @@ def learner_main(
     log_step, wall_before = 0, 0.0
     frames_per_task = np.zeros(N, np.int64)
     if resume and manager.latest_step() is not None:
-        tree = _checkpoint_tree(state, frames_per_task, 0.0)
-        restored = manager.restore(
-            manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(tree))
-        )
-        state, frames_per_task, wall_before = _from_checkpoint_tree(restored, state)
+        state, frames_per_task, wall_before = restore_checkpoint(manager, state, N)
         log_step = int(manager.latest_step())
     if resume:
         rundir.truncate_metrics(run_dir / "metrics.csv", log_step)
@@ -495,6 +491,20 @@ def learner_main(
 
         plot_run(run_dir)
     return summary
+
+
+def restore_checkpoint(manager: Any, like: Any, num_tasks: int) -> tuple[Any, np.ndarray, float]:
+    """(learner TrainingState, env frames consumed per task, wall seconds) of the latest
+    checkpoint of a `distral launch` run: `manager` is an orbax CheckpointManager on its
+    checkpoints/ directory, `like` a TrainingState of the run's network (the structure)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    tree = _checkpoint_tree(like, np.zeros(num_tasks, np.int64), 0.0)
+    restored = manager.restore(
+        manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(tree))
+    )
+    return _from_checkpoint_tree(restored, like)
 
 
 def _checkpoint_tree(state: Any, frames_per_task: np.ndarray, wall: float) -> dict[str, Any]:

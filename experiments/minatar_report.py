@@ -3,7 +3,8 @@
 Reads `distral launch experiments/minatar_5games.yaml` run directories and the random
 scores of `experiments/minatar_random.py`, and writes into OUT:
 
-    <variant>/config.yaml, metrics.csv, summary.json   copies of each run's record
+    <label>/config.yaml, metrics.csv, summary.json   copies of each run's record (label:
+                            the variant, with the run directory's name if variants repeat)
     eval_per_game.png       pi_i's evaluation return per game (evaluator, every log row)
     training_per_game.png   the actors' training-episode return per game
     table.md                per game: random, and per run the late training and evaluation
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from distral.plotting import plot_per_task, read_metrics, run_label, task_names
+from distral.plotting import plot_per_task, read_metrics, run_labels, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +48,9 @@ def main() -> None:
     args = p.parse_args()
     random = json.loads(args.random.read_text())["games"]
     args.out.mkdir(parents=True, exist_ok=True)
-    labels = [run_label(d) for d in args.run_dirs]
+    labels = run_labels(args.run_dirs)  # the variant, plus the directory name if shared
     for run, label in zip(args.run_dirs, labels, strict=True):
-        dest = args.out / label
+        dest = args.out / re.sub(r"[^\w.-]+", "_", label).strip("_")
         dest.mkdir(exist_ok=True)
         for name in ("config.yaml", "metrics.csv", "summary.json"):
             if (run / name).is_file():

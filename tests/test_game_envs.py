@@ -210,6 +210,9 @@ def test_game_configs_resolve_tasks_shapes_and_limits():
     assert env.reset(0).shape == (2, 84, 84, 4)
     c = load_config(ROOT / "experiments" / "minatar_5games.yaml")
     assert make_experiment(c).num_tasks == 5
+    assert make_experiment(c).variant.beta == 50.0  # the preset's kl_ent_2col (BUILD_NOTES)
+    a3c = load_config(ROOT / "experiments" / "minatar_5games.yaml", overrides={"variant": "a3c"})
+    assert a3c.beta is None and make_experiment(a3c).variant.beta is None
 
 
 @pytest.mark.parametrize(

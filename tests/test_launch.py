@@ -338,15 +338,17 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
         str(out),
         "--max-learner-steps",
         "30",
-        *_sets(SMALL),
+        *_sets([*SMALL, "distributed.evaluator=process"]),
     )
     launches.append(launch)
     assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-30:])
-    assert any("2 Ray actors started" in x for x in launch.lines)
+    assert any("2 Ray actors started (1 per task) and the evaluator" in x for x in launch.lines)
+    assert not any("evaluator ended" in x for x in launch.lines)  # it never died
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] == 30
     rows = _rows(out)
     assert [int(r["updates"]) for r in rows] == [10, 20, 30]
+    assert rows[-1]["eval_learner_step"] == "30"
     assert all(int(r["episodes"]) >= 0 for r in rows)
     assert (out / "curves.png").is_file()
 
