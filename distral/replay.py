@@ -3,13 +3,14 @@
 Distral trains every task policy pi_i on its own task's experience and distils them into
 pi_0. Here, as in IMPALA (Espeholt et al., 2018, arXiv:1802.01561), actors (one task each)
 send fixed-length unrolls through a queue to one learner, which publishes its parameters
-back. Three Reverb tables:
+back. The Reverb tables:
 
 - `trajectories`: a FIFO queue; each item is sampled once, and a full queue blocks the
   actors (the IMPALA queue). An item is ONE unroll of T+1 steps of a batch of B envs of one
   task, written with one `append` per vectorised step: fields [T+1, B, ...]. Consecutive
   unrolls overlap by one step (the last step of unroll k is the first of unroll k+1).
-- `variables`: size 1, the latest learner parameters (flattened leaves) and their step.
+- `variables`: size 1, the latest learner parameters (flattened leaves) and their step;
+  `variables_step`: size 1, that step alone (what actors poll).
 - `episodes`: finished episodes (task id, return, length, params step), drained by the
   learner; never rate-limited, so actors never block on it.
 - `evaluations`: the evaluator process's results (learner step of the parameters, pi_i
@@ -49,8 +50,9 @@ STEP_FIELDS = (
     "task_id",
     "params_step",
 )
-EPISODES_MAX_SIZE = 1_000_000
-"""Finished episodes kept unread; past this the oldest are dropped (inserts never block)."""
+LOG_MAX_SIZE = 1_000_000
+"""Items kept unread in a log table (episodes, evaluations); past this the oldest are dropped
+(inserts never block)."""
 
 EPISODE_SIGNATURE = {
     "task_id": tf.TensorSpec([], tf.int32),
@@ -128,7 +130,7 @@ def make_tables(
             name=name,
             sampler=reverb.selectors.Fifo(),
             remover=reverb.selectors.Fifo(),
-            max_size=EPISODES_MAX_SIZE,
+            max_size=LOG_MAX_SIZE,
             max_times_sampled=1,
             rate_limiter=reverb.rate_limiters.MinSize(1),
             signature=log_signature,
