@@ -383,9 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "launch",
         help="the distributed run: Reverb server, actor processes, jitted learner",
-        description="Starts a learner (with the Reverb server and the evaluator) and "
-        "actors (one task each), supervises them (dead actors are restarted; Ctrl-C stops "
-        "everything and writes a checkpoint) and writes the run directory of distral train.",
+        description="Starts a learner (with the Reverb server and the evaluator), actors "
+        "(one task each) and, with distributed.evaluator=process, an evaluator process; "
+        "supervises them (dead actors and evaluators are restarted; Ctrl-C stops everything "
+        "and writes a checkpoint) and writes the run directory of distral train.",
         epilog="config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. "
         "--set distributed.batch_size=16):\n" + describe_fields(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

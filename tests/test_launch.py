@@ -124,6 +124,17 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _kill_and_await_restart(launch: Launch, slot: str) -> int:
+    """SIGKILLs the child the launcher logs as `slot` ("actor task 1 replica 0",
+    "evaluator") 2 s after the actors started; returns its restart's (new) PID."""
+    victim = int(launch.wait_for(rf"{slot}: pid (\d+)").group(1))
+    launch.wait_for(r"actors started")
+    time.sleep(2.0)
+    os.kill(victim, signal.SIGKILL)
+    launch.wait_for(rf"{slot} died \(exit code -9\); restart 1/3")
+    return int(launch.wait_for(rf"{slot}: pid (?!{victim}\b)(\d+)").group(1))
+
+
 @pytest.fixture
 def launches():
     started: list[Launch] = []
@@ -278,13 +289,7 @@ def test_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
     out = tmp_path / "run"
     launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "150", *_sets(SMALL))
     launches.append(launch)
-    victim = int(launch.wait_for(r"actor task 1 replica 0: pid (\d+)").group(1))
-    launch.wait_for(r"2 actors started")
-    time.sleep(2.0)
-    os.kill(victim, signal.SIGKILL)
-    launch.wait_for(r"actor task 1 replica 0 died \(exit code -9\); restart 1/3")
-    new_pid = int(launch.wait_for(rf"actor task 1 replica 0: pid (?!{victim}\b)(\d+)").group(1))
-    assert new_pid != victim
+    _kill_and_await_restart(launch, "actor task 1 replica 0")
     code = launch.finish()
     assert code == 0, "\n".join(launch.lines[-20:])
     summary = json.loads((out / "summary.json").read_text())
@@ -468,12 +473,8 @@ def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path,
     settings = [*SMALL, "distributed.evaluator=process"]
     launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "200", *_sets(settings))
     launches.append(launch)
-    victim = int(launch.wait_for(r"evaluator: pid (\d+)").group(1))
     launch.wait_for(r"2 actors started \(1 per task\) and the evaluator")
-    time.sleep(2.0)
-    os.kill(victim, signal.SIGKILL)
-    launch.wait_for(r"evaluator died \(exit code -9\); restart 1/3")
-    launch.wait_for(rf"evaluator: pid (?!{victim}\b)(\d+)")
+    _kill_and_await_restart(launch, "evaluator")
     assert launch.finish() == 0, "\n".join(launch.lines[-20:])
     rows = _rows(out)
     assert [int(r["updates"]) for r in rows] == list(range(10, 201, 10))

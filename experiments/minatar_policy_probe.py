@@ -1,13 +1,15 @@
-"""Where a MinAtar run's Seaquest policy spends its time: the diagnostic behind the MinAtar
+"""What a MinAtar run's task policy does in one game: the diagnostic behind the MinAtar
 preset's beta (BUILD_NOTES.md, "Games").
 
 Loads the latest checkpoint of `distral launch experiments/minatar_5games.yaml` run
-directories, plays Seaquest with each run's task policy pi_i (sampled, as the evaluator
-does) and prints per episode the return, the length and the share of steps the submarine
-spends at the surface, where MinAtar's Seaquest uses no oxygen: a policy that idles there
-lives to the 10,000-step limit without scoring.
+directories, plays GAME with each run's task policy pi_i (sampled, as the evaluator does)
+and prints per episode the return, the length, pi_i's mean entropy and its action
+frequencies; for Seaquest also the share of steps the submarine spends at the surface,
+where MinAtar's Seaquest uses no oxygen: a policy that idles there lives to the
+10,000-step limit without scoring.
 
-    .venv/bin/python experiments/minatar_seaquest_probe.py RUN_DIR [RUN_DIR ...] [--episodes 4]
+    .venv/bin/python experiments/minatar_policy_probe.py RUN_DIR [RUN_DIR ...]
+        [--game seaquest] [--episodes 4]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from distral.experiment import make_experiment
 from distral.workers import restore_checkpoint
 
 
-def probe(run_dir: Path, episodes: int) -> None:
+def probe(run_dir: Path, game_name: str, episodes: int) -> None:
     config = load_config(run_dir / "config.yaml")
     experiment = make_experiment(config)
     state = learning.init_training_state(
@@ -33,38 +35,48 @@ def probe(run_dir: Path, episodes: int) -> None:
     )
     manager = ocp.CheckpointManager(run_dir.absolute() / "checkpoints")
     state, frames, _ = restore_checkpoint(manager, state, experiment.num_tasks)
-    task = experiment.task_names.index("seaquest")
+    task = experiment.task_names.index(game_name)
     column = experiment.network.task_params(state.params, task)
     key = jax.random.PRNGKey(1)
     print(f"{run_dir}: beta {experiment.variant.beta}, {int(frames[task]):,} env steps per game")
+    actions = experiment.network.num_actions
     for episode in range(episodes):
         env = experiment.make_env(task, 100 + episode)
-        game = env._env.env  # MinAtar's Seaquest: sub_y == 0 is the surface row
+        game = env._env.env  # the MinAtar game (Seaquest: sub_y == 0 is the surface row)
         ts = env.reset()
-        total, steps, surface = 0.0, 0, 0
+        total, steps, surface, entropy = 0.0, 0, 0, 0.0
+        counts = np.zeros(actions, int)
         while not ts.last():
             key, sub = jax.random.split(key)
             obs = np.asarray(ts.observation)[None]
-            action, _ = acting.select_action(
+            action, logits = acting.select_action(
                 column, obs, np.int32(0), sub, network=experiment.network
             )
-            ts = env.step(int(np.asarray(action)[0]))
+            log_p = jax.nn.log_softmax(np.asarray(logits)[0])
+            entropy -= float(np.sum(np.exp(log_p) * log_p))
+            a = int(np.asarray(action)[0])
+            counts[a] += 1
+            ts = env.step(a)
             total += float(ts.reward)
             steps += 1
-            surface += int(game.sub_y == 0)
-        print(
-            f"  episode {episode}: return {total:.0f}, length {steps}, "
-            f"at the surface {surface / steps:.0%} of the steps"
+            surface += int(getattr(game, "sub_y", 1) == 0)
+        line = (
+            f"  episode {episode}: return {total:.0f}, length {steps}, entropy "
+            f"{entropy / steps:.2f}, actions {np.round(counts / steps, 2).tolist()}"
         )
+        if game_name == "seaquest":
+            line += f", at the surface {surface / steps:.0%} of the steps"
+        print(line)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--game", default="seaquest", help="a MinAtar game of the runs")
     p.add_argument("--episodes", type=int, default=4)
     args = p.parse_args()
     for run_dir in args.run_dirs:
-        probe(run_dir, args.episodes)
+        probe(run_dir, args.game, args.episodes)
 
 
 if __name__ == "__main__":
