@@ -4,10 +4,12 @@
 (b) learner only: `update_step` on a fixed batch of the trainer's shape (samples/s, where
     a sample is one agent step of one environment);
 (c) end to end: `distral train`'s compiled chunk (rollouts with the network + updates).
-Same network, batch shape and chunk length for all three. Target: (c) >= 70% of (b).
+Same network, batch shape and chunk length for all three, and all three vmapped over
+`--seeds` independent runs as `distral train --seeds` runs them (default 1). Target: (c)
+>= 70% of (b).
 
     .venv/bin/python benchmarks/throughput.py [--config experiments/two_room.yaml]
-        [--variant kl_ent_2col] [--repeats 5] [--set key=value ...]
+        [--variant kl_ent_2col] [--seeds 1] [--repeats 5] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -40,20 +42,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/two_room.yaml")
     parser.add_argument("--variant", default="kl_ent_2col")
+    parser.add_argument("--seeds", type=int, default=1, help="runs vmapped together")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
-    config = load_config(args.config, args.set, {"variant": args.variant, "seeds": [0]})
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds} must be >= 1")
+    seeds = list(range(args.seeds))
+    config = load_config(args.config, args.set, {"variant": args.variant, "seeds": seeds})
     trainer = Trainer(config)
     N, E, T, K = trainer.num_tasks, config.num_envs_per_task, config.unroll_length, config.log_every
-    steps_per_chunk = N * E * T * K  # agent steps, all tasks
-    runner = jax.jit(trainer._init)(jax.random.PRNGKey(0))
+    steps_per_chunk = len(seeds) * N * E * T * K  # agent steps, all tasks and seeds
+    runner = trainer.init(jax.vmap(jax.random.PRNGKey)(jax.numpy.asarray(seeds)))
 
     # (a) ENV ONLY
     task_ids = trainer._task_ids(E)
     step = jax.vmap(jax.vmap(two_room.step_auto_reset, (0, None, 0, 0, 0)), (0, None, 0, 0, 0))
 
     @jax.jit
+    @jax.vmap
     def env_only(env_state, key):
         def one(carry, key):
             k_act, k_env = jax.random.split(key)
@@ -64,12 +71,14 @@ def main() -> None:
 
         return jax.lax.scan(one, env_state, jax.random.split(key, T * K))
 
-    t_env = timed(env_only, runner.env_state, jax.random.PRNGKey(1), repeats=args.repeats)
+    env_keys = jax.random.split(jax.random.PRNGKey(1), len(seeds))
+    t_env = timed(env_only, runner.env_state, env_keys, repeats=args.repeats)
 
     # (b) LEARNER ONLY: K updates on a fixed batch of the trainer's shape.
-    _, batch, _, _ = jax.jit(trainer._rollout)(runner)
+    _, batch, _, _ = jax.jit(jax.vmap(trainer._rollout))(runner)
 
     @jax.jit
+    @jax.vmap
     def learner_only(state, batch):
         def one(state, _):
             state, metrics = learning.update_step(
@@ -86,9 +95,8 @@ def main() -> None:
 
     t_learn = timed(learner_only, runner.train, batch, repeats=args.repeats)
 
-    # (c) END TO END: the trainer's own compiled chunk (one seed).
-    chunk = jax.jit(trainer._chunk)
-    t_e2e = timed(chunk, runner, repeats=args.repeats)
+    # (c) END TO END: the trainer's own compiled chunk, vmapped over the seeds.
+    t_e2e = timed(trainer.run_chunk, runner, repeats=args.repeats)
 
     a, b, c = steps_per_chunk / t_env, steps_per_chunk / t_learn, steps_per_chunk / t_e2e
     print(
@@ -96,8 +104,9 @@ def main() -> None:
         f"on {jax.devices()[0].platform}"
     )
     print(
-        f"config: {args.config} variant={config.variant} tasks={N} envs/task={E} "
-        f"unroll={T} updates/chunk={K} torso={config.torso}{list(config.hidden_sizes)}"
+        f"config: {args.config} variant={config.variant} seeds={len(seeds)} tasks={N} "
+        f"envs/task={E} unroll={T} updates/chunk={K} "
+        f"torso={config.torso}{list(config.hidden_sizes)}"
     )
     print(f"(a) env only          {a:>12,.0f} env steps/s")
     print(f"(b) learner only      {b:>12,.0f} samples/s")

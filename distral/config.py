@@ -216,6 +216,9 @@ class TrainConfig:
     unroll_length: int = _f(20, "agent steps per unroll (T) before each update")
     discount: float = _f(0.95, "discount per agent step")
     learning_rate: float = _f(1e-3, "Adam learning rate")
+    distilled_lr_scale: float = _f(
+        1.0, "multiplier of h's learning rate beside task columns (1col, 2col rows)"
+    )
     max_grad_norm: float = _f(40.0, "global gradient-norm clip (IMPALA: 40)")
     value_cost: float = _f(0.5, "weight of the value loss")
     returns: str = _f("nstep", "value targets: nstep (on-policy) or vtrace")
@@ -263,7 +266,7 @@ class TrainConfig:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
         if not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"discount={self.discount!r} is outside [0, 1]")
-        for name in ("learning_rate", "max_grad_norm"):
+        for name in ("learning_rate", "max_grad_norm", "distilled_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
         if self.value_cost < 0:

@@ -169,7 +169,14 @@ def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Exper
         num_tasks=num_tasks,
         obs_size=int(np.prod(obs_spec.shape)),
         network=network,
-        optimizer=learning.make_optimizer(config.learning_rate, config.max_grad_norm),
+        optimizer=learning.make_optimizer(
+            config.learning_rate,
+            config.max_grad_norm,
+            # Only beside task columns: h alone (a3c_multitask) is the whole policy.
+            distilled_lr_scale=(
+                config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
+            ),
+        ),
         loss_config=loss_config,
         optimal_returns=optimal,
         observation_spec=obs_spec,

@@ -206,12 +206,7 @@ def run(
     runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
     start_log, wall_before = 0, 0.0
     if resume and manager.latest_step() is not None:
-        target = _checkpoint_tree(runner, 0.0)
-        restored = manager.restore(
-            manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(target))
-        )
-        runner, wall_before = _from_checkpoint_tree(restored, runner)
-        start_log = int(manager.latest_step())
+        runner, wall_before, start_log = restore_runner(manager, runner)
     if resume:
         rundir.truncate_metrics(run_dir / "metrics.csv", start_log)
 
@@ -342,6 +337,18 @@ def _checkpoint_tree(runner: RunnerState, wall: float) -> dict[str, Any]:
     tree: dict[str, Any] = {f"runner_{i:04d}": leaf for i, leaf in enumerate(leaves)}
     tree["wall_seconds"] = np.asarray(wall, np.float64)
     return tree
+
+
+def restore_runner(manager: Any, like: RunnerState) -> tuple[RunnerState, float, int]:
+    """The latest checkpoint of an orbax CheckpointManager of a `distral train` run, in the
+    layout of `like` (`Trainer.init` of the run's config): (runner, wall seconds, log step)."""
+    import orbax.checkpoint as ocp
+
+    step = int(manager.latest_step())
+    target = jax.device_get(_checkpoint_tree(like, 0.0))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    runner, wall = _from_checkpoint_tree(restored, like)
+    return runner, wall, step
 
 
 def _from_checkpoint_tree(tree: dict[str, Any], like: RunnerState) -> tuple[RunnerState, float]:

@@ -1,10 +1,12 @@
 """Config loading: strict keys and types, --set, YAML round trip, --help coverage."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from distral import config as cfg
+from distral.variants import VARIANTS
 
 
 def test_defaults_and_overrides_compose(tmp_path):
@@ -49,6 +51,7 @@ def test_yaml_round_trip(tmp_path):
         (["env.games=[pong]"], "env.games is for minatar and atari"),
         (["env.name=minatar", "torso=minatar_cnn", "env.games=[pacman]"], "env.games: unknown"),
         (["variant=kl_ent_2col", "alpha=2"], "alpha=2.0 is outside [0, 1]"),
+        (["distilled_lr_scale=0"], "distilled_lr_scale=0.0 must be > 0"),
         (["nokey"], "--set 'nokey' must look like key=value"),
     ],
 )
@@ -112,6 +115,16 @@ def test_per_variant_settings_apply_to_their_variant_only(tmp_path):
         == 5e-4
     )
     assert "per_variant" not in cfg.dump_yaml(kl)
+
+
+def test_two_room_preset_resolves_for_every_variant():
+    """The preset BUILD_NOTES.md's results come from: h at 1/16, entropy 0.03 for a3c and
+    a3c_2col, every variant valid."""
+    preset = Path(__file__).resolve().parents[1] / "experiments" / "two_room.yaml"
+    for name in VARIANTS:
+        c = cfg.load_config(preset, overrides={"variant": name})
+        assert c.distilled_lr_scale == 0.0625
+        assert c.entropy_cost == (0.03 if name in ("a3c", "a3c_2col") else None)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from distral import learning, losses, networks
+from distral.config import TrainConfig
+from distral.experiment import make_experiment
 from distral.variants import get_variant
 
 N_TASKS, A, OBS, T, B = 2, 3, 4, 4, 16
@@ -134,3 +136,32 @@ def test_task_grouped_loss_equals_the_mixed_path():
     # The check can fail: mislabelled task ids change the loss.
     wrong = batch._replace(task_id=jnp.tile(jnp.arange(N_TASKS), E))
     assert abs(float(learning.batch_loss(params, wrong, network, config, False)[0] - l1)) > 1e-6
+
+
+def _adam_updates(optimizer, params, grads_seq):
+    state = optimizer.init(params)
+    out = []
+    for grads in grads_seq:
+        updates, state = optimizer.update(grads, state, params)
+        out.append(updates)
+    return out
+
+
+@pytest.mark.parametrize("variant, scaled", [("kl_2col", True), ("a3c_multitask", False)])
+def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
+    """Adam with h's rate scaled: h's steps are exactly scale x plain Adam's, the task
+    columns' unchanged; h alone (a3c_multitask, no task columns) keeps the base rate."""
+    config = TrainConfig(variant=variant, distilled_lr_scale=0.25, hidden_sizes=(8,))
+    experiment = make_experiment(config)
+    params = experiment.network.init(jax.random.PRNGKey(0), jnp.asarray(experiment.example_obs))
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    grads_seq = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), params) for k in keys]
+    plain = _adam_updates(learning.make_optimizer(1e-3), params, grads_seq)
+    ours = _adam_updates(experiment.optimizer, params, grads_seq)
+    factor = 0.25 if scaled else 1.0
+    for p, o in zip(plain, ours, strict=True):
+        for name in p:
+            expected = factor if name == "distilled" else 1.0
+            for a, b in zip(jax.tree.leaves(p[name]), jax.tree.leaves(o[name]), strict=True):
+                np.testing.assert_allclose(np.asarray(b), expected * np.asarray(a), rtol=1e-6)
+    assert "distilled" in plain[0] and ("tasks" in plain[0]) == scaled

@@ -317,13 +317,14 @@ def step_auto_reset(
     episode's start when done, while reward, discount and done describe the step taken.
     The finished episode's return is `state.episode_return + reward` of the input state.
     """
-    next_state, obs, reward, discount = step(params, state, action, task_id)
+    next_state, _, reward, discount = step(params, state, action, task_id)
     done = discount == 0.0
-    reset_state, reset_obs = reset(key, params, task_id)
+    reset_state, _ = reset(key, params, task_id)
     next_state = jax.tree_util.tree_map(
         lambda fresh, old: jnp.where(done, fresh, old), reset_state, next_state
     )
-    return next_state, jnp.where(done, reset_obs, obs), reward, discount, done
+    # One observation, of the state kept (XLA drops the two unused ones above).
+    return next_state, observation(params, next_state), reward, discount, done
 
 
 # EXACT OPTIMUM (numpy, outside jit)
