@@ -20,6 +20,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 
 from distral import learning
 from distral.config import load_config
@@ -53,7 +54,7 @@ def main() -> None:
     trainer = Trainer(config)
     N, E, T, K = trainer.num_tasks, config.num_envs_per_task, config.unroll_length, config.log_every
     steps_per_chunk = len(seeds) * N * E * T * K  # agent steps, all tasks and seeds
-    runner = trainer.init(jax.vmap(jax.random.PRNGKey)(jax.numpy.asarray(seeds)))
+    runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
 
     # (a) ENV ONLY
     task_ids = trainer._task_ids(E)
