@@ -76,6 +76,17 @@ def open_run(run_dir: Path, config: TrainConfig) -> Any:
     )
 
 
+def restore_latest(manager: Any, like: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(tree, step) of the latest checkpoint of `manager` (an orbax CheckpointManager),
+    restored in the layout of the flat array mapping `like`."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    step = int(manager.latest_step())
+    restored = manager.restore(step, args=ocp.args.StandardRestore(jax.device_get(like)))
+    return restored, step
+
+
 def check_run_dir(run_dir: Path, *, resume: bool) -> None:
     """A new run needs a missing or empty directory; a resumed one needs its config."""
     if resume:

@@ -342,11 +342,7 @@ def _checkpoint_tree(runner: RunnerState, wall: float) -> dict[str, Any]:
 def restore_runner(manager: Any, like: RunnerState) -> tuple[RunnerState, float, int]:
     """The latest checkpoint of an orbax CheckpointManager of a `distral train` run, in the
     layout of `like` (`Trainer.init` of the run's config): (runner, wall seconds, log step)."""
-    import orbax.checkpoint as ocp
-
-    step = int(manager.latest_step())
-    target = jax.device_get(_checkpoint_tree(like, 0.0))
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    restored, step = rundir.restore_latest(manager, _checkpoint_tree(like, 0.0))
     runner, wall = _from_checkpoint_tree(restored, like)
     return runner, wall, step
 

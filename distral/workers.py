@@ -308,8 +308,7 @@ def learner_main(
     log_step, wall_before = 0, 0.0
     frames_per_task = np.zeros(N, np.int64)
     if resume and manager.latest_step() is not None:
-        state, frames_per_task, wall_before = restore_checkpoint(manager, state, N)
-        log_step = int(manager.latest_step())
+        state, frames_per_task, wall_before, log_step = restore_checkpoint(manager, state, N)
     if resume:
         rundir.truncate_metrics(run_dir / "metrics.csv", log_step)
 
@@ -493,18 +492,17 @@ def learner_main(
     return summary
 
 
-def restore_checkpoint(manager: Any, like: Any, num_tasks: int) -> tuple[Any, np.ndarray, float]:
-    """(learner TrainingState, env frames consumed per task, wall seconds) of the latest
-    checkpoint of a `distral launch` run: `manager` is an orbax CheckpointManager on its
-    checkpoints/ directory, `like` a TrainingState of the run's network (the structure)."""
-    import jax
-    import orbax.checkpoint as ocp
+def restore_checkpoint(
+    manager: Any, like: Any, num_tasks: int
+) -> tuple[Any, np.ndarray, float, int]:
+    """(learner TrainingState, env frames consumed per task, wall seconds, log step) of the
+    latest checkpoint of a `distral launch` run: `manager` is an orbax CheckpointManager on
+    its checkpoints/ directory, `like` a TrainingState of the run's network (the structure)."""
+    from distral import rundir
 
     tree = _checkpoint_tree(like, np.zeros(num_tasks, np.int64), 0.0)
-    restored = manager.restore(
-        manager.latest_step(), args=ocp.args.StandardRestore(jax.device_get(tree))
-    )
-    return _from_checkpoint_tree(restored, like)
+    restored, step = rundir.restore_latest(manager, tree)
+    return (*_from_checkpoint_tree(restored, like), step)
 
 
 def _checkpoint_tree(state: Any, frames_per_task: np.ndarray, wall: float) -> dict[str, Any]:

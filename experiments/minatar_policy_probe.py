@@ -34,7 +34,7 @@ def probe(run_dir: Path, game_name: str, episodes: int) -> None:
         jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs
     )
     manager = ocp.CheckpointManager(run_dir.absolute() / "checkpoints")
-    state, frames, _ = restore_checkpoint(manager, state, experiment.num_tasks)
+    state, frames, _, _ = restore_checkpoint(manager, state, experiment.num_tasks)
     task = experiment.task_names.index(game_name)
     column = experiment.network.task_params(state.params, task)
     key = jax.random.PRNGKey(1)

@@ -28,8 +28,9 @@ from distral.train import Trainer, restore_runner
 ARROWS = "^v<>"  # two_room's actions: up, down, left, right
 
 
-def probe(run_dir: Path, seed: int, episodes: int) -> None:
+def probe(run_dir: Path, seed: int | None, episodes: int) -> None:
     config = load_config(run_dir / "config.yaml")
+    seed = config.seeds[0] if seed is None else seed
     if seed not in config.seeds:
         raise SystemExit(f"--seed {seed} is not a seed of {run_dir} (seeds: {config.seeds})")
     trainer = Trainer(config)
@@ -95,8 +96,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None, help="one of the run's seeds (default: first)")
     p.add_argument("--episodes", type=int, default=8, help="episodes per start cell")
     args = p.parse_args()
-    config_seeds = load_config(args.run_dir / "config.yaml").seeds
-    probe(args.run_dir, config_seeds[0] if args.seed is None else args.seed, args.episodes)
+    probe(args.run_dir, args.seed, args.episodes)
 
 
 if __name__ == "__main__":
