@@ -152,6 +152,12 @@ class DistributedConfig:
     batch_size: int = _f(8, "unrolls per learner step (each [T+1, B]); paper-size: N tasks")
     queue_size: int = _f(64, "unrolls the trajectories queue holds; full -> actors wait")
     refresh_every: int = _f(20, "actor steps between parameter fetches (20 = one unroll)")
+    refresh_lag: int = _f(
+        1,
+        "actors take newly published parameters only when they are at least this many "
+        "learner steps newer than the ones they act with (1: any newer publication; 8 or 32 "
+        "force policy lag, to test robustness to it)",
+    )
     publish_every: int = _f(1, "learner steps between parameter publications")
     max_learner_steps: int | None = _f(
         None, "stop after this many learner steps; null: when the env-step budget is consumed"
@@ -178,6 +184,7 @@ class DistributedConfig:
             "batch_size",
             "queue_size",
             "refresh_every",
+            "refresh_lag",
             "publish_every",
         ):
             _positive(f"distributed.{name}", getattr(self, name))
@@ -219,6 +226,18 @@ class TrainConfig:
     distilled_lr_scale: float = _f(
         1.0, "multiplier of h's learning rate beside task columns (1col, 2col rows)"
     )
+    task_column_output: str = _f(
+        "logits",
+        "2col Distral rows: logits (the task column outputs beta * f_i, so Adam's steps on "
+        "pi_i's logits do not grow with beta) or f (it outputs f_i and the network multiplies "
+        "by beta: the paper's literal form, which collapses at discount 0.99)",
+    )
+    regulariser: str = _f(
+        "expected",
+        "Distral rows: step t's own KL/entropy regulariser as its expectation over pi_i's "
+        "actions, differentiated exactly (expected), or at the action taken only (sampled); "
+        "the same expected gradient",
+    )
     max_grad_norm: float = _f(40.0, "global gradient-norm clip (IMPALA: 40)")
     value_cost: float = _f(0.5, "weight of the value loss")
     returns: str = _f("nstep", "value targets: nstep (on-policy) or vtrace")
@@ -226,6 +245,13 @@ class TrainConfig:
     env_steps_per_task: int = _f(400_000, "training budget, agent steps per task")
     log_every: int = _f(20, "updates between log rows (one compiled chunk)")
     eval_episodes_per_task: int = _f(16, "episodes per task of each evaluation")
+    collapse_entropy: float = _f(
+        0.1,
+        "collapse detector: a task whose pi_i entropy (nats, in the training data of a log "
+        "row) is below this while its return is at or below the floor (never reaching the "
+        "goal; a game's random score) is reported collapsed (collapsed_tasks column, a "
+        "warning); 0 turns it off",
+    )
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
@@ -252,6 +278,8 @@ class TrainConfig:
             )
         _choice("task_columns", self.task_columns, ("separate", "shared_torso"))
         _choice("returns", self.returns, ("nstep", "vtrace"))
+        _choice("task_column_output", self.task_column_output, ("logits", "f"))
+        _choice("regulariser", self.regulariser, ("expected", "sampled"))
         for name in (
             "num_envs_per_task",
             "unroll_length",
@@ -269,6 +297,8 @@ class TrainConfig:
         for name in ("learning_rate", "max_grad_norm", "distilled_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        if not self.collapse_entropy >= 0:
+            raise ConfigError(f"collapse_entropy={self.collapse_entropy!r} must be >= 0")
         if self.value_cost < 0:
             raise ConfigError(f"value_cost={self.value_cost!r} must be >= 0")
         if self.n_step is not None and self.n_step < 1:

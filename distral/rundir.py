@@ -31,11 +31,17 @@ def metric_columns(num_tasks: int) -> list[str]:
         "entropy",
         "distilled_entropy",
         "regularised_reward",
+        "regulariser",
+        "regulariser_loss",
+        "logit_spread",
         "grad_norm",
+        "grad_norm_distilled",
+        "grad_norm_tasks",
+        "collapsed_tasks",
     ]
     per_task = [
         f"{p}_task_{i}"
-        for p in ("return", "eval_return", "pi0_eval_return", "kl")
+        for p in ("return", "eval_return", "pi0_eval_return", "kl", "entropy")
         for i in range(num_tasks)
     ]
     return [
