@@ -217,7 +217,9 @@ class TrainConfig:
         default_factory=EnvConfig, metadata={"help": "environment section"}
     )
     torso: str = _f("mlp", "network torso: mlp, nature_cnn, impala_resnet, minatar_cnn")
-    hidden_sizes: tuple[int, ...] = _f((64, 64), "MLP torso layer sizes")
+    hidden_sizes: tuple[int, ...] = _f(
+        (64, 64), "MLP torso layer sizes; [] = no hidden layer (heads linear in the input)"
+    )
     task_columns: str = _f("separate", "task columns: separate (paper) or shared_torso")
     num_envs_per_task: int = _f(16, "parallel environments per task")
     unroll_length: int = _f(20, "agent steps per unroll (T) before each update")
@@ -290,7 +292,7 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             _positive(name, getattr(self, name))
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+        if self.hidden_sizes and min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
         if not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"discount={self.discount!r} is outside [0, 1]")
