@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.variants import VARIANTS, VariantError, get_variant
 
 
@@ -248,7 +249,7 @@ class TrainConfig:
     log_every: int = _f(20, "updates between log rows (one compiled chunk)")
     eval_episodes_per_task: int = _f(16, "episodes per task of each evaluation")
     collapse_entropy: float = _f(
-        0.1,
+        DEFAULT_COLLAPSE_ENTROPY,
         "collapse detector: a task whose pi_i entropy (nats, in the training data of a log "
         "row) is below this while its return is at or below the floor (never reaching the "
         "goal; a game's random score) is reported collapsed (collapsed_tasks column, a "

@@ -78,9 +78,9 @@ def _worst_task_return(row):
 
 def test_2col_does_not_collapse_at_discount_099(tmp_path):
     """The paper's literal 2col form (the network multiplies f_i by beta) with the sampled
-    regulariser, what main trained before issue 15, walls tasks in by ~35K env steps per
-    task (a task's training return -45 to -58: one wall bumped for the whole episode) and
-    the detector flags them; the defaults do not."""
+    regulariser, what main trained before issue 15, walls tasks in within 38K env steps
+    per task (a task's training return below -40: one wall bumped for most of the episode)
+    and the detector flags them; the defaults (same preset otherwise) do not."""
     rows = _train_rows(tmp_path, "fixed")
     assert all(_worst_task_return(r) > -30 for r in rows), [_worst_task_return(r) for r in rows]
     assert all(r["collapsed_tasks"] == "0" for r in rows)
