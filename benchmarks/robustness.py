@@ -57,7 +57,9 @@ def run_setting(args, layout: str, discount: float) -> list[dict]:
         summary = compare.summarise_curves(curves, curves.optimal - MARGIN)
         finals = np.array(summary["final_return_per_seed"])
         last = rundir.last_rows(spec.run_dirs[0] / "metrics.csv")
-        collapsed = [r.get("collapsed_tasks", math.nan) for r in last.values()]
+        collapsed = np.array([r.get("collapsed_tasks", math.nan) for r in last.values()])
+        # NaN: the detector was off (collapse_entropy 0) or the run predates it: unknown.
+        count = int(np.nansum(collapsed)) if np.isfinite(collapsed).any() else "n/a"
         rows.append(
             {
                 "layout": layout,
@@ -67,7 +69,7 @@ def run_setting(args, layout: str, discount: float) -> list[dict]:
                 "worst_seed": float(finals.min()),
                 "seeds_within": int(np.sum(finals >= curves.optimal - MARGIN)),
                 "seeds": len(finals),
-                "collapsed_tasks": int(np.nansum(collapsed)),
+                "collapsed_tasks": count,
                 "steps_to_threshold": summary["steps_to_threshold"],
                 "seeds_reaching_threshold": summary["seeds_reaching_threshold"],
                 "optimal": curves.optimal,
@@ -155,7 +157,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write(out / "table.md", table + footer)
         csv_rows = [{k: r[k] for k in COLUMNS} for r in rows]
-        rundir.atomic_write(out / "table.csv", compare._csv(csv_rows, COLUMNS))
+        rundir.atomic_write(out / "table.csv", compare.csv_text(csv_rows, COLUMNS))
         summary = {
             "config": args.config,
             "sets": args.set,
@@ -163,7 +165,7 @@ def main() -> None:
             "rows": csv_rows,
             "minutes": minutes,
         }
-        rundir.atomic_write(out / "summary.json", json.dumps(compare._json_safe(summary), indent=1))
+        rundir.atomic_write(out / "summary.json", json.dumps(compare.json_safe(summary), indent=1))
         print(f"figure: {plot(rows, out / 'robustness.png')}")
 
 

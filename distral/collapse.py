@@ -16,6 +16,7 @@ when a task collapses. This module is pure numpy: no JAX, no files.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,10 +45,14 @@ def collapsed(
 class CollapseMonitor:
     """Flags collapsed tasks at each log row; says so once when a task collapses.
 
+    A row without a finished episode of a task (NaN return: long game episodes) or without
+    its data (NaN entropy: no unroll of that task in the window) keeps that task's last
+    values, so a stalled game policy stays flagged between the episodes that end.
+
     Args:
       task_names: one name per task, for the warning ("goal (1, 1)", "breakout").
       floor: [N] floor returns (NaN: never flag that task).
-      threshold: entropy threshold in nats (0 disables the monitor).
+      threshold: entropy threshold in nats (0 disables the monitor: `check` gives NaN).
       warn: where the one-line warnings go (the console, through the progress bar).
     """
 
@@ -63,9 +68,23 @@ class CollapseMonitor:
         self._threshold = threshold
         self._warn = warn
         self._flags: dict[int, np.ndarray] = {}
+        self._last: dict[tuple[str, int], np.ndarray] = {}
 
-    def check(self, seed: int, env_steps: int, entropy: np.ndarray, returns: np.ndarray) -> int:
-        """The number of collapsed tasks of `seed` at this row; warns for new ones."""
+    def _carry(self, name: str, seed: int, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        last = self._last.get((name, seed))
+        if last is not None:
+            x = np.where(np.isfinite(x), x, last)
+        self._last[(name, seed)] = x
+        return x
+
+    def check(self, seed: int, env_steps: int, entropy: np.ndarray, returns: np.ndarray) -> float:
+        """The number of collapsed tasks of `seed` at this row (NaN when the monitor is
+        off); warns for new ones."""
+        if self._threshold <= 0:
+            return math.nan
+        entropy = self._carry("entropy", seed, entropy)
+        returns = self._carry("returns", seed, returns)
         flags = collapsed(entropy, returns, self._floor, self._threshold)
         before = self._flags.get(seed, np.zeros_like(flags))
         for i in np.flatnonzero(flags & ~before):

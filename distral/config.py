@@ -519,6 +519,19 @@ def load_config(
 
 PER_VARIANT = "per_variant"
 
+#: Fields added with a default that changed the learner (issue 15, 2026-12-01), and the
+#: value a run recorded before them ran with. A run directory's config.yaml holds every
+#: field of its day, so a missing one means an older run.
+RUN_LEGACY_DEFAULTS: dict[str, Any] = {"task_column_output": "f", "regulariser": "sampled"}
+
+
+def load_run_config(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """A run directory's resolved config.yaml, as it ran: fields the file predates take
+    their `RUN_LEGACY_DEFAULTS` value, not today's default (resume, compare, probes)."""
+    path = Path(run_dir) / "config.yaml"
+    legacy = {k: v for k, v in RUN_LEGACY_DEFAULTS.items() if k not in read_yaml(path)}
+    return load_config(path, overrides=_merge(legacy, overrides or {}))
+
 
 def _plain(x: Any) -> Any:
     if isinstance(x, tuple | list):

@@ -359,6 +359,8 @@ class VariableSource:
         the previous fetch, or newer, and the parameters held unless that publication's step
         is at least `min_step`); waits up to `timeout` s (None: forever) for the first one,
         raising TimeoutError."""
+        if min_step and not allow_stale:
+            raise ValueError("min_step needs allow_stale=True (the stale-by-one fetch)")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while self._samples is None and table_size(self._client, VARIABLES_STEP) == 0:
@@ -375,8 +377,11 @@ class VariableSource:
             )
         elif allow_stale and self._latest is not None:
             newest = int(next(self._steps).data[0][0])
-            if newest == self._latest[1] or newest < min_step:
-                return self._latest  # nothing newer (as of the previous fetch), or not new enough
+            held = self._latest[1]
+            # Nothing new (as of the previous fetch), or newer but not by enough; a step
+            # below the held one (a learner resumed from an older checkpoint) is taken.
+            if newest == held or held < newest < min_step:
+                return self._latest
             next(self._samples)  # read after the last parameter read: maybe older
         elif not allow_stale:
             next(self._samples)  # read at the previous fetch; the next one is read after it

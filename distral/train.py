@@ -214,6 +214,7 @@ def run(
 
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    columns = rundir.prepare_metrics(metrics_path, columns)  # a resumed older run: migrated
     # On resume, TensorBoard drops events logged after the checkpoint.
     purge = start_log * steps_per_chunk + 1 if resume else None
     writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}"), purge_step=purge) for s in seeds}

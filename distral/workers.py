@@ -347,9 +347,7 @@ def learner_main(
         columns += ["eval_hns", *(f"eval_hns_task_{i}" for i in range(N))]
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
-    if not new_file:  # resuming: keep the file's columns (an older version may have fewer)
-        with metrics_path.open(newline="") as f:
-            columns = next(csv.reader(f))
+    columns = rundir.prepare_metrics(metrics_path, columns)  # a resumed older run: migrated
     tb = SummaryWriter(
         str(run_dir / "tb" / f"seed_{seed}"),
         purge_step=int(frames_per_task.mean()) + 1 if resume else None,

@@ -310,4 +310,11 @@ def test_actor_takes_parameters_only_refresh_lag_learner_steps_newer(network, se
     # The items written carry the step that acted: only 0, 8 and 16.
     steps = np.concatenate([item["params_step"] for item in sample_items(client, 8)])
     assert set(steps.tolist()) == {0, 8, 16}
+    # A learner resumed from an older checkpoint publishes a lower step: taken at once
+    # (the lag then counts from it: 11 is not new enough).
+    for step in (10, 11):
+        replay.publish_params(client, init_params(network, step), step)
+        actor.run(max_steps=3)
+        held.append(actor.params_step)
+    assert held[-2:] == [10, 10], held
     actor.close()

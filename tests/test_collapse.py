@@ -53,6 +53,27 @@ def test_monitor_counts_per_seed_and_warns_once_per_collapse():
     assert len(lines) == 2 and "32,000" in lines[1]
 
 
+def test_monitor_keeps_a_tasks_last_values_through_rows_without_them():
+    """A game row with no finished episode of a task (NaN return) or no unroll of it (NaN
+    entropy) keeps that task's last values: a stalled policy stays flagged."""
+    lines = []
+    monitor = CollapseMonitor([f"g{i}" for i in range(4)], FLOOR, 0.1, warn=lines.append)
+    nan = np.nan
+    entropy = np.array([0.0, 0.5, 0.5, 0.5])
+    assert monitor.check(0, 100, entropy, np.array([nan, 0.1, 0.1, 0.1])) == 0  # no return yet
+    assert monitor.check(0, 200, entropy, np.array([-50.0, 0.1, 0.1, 0.1])) == 1
+    assert monitor.check(0, 300, np.full(4, nan), np.full(4, nan)) == 1  # carried: still 1
+    assert monitor.check(0, 400, entropy, np.array([nan, 0.1, 0.1, 0.1])) == 1
+    assert len(lines) == 1 and "at 200 env" in lines[0]  # warned once
+    assert monitor.check(0, 500, np.array([0.9, 0.5, 0.5, 0.5]), np.full(4, nan)) == 0
+    assert monitor.check(1, 100, entropy, np.array([nan, 0.1, 0.1, 0.1])) == 0  # other seed
+
+
+def test_monitor_off_reports_unknown_not_zero():
+    monitor = CollapseMonitor(["g0"], np.array([-10.0]), 0.0)
+    assert np.isnan(monitor.check(0, 100, np.array([0.0]), np.array([-50.0])))
+
+
 # THE COLLAPSE ITSELF (issue 15): kl_ent_2col at discount 0.99 on the preset.
 
 
