@@ -32,8 +32,10 @@ class Actor:
     Every vectorised step appends (s_t, a_t, r_t, d_t, behaviour logits at s_t, task id,
     params step) to the `trajectories` writer: the layout of `learning.Batch`. Parameters
     are refreshed from `variables` every `refresh_every` actor steps (one actor step steps
-    all B environments) and kept as this task's column only (`network.task_params`), so
-    acting runs one task column; the first fetch blocks until the learner has published.
+    all B environments), taken only when at least `refresh_lag` learner steps newer than
+    the ones held (1: any newer; larger values force policy lag, for robustness tests), and
+    kept as this task's column only (`network.task_params`), so acting runs one task
+    column; the first fetch blocks until the learner has published.
     Each finished episode goes to `episodes` with its undiscounted return and length.
     """
 
@@ -46,6 +48,7 @@ class Actor:
         *,
         unroll_length: int,
         refresh_every: int,
+        refresh_lag: int = 1,
         seed: int,
         params_template: Any,
         first_fetch_timeout: float | None = None,
@@ -57,12 +60,13 @@ class Actor:
             raise ValueError(
                 f"env has {env.num_actions} actions but the network {network.num_actions}"
             )
-        if refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        if refresh_every < 1 or refresh_lag < 1:
+            raise ValueError(f"refresh_every={refresh_every}, refresh_lag={refresh_lag}: need >= 1")
         self._env = env
         self._task_id = int(task_id)
         self._network = network
         self._refresh_every = refresh_every
+        self._refresh_lag = refresh_lag
         self._seed = seed
         self._first_fetch_timeout = first_fetch_timeout
         self._write_enabled = write  # False: act and step only (benchmarks/distributed.py)
@@ -79,7 +83,9 @@ class Actor:
         self.params_step = -1
 
     def _refresh(self, timeout: float | None = None) -> None:
-        params, step = self._variables.fetch(timeout, allow_stale=True)
+        params, step = self._variables.fetch(
+            timeout, allow_stale=True, min_step=self.params_step + self._refresh_lag
+        )
         if step != self.params_step:  # a step's parameters never change: skip the copy
             # This task's column only, sliced once here rather than at every step (5.6 vs
             # 7.9 ms an action for the Nature CNN at B = 8: BUILD_NOTES.md, "Games").

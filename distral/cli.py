@@ -65,7 +65,7 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from distral.config import load_config
+    from distral.config import load_config, load_run_config
 
     if args.resume is not None:
         if args.config is not None or args.set or args.variant or args.seeds or args.out:
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
-        config = load_config(run_dir / "config.yaml")
+        config = load_run_config(run_dir)
     else:
         if args.config is None:
             _fail("a CONFIG file is needed, e.g. experiments/two_room.yaml (or --resume DIR)")
@@ -146,7 +146,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from distral.config import load_config
+    from distral.config import load_config, load_run_config
     from distral.rundir import check_run_dir
 
     distributed = {
@@ -165,7 +165,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             )
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
-        config = load_config(run_dir / "config.yaml", overrides={"distributed": distributed})
+        config = load_run_config(run_dir, overrides={"distributed": distributed})
     else:
         if args.config is None:
             _fail(
@@ -266,14 +266,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from distral.compare import DEFAULT_GRID, compare, parse_grid
+    from distral.compare import compare, default_grid, parse_grid
     from distral.config import read_yaml
 
     read_yaml(args.config)  # a missing or broken CONFIG is reported before anything else
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     grid = None
     if args.grid is not None:
-        grid = parse_grid(DEFAULT_GRID if args.grid == "default" else args.grid)
+        if args.grid == "default":
+            grid = default_grid(args.config, args.set)
+        else:
+            grid = parse_grid(args.grid)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{_timestamp()}"
     if out.exists() and not out.is_dir():
         _fail(f"--out {str(out)!r} is a file, not a directory")
@@ -437,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="hyperparameter grid, e.g. beta=10,30,100,lr=3e-4,1e-3,3e-3 (keys: config "
         "fields, lr = learning_rate; beta applies to the Distral rows, entropy_cost to the "
-        "A3C rows). Without SPEC: beta=10,30,100 x lr=3e-4,1e-3,3e-3, the A3C rows "
-        "entropy_cost=0.003,0.01,0.03 x the same learning rates",
+        "A3C rows). Without SPEC: beta=10,30,100 x lr = the config's learning_rate x 1/3, "
+        "1, 3; the A3C rows entropy_cost=0.003,0.01,0.03 x the same learning rates",
     )
     p.add_argument("--mode", default="train", help="train (default) or launch")
     p.add_argument("--threshold", type=float, help="return threshold (default optimum - 0.3)")

@@ -37,14 +37,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from distral.config import ConfigError, TrainConfig, load_config, parse_sets
+from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
 from distral.plotting import PlotError, mean_ci, pyplot, read_metrics, save_figure
 from distral.rundir import atomic_write
 from distral.variants import VARIANTS, get_variant
 
-#: The default robustness grid. beta: the Distral rows' default is 30 (variants.py);
-#: learning rate around the preset's 1e-3; entropy cost around A3C's 0.01 (Mnih et al. 2016).
-DEFAULT_GRID = "beta=10,30,100,learning_rate=3e-4,1e-3,3e-3,entropy_cost=0.003,0.01,0.03"
+#: The default robustness grid's fixed axes. beta: the Distral rows' default is 30
+#: (variants.py); entropy cost around A3C's 0.01 (Mnih et al. 2016). The learning-rate axis
+#: is the config's own rate x 1/3, 1, 3 (`default_grid`), so the grid is centred on whatever
+#: preset it is given (the two-room preset's 3e-2 and a game preset's 6e-4 alike).
+DEFAULT_GRID = "beta=10,30,100,entropy_cost=0.003,0.01,0.03"
+LEARNING_RATE_FACTORS = (1 / 3, 1.0, 3.0)
 _ALIASES = {"lr": "learning_rate"}
 THRESHOLD_MARGIN = 0.3  # default threshold: optimum - 0.3 (issue 3's learning bar)
 BOOTSTRAP_REPS = 2000
@@ -72,6 +75,14 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
             raise CompareError(f"--grid {text!r} must look like beta=3,10,30,lr=3e-4,1e-3")
         grid[key].append(_scalar(token))
     return grid
+
+
+def default_grid(config_path: str | Path, sets: Sequence[str]) -> dict[str, list[Any]]:
+    """`DEFAULT_GRID` plus learning_rate = the config's rate x `LEARNING_RATE_FACTORS`."""
+    base = load_config(config_path, sets).learning_rate
+    rates = [float(f"{base * f:.3g}") for f in LEARNING_RATE_FACTORS]
+    grid = parse_grid(DEFAULT_GRID)
+    return {"beta": grid["beta"], "learning_rate": rates, "entropy_cost": grid["entropy_cost"]}
 
 
 def _scalar(token: str) -> Any:
@@ -171,7 +182,7 @@ def _state(run_dir: Path, config: TrainConfig) -> str:
         raise CompareError(f"{run_dir} holds files but no config.yaml: move it away")
     else:
         return "new"
-    if load_config(run_dir / "config.yaml") != inline_layout(config):
+    if load_run_config(run_dir) != inline_layout(config):
         raise CompareError(f"{run_dir} was run with another config: use another --out or remove it")
     return state
 
@@ -395,7 +406,8 @@ TABLE_COLUMNS = (
 GRID_COLUMNS = (*TABLE_COLUMNS[:7], "steps_to_threshold", "seeds_reaching_threshold")
 
 
-def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of `rows` (dicts) in the order of `columns`; floats to 6 significant digits."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
@@ -496,13 +508,14 @@ def plot_robustness(agg: Aggregate, out: Path) -> Path:
         plt.close(fig)
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """`x` with every non-finite float replaced by None (JSON has no NaN or inf)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -512,10 +525,10 @@ def write_outputs(
     """curves.png, table.md, table.csv, summary.json (+ grid.csv, robustness.png)."""
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(agg, out / "curves.png", f"{info['config']}: {info['seeds']} seeds per variant")
-    atomic_write(out / "table.csv", _csv(agg.rows, TABLE_COLUMNS))
+    atomic_write(out / "table.csv", csv_text(agg.rows, TABLE_COLUMNS))
     atomic_write(out / "table.md", table_markdown(agg, grid is not None))
     if grid is not None:
-        atomic_write(out / "grid.csv", _csv(agg.grid_rows, GRID_COLUMNS))
+        atomic_write(out / "grid.csv", csv_text(agg.grid_rows, GRID_COLUMNS))
         plot_robustness(agg, out / "robustness.png")
     summary = {
         **info,
@@ -526,7 +539,7 @@ def write_outputs(
         "grid_results": agg.grid_rows if grid is not None else None,
         "probability_of_improvement": agg.poi,
     }
-    atomic_write(out / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
+    atomic_write(out / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
 
 
 def compare(

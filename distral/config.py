@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.variants import VARIANTS, VariantError, get_variant
 
 
@@ -152,6 +153,12 @@ class DistributedConfig:
     batch_size: int = _f(8, "unrolls per learner step (each [T+1, B]); paper-size: N tasks")
     queue_size: int = _f(64, "unrolls the trajectories queue holds; full -> actors wait")
     refresh_every: int = _f(20, "actor steps between parameter fetches (20 = one unroll)")
+    refresh_lag: int = _f(
+        1,
+        "actors take newly published parameters only when they are at least this many "
+        "learner steps newer than the ones they act with (1: any newer publication; 8 or 32 "
+        "force policy lag, to test robustness to it)",
+    )
     publish_every: int = _f(1, "learner steps between parameter publications")
     max_learner_steps: int | None = _f(
         None, "stop after this many learner steps; null: when the env-step budget is consumed"
@@ -178,6 +185,7 @@ class DistributedConfig:
             "batch_size",
             "queue_size",
             "refresh_every",
+            "refresh_lag",
             "publish_every",
         ):
             _positive(f"distributed.{name}", getattr(self, name))
@@ -210,7 +218,9 @@ class TrainConfig:
         default_factory=EnvConfig, metadata={"help": "environment section"}
     )
     torso: str = _f("mlp", "network torso: mlp, nature_cnn, impala_resnet, minatar_cnn")
-    hidden_sizes: tuple[int, ...] = _f((64, 64), "MLP torso layer sizes")
+    hidden_sizes: tuple[int, ...] = _f(
+        (64, 64), "MLP torso layer sizes; [] = no hidden layer (heads linear in the input)"
+    )
     task_columns: str = _f("separate", "task columns: separate (paper) or shared_torso")
     num_envs_per_task: int = _f(16, "parallel environments per task")
     unroll_length: int = _f(20, "agent steps per unroll (T) before each update")
@@ -219,6 +229,18 @@ class TrainConfig:
     distilled_lr_scale: float = _f(
         1.0, "multiplier of h's learning rate beside task columns (1col, 2col rows)"
     )
+    task_column_output: str = _f(
+        "logits",
+        "2col Distral rows: logits (the task column outputs beta * f_i, so Adam's steps on "
+        "pi_i's logits do not grow with beta) or f (it outputs f_i and the network multiplies "
+        "by beta: the paper's literal form, which collapses at discount 0.99)",
+    )
+    regulariser: str = _f(
+        "expected",
+        "Distral rows: step t's own KL/entropy regulariser as its expectation over pi_i's "
+        "actions, differentiated exactly (expected), or at the action taken only (sampled); "
+        "the same expected gradient",
+    )
     max_grad_norm: float = _f(40.0, "global gradient-norm clip (IMPALA: 40)")
     value_cost: float = _f(0.5, "weight of the value loss")
     returns: str = _f("nstep", "value targets: nstep (on-policy) or vtrace")
@@ -226,6 +248,13 @@ class TrainConfig:
     env_steps_per_task: int = _f(400_000, "training budget, agent steps per task")
     log_every: int = _f(20, "updates between log rows (one compiled chunk)")
     eval_episodes_per_task: int = _f(16, "episodes per task of each evaluation")
+    collapse_entropy: float = _f(
+        DEFAULT_COLLAPSE_ENTROPY,
+        "collapse detector: a task whose pi_i entropy (nats, in the training data of a log "
+        "row) is below this while its return is at or below the floor (never reaching the "
+        "goal; a game's random score) is reported collapsed (collapsed_tasks column, a "
+        "warning); 0 turns it off",
+    )
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
@@ -252,6 +281,8 @@ class TrainConfig:
             )
         _choice("task_columns", self.task_columns, ("separate", "shared_torso"))
         _choice("returns", self.returns, ("nstep", "vtrace"))
+        _choice("task_column_output", self.task_column_output, ("logits", "f"))
+        _choice("regulariser", self.regulariser, ("expected", "sampled"))
         for name in (
             "num_envs_per_task",
             "unroll_length",
@@ -262,13 +293,15 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             _positive(name, getattr(self, name))
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+        if self.hidden_sizes and min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
         if not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"discount={self.discount!r} is outside [0, 1]")
         for name in ("learning_rate", "max_grad_norm", "distilled_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        if not self.collapse_entropy >= 0:
+            raise ConfigError(f"collapse_entropy={self.collapse_entropy!r} must be >= 0")
         if self.value_cost < 0:
             raise ConfigError(f"value_cost={self.value_cost!r} must be >= 0")
         if self.n_step is not None and self.n_step < 1:
@@ -485,6 +518,19 @@ def load_config(
 
 
 PER_VARIANT = "per_variant"
+
+#: Fields added with a default that changed the learner (issue 15, 2026-12-01), and the
+#: value a run recorded before them ran with. A run directory's config.yaml holds every
+#: field of its day, so a missing one means an older run.
+RUN_LEGACY_DEFAULTS: dict[str, Any] = {"task_column_output": "f", "regulariser": "sampled"}
+
+
+def load_run_config(run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """A run directory's resolved config.yaml, as it ran: fields the file predates take
+    their `RUN_LEGACY_DEFAULTS` value, not today's default (resume, compare, probes)."""
+    path = Path(run_dir) / "config.yaml"
+    legacy = {k: v for k, v in RUN_LEGACY_DEFAULTS.items() if k not in read_yaml(path)}
+    return load_config(path, overrides=_merge(legacy, overrides or {}))
 
 
 def _plain(x: Any) -> Any:

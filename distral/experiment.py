@@ -37,6 +37,7 @@ class Experiment:
     optimizer: optax.GradientTransformation
     loss_config: LossConfig
     optimal_returns: np.ndarray  # [N] exact optimal return per task (NaN for games)
+    floor_returns: np.ndarray  # [N] no-goal return (two_room) or random score (games)
     observation_spec: specs.Array  # one environment's observation (no batch axis)
     task_names: tuple[str, ...]  # "goal (r, c)" or the game
 
@@ -108,7 +109,10 @@ def _seed32(*entropy: int) -> int:
 
 
 def _tasks(config: TrainConfig):
-    """(env_params, num_tasks, num_actions, observation spec, optimal returns, task names)."""
+    """(env_params, num_tasks, num_actions, observation spec, optimal returns, floor
+    returns, task names). The floor is what `distral.collapse` compares a task's return
+    with: never reaching the goal (two_room: -0.1 for every one of max_steps steps), or the
+    uniform-random policy's score (games; NaN where no reference score exists)."""
     env = config.env
     if env.name == "two_room":
         env_params = two_room.make_params(
@@ -131,6 +135,7 @@ def _tasks(config: TrainConfig):
             two_room.NUM_ACTIONS,
             two_room.TwoRoomEnv(env_params, 0).observation_spec(),
             np.asarray(two_room.optimal_returns(env_params)),
+            np.full(num_tasks, two_room.STEP_REWARD * env.step_limit),
             names,
         )
     if env.name == "minatar":
@@ -139,12 +144,13 @@ def _tasks(config: TrainConfig):
         from distral.envs import atari as module  # type: ignore[no-redef]
     games = env.canonical_games
     optimal = np.full(len(games), np.nan)
-    return None, len(games), module.NUM_ACTIONS, module.observation_spec(), optimal, games
+    floor = np.array([module.RANDOM_SCORES.get(g, np.nan) for g in games])
+    return None, len(games), module.NUM_ACTIONS, module.observation_spec(), optimal, floor, games
 
 
 def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Experiment:
     """Builds the parts of `config`; `returns` overrides `config.returns` (nstep | vtrace)."""
-    env_params, num_tasks, num_actions, obs_spec, optimal, names = _tasks(config)
+    env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = _tasks(config)
     variant = get_variant(
         config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
     )
@@ -154,6 +160,7 @@ def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Exper
         num_actions=num_actions,
         torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
         task_columns=config.task_columns,
+        task_column_output=config.task_column_output,
     )
     loss_config = LossConfig.from_variant(
         variant,
@@ -161,6 +168,7 @@ def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Exper
         returns=returns or config.returns,
         n_step=config.n_step,
         value_cost=config.value_cost,
+        regulariser=config.regulariser,
     )
     return Experiment(
         config=config,
@@ -179,6 +187,7 @@ def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Exper
         ),
         loss_config=loss_config,
         optimal_returns=optimal,
+        floor_returns=floor,
         observation_spec=obs_spec,
         task_names=names,
     )

@@ -90,7 +90,7 @@ class Learner:
             learner_step=self.step,
             frames_per_task=np.bincount(sampled.batch.task_id, minlength=self._network.num_tasks)
             * (T1 - 1),
-            kl_per_task=np.asarray(metrics["kl_per_task"]),
+            **{k: np.asarray(v) for k, v in metrics.items() if k.endswith("_per_task")},
             parameter_lag_mean=float(np.mean(lag)),
             parameter_lag_max=int(np.max(lag)),
             queue_size=float(replay.table_size(self._client, replay.TRAJECTORIES)),

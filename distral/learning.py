@@ -47,6 +47,9 @@ class Batch(NamedTuple):
     task_id: Array  # [B] int
 
 
+TASK_COLUMN_OUTPUTS = ("logits", "f")
+
+
 def build_network(
     variant: Variant,
     *,
@@ -54,9 +57,26 @@ def build_network(
     num_actions: int,
     torso: Torso,
     task_columns: str = "separate",
+    task_column_output: str = "logits",
 ) -> DistralNetwork:
-    """The network of a resolved variant (architecture and 2col mixing coefficients)."""
+    """The network of a resolved variant (architecture and 2col mixing coefficients).
+
+    `task_column_output` (2col Distral rows): 'logits' (default) makes the task column
+    output beta * f_i itself, so pi_i = softmax(alpha * h + column) with no multiplier in
+    the network; 'f' makes it output f_i and the network multiply by beta (the paper's
+    literal form). The two give the same set of policies and the same objective; they
+    differ in optimisation: Adam's step on a parameter is ~lr whatever its gradient's
+    scale, so under 'f' every step of the task column moves pi_i's logits beta times as
+    far (BUILD_NOTES.md, "Robust learning").
+    """
+    if task_column_output not in TASK_COLUMN_OUTPUTS:
+        raise ValueError(
+            f"task_column_output={task_column_output!r}; valid choices: "
+            + ", ".join(TASK_COLUMN_OUTPUTS)
+        )
     alpha, beta = variant.mix
+    if task_column_output == "logits":
+        beta = 1.0
     return make_network(
         variant.architecture,
         num_tasks=num_tasks,
@@ -143,10 +163,18 @@ def batch_loss(
         batch.behaviour_logits[:-1],
     )
     one_hot = jax.nn.one_hot(batch.task_id, network.num_tasks)  # [B, N]
-    counts = jnp.maximum(one_hot.sum(0), 1.0)
+    unrolls = one_hot.sum(0)
     metrics = {k: jnp.mean(v) for k, v in m._asdict().items()}
-    metrics["kl_per_task"] = (one_hot * m.kl[:, None]).sum(0) / counts
+    # Per task: means over the task's unrolls (NaN for a task absent from the batch).
+    for name in PER_TASK_METRICS:
+        total = (one_hot * getattr(m, name)[:, None]).sum(0)
+        metrics[f"{name}_per_task"] = jnp.where(unrolls > 0, total / unrolls, jnp.nan)
+    metrics["unrolls_per_task"] = unrolls
     return jnp.mean(loss), metrics
+
+
+PER_TASK_METRICS = ("kl", "entropy", "logit_spread")
+"""LossMetrics fields that `batch_loss` also reports per task, as NAME_per_task [N]."""
 
 
 @functools.partial(jax.jit, static_argnames=("network", "optimizer", "config", "task_grouped"))
@@ -167,5 +195,7 @@ def update_step(
     params = optax.apply_updates(state.params, updates)
     metrics["loss"] = loss
     metrics["grad_norm"] = optax.global_norm(grads)
+    for part, g in grads.items():  # "distilled" (h), "tasks" (the task columns), "values"
+        metrics[f"grad_norm_{part}"] = optax.global_norm(g)
     new_state = TrainingState(params, opt_state, state.step + 1, state.rng)
     return new_state, metrics

@@ -14,6 +14,19 @@ through its log-probabilities), plus the direct gradient of (alpha/beta) log pi_
 expectation under pi_i is the distillation term below. The (1/beta) log pi_i term's
 direct gradient has zero expectation and is dropped.
 
+The regulariser of the step being scored can enter in two ways with the same expected
+gradient (`LossConfig.regulariser`):
+- 'sampled': r_reg_t uses log pi_0(a_t|s_t) and log pi_i(a_t|s_t) of the action taken, and
+  its gradient comes only through the policy-gradient term;
+- 'expected' (default): step t's regulariser is its expectation over pi_i's actions,
+  E_a[(alpha/beta) log pi_0(a|s_t) - (1/beta) log pi_i(a|s_t)]
+  = ((1 - alpha) H(pi_i) - alpha KL(pi_i || pi_0)) / beta at s_t, used as a reward in the
+  returns and differentiated exactly into pi_i (`regulariser_loss`). Later steps still
+  enter step t's return as rewards. The sampled form's signal vanishes on a saturated
+  pi_i (a never-sampled action carries no -log pi_i bonus); the expected form keeps a
+  gradient toward pi_0 and higher entropy there, and its reward stays bounded when the
+  acting policy lagged the learner's.
+
 Every term is a mean over the T steps of the unroll, so their relative scale is that of
 the objective's gradient (tests/test_losses.py proves it by exact enumeration).
 """
@@ -32,6 +45,7 @@ from distral.variants import Variant
 
 Array = chex.Array
 ReturnsKind = Literal["nstep", "vtrace"]
+RegulariserKind = Literal["expected", "sampled"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +72,9 @@ class LossConfig:
     """V-trace rho-bar (Espeholt et al., 2018, arXiv:1802.01561)."""
     clip_pg_rho: float = 1.0
     """V-trace clip of the importance weight in the policy-gradient advantage."""
+    regulariser: RegulariserKind = "expected"
+    """How step t's own regulariser enters (Distral rows): 'expected' over pi_i's actions,
+    differentiated exactly, or 'sampled' at a_t (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.distill and not 0.0 <= self.alpha <= 1.0:
@@ -70,6 +87,8 @@ class LossConfig:
             raise ValueError(f"returns={self.returns!r}; valid choices: nstep, vtrace")
         if self.n_step is not None and self.n_step < 1:
             raise ValueError(f"n_step={self.n_step!r} must be >= 1")
+        if self.regulariser not in ("expected", "sampled"):
+            raise ValueError(f"regulariser={self.regulariser!r}; valid choices: expected, sampled")
 
     @classmethod
     def from_variant(cls, variant: Variant, **kwargs: object) -> LossConfig:
@@ -96,6 +115,12 @@ class LossMetrics(NamedTuple):
     """Mean entropy of pi_0."""
     regularised_reward: Array
     """Mean regularised reward of the unroll."""
+    regulariser: Array
+    """Mean of its regulariser part (regularised reward minus environment reward)."""
+    regulariser_loss: Array
+    """-(mean expected regulariser), differentiated into pi_i ('expected'; else 0)."""
+    logit_spread: Array
+    """Mean over steps of max_a - min_a of pi_i's logits: how saturated pi_i is."""
 
 
 def regularised_reward(
@@ -109,6 +134,22 @@ def regularised_reward(
     chex.assert_equal_shape([r_t, log_pi0_a_t, log_pi_a_t])
     bonus = (alpha / beta) * log_pi0_a_t - (1.0 / beta) * log_pi_a_t
     return r_t + jax.lax.stop_gradient(bonus)
+
+
+def expected_regulariser(
+    logits_t: Array, distilled_logits_t: Array, alpha: float, beta: float
+) -> Array:
+    """E_{a~pi_i}[(alpha/beta) log pi_0(a|s_t) - (1/beta) log pi_i(a|s_t)] per step, [T].
+
+    Equals ((1 - alpha) H(pi_i) - alpha KL(pi_i || pi_0)) / beta. pi_0 is stop-gradiented:
+    the gradient reaches pi_i only (its exact gradient is the sampled regulariser's
+    expected policy-gradient contribution); pi_0's is the distillation term.
+    """
+    chex.assert_rank([logits_t, distilled_logits_t], 2)
+    chex.assert_equal_shape([logits_t, distilled_logits_t])
+    log_pi = jax.nn.log_softmax(logits_t)
+    log_pi0 = jax.lax.stop_gradient(jax.nn.log_softmax(distilled_logits_t))
+    return jnp.sum(jnp.exp(log_pi) * (alpha * log_pi0 - log_pi), axis=-1) / beta
 
 
 def n_step_returns(r_t: Array, discount_t: Array, v_t: Array, n: int | None = None) -> Array:
@@ -189,7 +230,11 @@ def distral_loss(
     pi_logits = logits_t[:-1]
     log_pi_a = rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t)
     log_pi0_a = rlax.batched_index(jax.nn.log_softmax(distilled_logits_t[:-1]), a_t)
-    if config.distill:
+    own_t = jnp.zeros_like(r_t)  # step t's expected regulariser, with its gradient
+    if config.distill and config.regulariser == "expected":
+        own_t = expected_regulariser(pi_logits, distilled_logits_t[:-1], config.alpha, config.beta)
+        rewards = r_t + jax.lax.stop_gradient(own_t)
+    elif config.distill:
         rewards = regularised_reward(r_t, log_pi0_a, log_pi_a, config.alpha, config.beta)
     else:
         rewards = r_t
@@ -224,7 +269,8 @@ def distral_loss(
     else:
         distill = jnp.zeros(())
     entropy_loss = rlax.entropy_loss(pi_logits, weights)  # -mean entropy.
-    loss = policy_loss + config.value_cost * value_loss + distill
+    regulariser_loss = -jnp.mean(own_t)
+    loss = policy_loss + config.value_cost * value_loss + distill + regulariser_loss
     if config.entropy_cost:
         loss = loss + config.entropy_cost * entropy_loss
 
@@ -237,5 +283,8 @@ def distral_loss(
         entropy=jnp.mean(entropy(pi_logits)),
         distilled_entropy=jnp.mean(entropy(distilled_logits_t[:-1])),
         regularised_reward=jnp.mean(rewards),
+        regulariser=jnp.mean(rewards - r_t),
+        regulariser_loss=regulariser_loss,
+        logit_spread=jnp.mean(jnp.max(pi_logits, -1) - jnp.min(pi_logits, -1)),
     )
     return loss, metrics

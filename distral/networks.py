@@ -60,7 +60,7 @@ def flax_torso(module: nn.Module) -> Torso:
         extra = sorted(set(variables) - {"params"})
         if extra:
             raise ValueError(f"torso modules may only hold 'params'; got collections {extra}")
-        return variables["params"]
+        return variables.get("params", {})  # a torso without layers has no parameters
 
     def apply(params: Params, obs: Array) -> Array:
         return module.apply({"params": params}, obs)
@@ -96,7 +96,9 @@ def _as_float(x: Array) -> Array:
 
 
 class MLP(nn.Module):
-    """Flattens all but the batch axis, then Dense + relu per hidden size."""
+    """Flattens all but the batch axis, then Dense + relu per hidden size. With no hidden
+    sizes the features are the flattened observation itself: the heads are then linear in
+    it (for a one-hot state code, a tabular policy and value)."""
 
     hidden_sizes: Sequence[int] = (64, 64)
 

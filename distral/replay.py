@@ -352,10 +352,15 @@ class VariableSource:
         self._steps = None  # the same for `variables_step`
         self._latest: tuple[Any, int] | None = None
 
-    def fetch(self, timeout: float | None = None, *, allow_stale: bool = False) -> tuple[Any, int]:
+    def fetch(
+        self, timeout: float | None = None, *, allow_stale: bool = False, min_step: int = 0
+    ) -> tuple[Any, int]:
         """(params, step) of the latest publication (with `allow_stale`: of the latest as of
-        the previous fetch, or newer); waits up to `timeout` s (None: forever) for the first
-        one, raising TimeoutError."""
+        the previous fetch, or newer, and the parameters held unless that publication's step
+        is at least `min_step`); waits up to `timeout` s (None: forever) for the first one,
+        raising TimeoutError."""
+        if min_step and not allow_stale:
+            raise ValueError("min_step needs allow_stale=True (the stale-by-one fetch)")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while self._samples is None and table_size(self._client, VARIABLES_STEP) == 0:
@@ -371,8 +376,12 @@ class VariableSource:
                 VARIABLES, num_samples=1 << 62, emit_timesteps=False
             )
         elif allow_stale and self._latest is not None:
-            if int(next(self._steps).data[0][0]) == self._latest[1]:
-                return self._latest  # nothing newer published (as of the previous fetch)
+            newest = int(next(self._steps).data[0][0])
+            held = self._latest[1]
+            # Nothing new (as of the previous fetch), or newer but not by enough; a step
+            # below the held one (a learner resumed from an older checkpoint) is taken.
+            if newest == held or held < newest < min_step:
+                return self._latest
             next(self._samples)  # read after the last parameter read: maybe older
         elif not allow_stale:
             next(self._samples)  # read at the previous fetch; the next one is read after it

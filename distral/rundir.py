@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,17 @@ def metric_columns(num_tasks: int) -> list[str]:
         "entropy",
         "distilled_entropy",
         "regularised_reward",
+        "regulariser",
+        "regulariser_loss",
+        "logit_spread",
         "grad_norm",
+        "grad_norm_distilled",
+        "grad_norm_tasks",
+        "collapsed_tasks",
     ]
     per_task = [
         f"{p}_task_{i}"
-        for p in ("return", "eval_return", "pi0_eval_return", "kl")
+        for p in ("return", "eval_return", "pi0_eval_return", "kl", "entropy")
         for i in range(num_tasks)
     ]
     return [
@@ -128,6 +135,33 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def prepare_metrics(path: Path, columns: Sequence[str]) -> list[str]:
+    """The header to append metrics rows under; an older file's header is migrated first.
+
+    A run resumed by a newer distral may compute more columns than its metrics.csv holds.
+    The file is then rewritten (atomically) under `columns` followed by any old column no
+    longer computed: every value stays under its name, new columns are empty in old rows.
+    """
+    columns = list(columns)
+    if not path.exists() or path.stat().st_size == 0:
+        return columns
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    merged = columns + [c for c in header if c not in columns]
+    if header == merged:
+        return merged
+    where = {c: i for i, c in enumerate(header)}
+    body = [
+        [r[where[c]] if c in where and where[c] < len(r) else "" for c in merged] for r in rows[1:]
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        csv.writer(fh).writerows([merged, *body])
+    os.replace(tmp, path)
+    return merged
 
 
 def truncate_metrics(path: Path, log_step: int) -> None:

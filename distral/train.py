@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral import learning, rundir
+from distral.collapse import CollapseMonitor
 from distral.config import ConfigError, TrainConfig
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
@@ -212,6 +214,7 @@ def run(
 
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    columns = rundir.prepare_metrics(metrics_path, columns)  # a resumed older run: migrated
     # On resume, TensorBoard drops events logged after the checkpoint.
     purge = start_log * steps_per_chunk + 1 if resume else None
     writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}"), purge_step=purge) for s in seeds}
@@ -223,6 +226,12 @@ def run(
         desc=f"{config.variant} x{len(seeds)} seeds",
         disable=not progress,
         dynamic_ncols=True,
+    )
+    monitor = CollapseMonitor(
+        trainer.experiment.task_names,
+        trainer.experiment.floor_returns,
+        config.collapse_entropy,
+        warn=lambda line: tqdm.write(line, file=sys.stderr),
     )
     last_rows: dict[int, dict[str, float]] = {}
     t0 = time.perf_counter()
@@ -260,11 +269,14 @@ def run(
                 for name, value in stats.metrics.items():
                     if np.ndim(value[j]) == 0:
                         row[name] = float(value[j])
+                entropy = stats.metrics["entropy_per_task"][j]
+                row["collapsed_tasks"] = monitor.check(seed, env_steps, entropy, per_task)
                 for i in range(N):
                     row[f"return_task_{i}"] = float(per_task[i])
                     row[f"eval_return_task_{i}"] = float(pi_i_ret[j][i])
                     row[f"pi0_eval_return_task_{i}"] = float(pi_0_ret[j][i])
                     row[f"kl_task_{i}"] = float(stats.metrics["kl_per_task"][j][i])
+                    row[f"entropy_task_{i}"] = float(entropy[i])
                 if not trainer.has_pi0:  # no pi_0: KL and pi_0's entropy do not exist
                     for name in ("kl", "distilled_entropy", *(f"kl_task_{i}" for i in range(N))):
                         row[name] = math.nan
@@ -322,6 +334,9 @@ def run(
         "optimal_mean_return": optimal,
         "optimal_returns": trainer.optimal_returns.tolist(),
         "env_steps_per_task": int(final("env_steps_per_task")),
+        "collapsed_tasks_per_seed": {
+            str(s): _count(r.get("collapsed_tasks", math.nan)) for s, r in last_rows.items()
+        },
         "wall_seconds": round(wall, 2),
     }
     rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -329,6 +344,11 @@ def run(
 
     plot_run(run_dir)
     return RunResult(run_dir, summary)
+
+
+def _count(value: float) -> int | None:
+    """A count read back from metrics.csv (a float, NaN where the column was empty)."""
+    return None if value is None or math.isnan(value) else int(value)
 
 
 def _checkpoint_tree(runner: RunnerState, wall: float) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from distral.collapse import CollapseMonitor
 from distral.config import ConfigError, TrainConfig
 
 Report = Callable[[tuple], None]
@@ -93,6 +94,7 @@ def make_actor(
         reverb.Client(address),
         unroll_length=config.unroll_length,
         refresh_every=d.refresh_every,
+        refresh_lag=d.refresh_lag,
         seed=seed,
         params_template=experiment.params_template(),
         write=write,
@@ -231,8 +233,11 @@ class _Window:
     """What happened since the last log row."""
 
     def __init__(self, num_tasks: int) -> None:
+        from distral.learning import PER_TASK_METRICS
+
         self.sums: dict[str, float] = {}
-        self.kl_per_task = np.zeros(num_tasks)
+        self.task_sums = {name: np.zeros(num_tasks) for name in PER_TASK_METRICS}
+        self.task_unrolls = np.zeros(num_tasks)
         self.updates = 0
         self.frames = 0
         self.lag_mean = 0.0
@@ -243,7 +248,10 @@ class _Window:
         for k, v in metrics.items():
             if isinstance(v, float):
                 self.sums[k] = self.sums.get(k, 0.0) + v
-        self.kl_per_task += metrics["kl_per_task"]
+        unrolls = metrics["unrolls_per_task"]
+        for name, total in self.task_sums.items():  # NaN (task absent) counts 0 unrolls
+            total += np.nan_to_num(metrics[f"{name}_per_task"]) * unrolls
+        self.task_unrolls += unrolls
         self.updates += 1
         self.frames += int(np.sum(metrics["frames_per_task"]))
         self.lag_mean += metrics["parameter_lag_mean"]
@@ -251,6 +259,11 @@ class _Window:
 
     def mean(self, key: str) -> float:
         return self.sums.get(key, math.nan) / max(self.updates, 1)
+
+    def task_mean(self, name: str) -> np.ndarray:
+        """[N] mean of a per-task metric over the window's unrolls of each task (NaN: none)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.task_unrolls > 0, self.task_sums[name] / self.task_unrolls, np.nan)
 
 
 def learner_main(
@@ -334,12 +347,16 @@ def learner_main(
         columns += ["eval_hns", *(f"eval_hns_task_{i}" for i in range(N))]
     metrics_path = run_dir / "metrics.csv"
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
-    if not new_file:  # resuming: keep the file's columns (an older version may have fewer)
-        with metrics_path.open(newline="") as f:
-            columns = next(csv.reader(f))
+    columns = rundir.prepare_metrics(metrics_path, columns)  # a resumed older run: migrated
     tb = SummaryWriter(
         str(run_dir / "tb" / f"seed_{seed}"),
         purge_step=int(frames_per_task.mean()) + 1 if resume else None,
+    )
+    monitor = CollapseMonitor(
+        experiment.task_names,
+        experiment.floor_returns,
+        config.collapse_entropy,
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
     )
     t0 = time.perf_counter()
     last_row: dict[str, Any] | None = None
@@ -396,11 +413,14 @@ def learner_main(
         for name in window.sums:  # loss terms etc.: means over the window's updates
             if name in columns and name not in row:
                 row[name] = window.mean(name)
+        kl, entropy = window.task_mean("kl"), window.task_mean("entropy")
+        row["collapsed_tasks"] = monitor.check(seed, env_steps, entropy, per_task)
         for i in range(N):
             row[f"return_task_{i}"] = float(per_task[i])
             row[f"eval_return_task_{i}"] = float(pi_i[i])
             row[f"pi0_eval_return_task_{i}"] = float(pi_0[i])
-            row[f"kl_task_{i}"] = float(window.kl_per_task[i] / max(window.updates, 1))
+            row[f"kl_task_{i}"] = float(kl[i])
+            row[f"entropy_task_{i}"] = float(entropy[i])
         if not experiment.has_pi0:
             for name in ("kl", "distilled_entropy", *(f"kl_task_{i}" for i in range(N))):
                 row[name] = math.nan
@@ -484,6 +504,10 @@ def learner_main(
     }
     summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     summary["final_mean_return_per_seed"] = {str(seed): summary["final_mean_return"]}
+    collapsed = row.get("collapsed_tasks", math.nan)
+    summary["collapsed_tasks_per_seed"] = {
+        str(seed): None if math.isnan(collapsed) else int(collapsed)
+    }
     rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     if row:
         from distral.plotting import plot_run

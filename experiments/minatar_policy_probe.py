@@ -22,13 +22,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from distral import acting, learning
-from distral.config import load_config
+from distral.config import load_run_config
 from distral.experiment import make_experiment
 from distral.workers import restore_checkpoint
 
 
 def probe(run_dir: Path, game_name: str, episodes: int) -> None:
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir)
     experiment = make_experiment(config)
     state = learning.init_training_state(
         jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from distral.config import load_config
+from distral.config import load_run_config
 from distral.envs import two_room
 from distral.train import Trainer, restore_runner
 
@@ -29,7 +29,7 @@ ARROWS = "^v<>"  # two_room's actions: up, down, left, right
 
 
 def probe(run_dir: Path, seed: int | None, episodes: int) -> None:
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir)
     seed = config.seeds[0] if seed is None else seed
     if seed not in config.seeds:
         raise SystemExit(f"--seed {seed} is not a seed of {run_dir} (seeds: {config.seeds})")

@@ -203,7 +203,7 @@ def test_select_action_samples_the_task_and_distilled_policies(network):
 # ACTOR
 
 
-def make_actor(network, client, unroll_length, refresh_every, write=True):
+def make_actor(network, client, unroll_length, refresh_every, write=True, refresh_lag=1):
     env = DmEnvVector([FakeEnv(b, n) for b, n in enumerate(LENGTHS)])
     return Actor(
         env,
@@ -212,6 +212,7 @@ def make_actor(network, client, unroll_length, refresh_every, write=True):
         client,
         unroll_length=unroll_length,
         refresh_every=refresh_every,
+        refresh_lag=refresh_lag,
         seed=0,
         params_template=init_params(network),
         first_fetch_timeout=30,
@@ -292,4 +293,28 @@ def test_actor_refreshes_params_and_blocks_on_a_full_queue(network, server_and_c
     assert first[0]["params_step"][0] == 0
     steps = np.concatenate([item["params_step"] for item in first + later])
     assert np.all(np.diff(steps) >= 0) and steps[-1] == 5  # the new params reached the actor
+    actor.close()
+
+
+def test_actor_takes_parameters_only_refresh_lag_learner_steps_newer(network, server_and_client):
+    """refresh_lag=8: published steps 5 and 7 are ignored after step 0, step 8 is taken,
+    then 12 is ignored and 16 taken. (A fetch may lag one publication: 2 actor steps.)"""
+    client = server_and_client(2, max_queue_size=1000)
+    actor = make_actor(network, client, 2, refresh_every=1, refresh_lag=8)
+    held = []
+    for step in (0, 5, 7, 8, 12, 16):
+        replay.publish_params(client, init_params(network, step), step)
+        actor.run(max_steps=3)
+        held.append(actor.params_step)
+    assert held == [0, 0, 0, 8, 8, 16], held
+    # The items written carry the step that acted: only 0, 8 and 16.
+    steps = np.concatenate([item["params_step"] for item in sample_items(client, 8)])
+    assert set(steps.tolist()) == {0, 8, 16}
+    # A learner resumed from an older checkpoint publishes a lower step: taken at once
+    # (the lag then counts from it: 11 is not new enough).
+    for step in (10, 11):
+        replay.publish_params(client, init_params(network, step), step)
+        actor.run(max_steps=3)
+        held.append(actor.params_step)
+    assert held[-2:] == [10, 10], held
     actor.close()

@@ -68,19 +68,20 @@ def test_parse_grid():
 
 
 def test_default_grid_gives_every_variant_nine_settings(tiny_config, tmp_path):
-    grid = parse_grid(compare.DEFAULT_GRID)
+    grid = compare.default_grid(tiny_config, ["learning_rate=1e-3"])
+    assert grid["learning_rate"] == [3.33e-4, 1e-3, 3e-3]
     specs = compare.plan(tiny_config, [], list(VARIANTS), 2, grid, "train", tmp_path / "o")
     by_variant: dict[str, list] = {}
     for s in specs:
         by_variant.setdefault(s.variant, []).append(s)
     assert {k: len(v) for k, v in by_variant.items()} == {k: 9 for k in VARIANTS}
     a3c = {(s.config.entropy_cost, s.config.learning_rate) for s in by_variant["a3c"]}
-    assert a3c == {(e, lr) for e in (0.003, 0.01, 0.03) for lr in (3e-4, 1e-3, 3e-3)}
+    assert a3c == {(e, lr) for e in (0.003, 0.01, 0.03) for lr in (3.33e-4, 1e-3, 3e-3)}
     kl = {(s.config.beta, s.config.learning_rate) for s in by_variant["kl_2col"]}
-    assert kl == {(b, lr) for b in (10.0, 30.0, 100.0) for lr in (3e-4, 1e-3, 3e-3)}
+    assert kl == {(b, lr) for b in (10.0, 30.0, 100.0) for lr in (3.33e-4, 1e-3, 3e-3)}
     assert all(s.config.seeds == (0, 1) for s in specs)
     assert specs[0].run_dirs == (
-        tmp_path / "o" / "runs" / "a3c" / "learning_rate=0.0003,entropy_cost=0.003",
+        tmp_path / "o" / "runs" / "a3c" / "learning_rate=0.000333,entropy_cost=0.003",
     )
     launch = compare.plan(tiny_config, [], ["a3c"], 3, None, "launch", tmp_path / "o")
     assert [d.name for d in launch[0].run_dirs] == ["seed0", "seed1", "seed2"]

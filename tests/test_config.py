@@ -118,13 +118,21 @@ def test_per_variant_settings_apply_to_their_variant_only(tmp_path):
 
 
 def test_two_room_preset_resolves_for_every_variant():
-    """The preset BUILD_NOTES.md's results come from: h at 1/16, entropy 0.03 for a3c and
-    a3c_2col, every variant valid."""
-    preset = Path(__file__).resolve().parents[1] / "experiments" / "two_room.yaml"
+    """The preset BUILD_NOTES.md's results come from (issue 15): the linear network, lr
+    3e-2, h at 1/32, 8 envs x 10 steps, the 2col column in logit units with the expected
+    regulariser, entropy 0.03 for a3c and a3c_2col; every variant valid. The distributed
+    preset shares the learner's settings."""
+    root = Path(__file__).resolve().parents[1] / "experiments"
     for name in VARIANTS:
-        c = cfg.load_config(preset, overrides={"variant": name})
-        assert c.distilled_lr_scale == 0.0625
+        c = cfg.load_config(root / "two_room.yaml", overrides={"variant": name})
+        assert c.hidden_sizes == () and c.learning_rate == 0.03
+        assert c.distilled_lr_scale == 0.03125
+        assert (c.num_envs_per_task, c.unroll_length) == (8, 10)
+        assert (c.task_column_output, c.regulariser) == ("logits", "expected")
         assert c.entropy_cost == (0.03 if name in ("a3c", "a3c_2col") else None)
+    d = cfg.load_config(root / "two_room_distributed.yaml")
+    assert (d.variant, d.hidden_sizes, d.learning_rate) == ("kl_ent_2col", (), 0.03)
+    assert d.distilled_lr_scale == 0.03125 and d.distributed.refresh_lag == 1
 
 
 @pytest.mark.parametrize(
@@ -141,3 +149,22 @@ def test_per_variant_errors(tmp_path, text, message):
     path.write_text(text + "\n")
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.load_config(path, overrides={"variant": "kl_2col"})
+
+
+def test_a_run_config_older_than_a_learner_default_loads_as_it_ran(tmp_path):
+    """A run's config.yaml written before `task_column_output` / `regulariser` existed ran
+    the literal 2col form with the sampled regulariser: resuming it must keep those."""
+    c = cfg.load_config(None, ["beta=20"])
+    text = cfg.dump_yaml(c)
+    (tmp_path / "config.yaml").write_text(text)
+    assert cfg.load_run_config(tmp_path) == c  # a current run: as written
+    old = "".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not line.startswith(("task_column_output:", "regulariser:"))
+    )
+    (tmp_path / "config.yaml").write_text(old)
+    resumed = cfg.load_run_config(tmp_path, overrides={"seeds": [3]})
+    assert (resumed.task_column_output, resumed.regulariser) == ("f", "sampled")
+    assert resumed.beta == 20 and resumed.seeds == (3,)
+    assert cfg.load_config(tmp_path / "config.yaml").regulariser == "expected"  # today's

@@ -213,22 +213,21 @@ def test_several_seeds_and_bad_backend_are_one_line_errors(tmp_path):
 
 
 def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
-    """End to end: 2 actor processes + the learner, 1,500 learner steps of kl_ent_1col at
-    lr 1e-3; the random policy scores about -14 here (BUILD_NOTES.md), the optimum 0.25.
-
-    Not the preset's kl_ent_2col: under this test's parameter lag (~2.6 learner steps) 2col
-    sometimes collapses a task into a wall-bumping policy (-58; once in CI, and 2 of 2
-    runs with a 50-step refresh), the lag failure BUILD_NOTES.md describes. kl_ent_1col
-    learns here without it (0.24 at 1,500 steps, measured), so this test checks the system.
+    """End to end: 2 actor processes + the learner, 1,500 learner steps of the preset's
+    kl_ent_2col; the random policy scores about -14 here (BUILD_NOTES.md), the optimum 0.25
+    (20 runs in a row on 2 cores, 2026-12-01: BUILD_NOTES.md, "Distributed").
+    Under this test's parameter lag (~2.6 learner steps) 2col used to collapse a task into a
+    wall-bumping policy (-58) on some runs; issue 15's fix (BUILD_NOTES.md, "Robust
+    learning") must keep every task out of it, so no row may report a collapsed task.
     """
     out = tmp_path / "run"
-    settings = [*SMALL, "learning_rate=0.001", "log_every=100", "checkpoint_every=5"]
+    settings = [*SMALL, "log_every=100", "checkpoint_every=5"]
     launch = Launch(
         str(PRESET),
         "--out",
         str(out),
         "--variant",
-        "kl_ent_1col",
+        "kl_ent_2col",
         "--max-learner-steps",
         "1500",
         *_sets(settings),
@@ -243,12 +242,14 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
     )  # per-task training returns, pi_i entropy and lag, for a failure's message
     assert [int(r["updates"]) for r in rows] == list(range(100, 1501, 100))
     first, last = rows[0], rows[-1]
-    # Near random over the first 100 steps (the actors' episodes; the evaluator's 8 per
-    # task are too few to tell -14 from -9), clearly above it at the end.
-    assert float(first["mean_return"]) < -10.0, curve
+    # Well below the end over the first 100 steps (the actors' episodes, which start at
+    # random, -14; the preset learns within this window: -8 measured), and both tasks
+    # solved at the end: one task that never reaches its goal (-10) puts the mean below -4.
+    assert float(first["mean_return"]) < -3.0, curve
     late = rows[-3:]  # training episodes reported by the actors, and the evaluator's
-    assert sum(float(r["mean_return"]) for r in late) / 3 > -8.0, curve
-    assert float(last["eval_return"]) > -8.0, curve
+    assert sum(float(r["mean_return"]) for r in late) / 3 > -3.0, curve
+    assert float(last["eval_return"]) > -3.0, curve
+    assert all(r["collapsed_tasks"] == "0" for r in rows), curve
     assert 0 <= float(last["parameter_lag_mean"]) < 10
     assert all(0 <= float(r["queue_size"]) <= 4 for r in rows)  # a mean over the window
     for r in rows[1:]:  # both rates are over the same window: frames per update = 2 x 8 x 10

@@ -165,3 +165,78 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
             for a, b in zip(jax.tree.leaves(p[name]), jax.tree.leaves(o[name]), strict=True):
                 np.testing.assert_allclose(np.asarray(b), expected * np.asarray(a), rtol=1e-6)
     assert "distilled" in plain[0] and ("tasks" in plain[0]) == scaled
+
+
+def test_per_task_metrics_are_means_over_each_tasks_unrolls():
+    """kl/entropy/logit_spread per task against a plain-numpy reference on a mixed batch,
+    NaN for a task absent from the batch; one gradient norm per parameter group."""
+    variant = get_variant("kl_ent_2col")
+    torso = networks.make_torso("mlp", hidden_sizes=(8,))
+    network = learning.build_network(variant, num_tasks=3, num_actions=A, torso=torso)
+    config = losses.LossConfig.from_variant(variant, discount=0.9)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+    params = jax.tree.map(lambda x: x * 30.0, params)  # policies far from uniform
+    rng = np.random.default_rng(5)
+    task = jnp.asarray([0, 2, 0, 0, 2, 2, 2, 0], jnp.int32)  # task 1 absent
+    obs = jnp.asarray(rng.normal(size=(T + 1, 8, OBS)), jnp.float32)
+    out = network.apply(params, obs, jnp.broadcast_to(task, (T + 1, 8)))
+    batch = learning.Batch(
+        obs,
+        jnp.asarray(rng.integers(0, A, size=(T + 1, 8)), jnp.int32),
+        jnp.asarray(rng.normal(size=(T + 1, 8)), jnp.float32),
+        jnp.ones((T + 1, 8)),
+        out.logits,
+        task,
+    )
+    _, m = learning.batch_loss(params, batch, network, config)
+
+    logits, h = np.asarray(out.logits[:-1], np.float64), np.asarray(out.distilled_logits[:-1])
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p0 = np.exp(h) / np.exp(h).sum(-1, keepdims=True)
+    per_step = {
+        "kl": np.sum(p * np.log(p / p0), -1),
+        "entropy": -np.sum(p * np.log(p), -1),
+        "logit_spread": logits.max(-1) - logits.min(-1),
+    }
+    for name, x in per_step.items():
+        unroll_means = x.mean(0)  # [8]
+        want = [unroll_means[np.asarray(task) == i].mean() for i in (0, 2)]
+        got = np.asarray(m[f"{name}_per_task"])
+        np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-4, err_msg=name)
+        assert np.isnan(got[1]), name
+    np.testing.assert_array_equal(m["unrolls_per_task"], [4, 0, 4])
+
+    optimizer = learning.make_optimizer(1e-3)
+    state = learning.TrainingState(params, optimizer.init(params), jnp.zeros((), jnp.int32), None)
+    _, metrics = learning.update_step(
+        state, batch, network=network, optimizer=optimizer, config=config
+    )
+    grads = jax.grad(lambda q: learning.batch_loss(q, batch, network, config)[0])(params)
+    for part in ("distilled", "tasks"):
+        want = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads[part])))
+        np.testing.assert_allclose(metrics[f"grad_norm_{part}"], want, rtol=1e-4)
+
+
+def test_task_column_output_logits_or_f():
+    """2col: 'logits' adds the column's output as it is, 'f' multiplies it by beta; the
+    same parameters give pi_i logits alpha h + column vs alpha h + beta column."""
+    variant = get_variant("kl_ent_2col", beta=7.0)
+    torso = networks.make_torso("mlp", hidden_sizes=(8,))
+    nets = {
+        out: learning.build_network(
+            variant, num_tasks=2, num_actions=A, torso=torso, task_column_output=out
+        )
+        for out in ("logits", "f")
+    }
+    params = nets["f"].init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+    params = jax.tree.map(lambda x: x * 50.0, params)  # columns far from zero
+    obs, task = jnp.ones((3, OBS)), jnp.array([0, 1, 1])
+    literal, scaled = nets["f"].apply(params, obs, task), nets["logits"].apply(params, obs, task)
+    h = literal.distilled_logits
+    column = scaled.logits - 0.5 * h
+    np.testing.assert_allclose(literal.logits, 0.5 * h + 7.0 * column, rtol=1e-4, atol=1e-3)
+    assert float(jnp.abs(column).max()) > 1.0
+    with pytest.raises(ValueError, match="task_column_output='x'"):
+        learning.build_network(
+            variant, num_tasks=2, num_actions=A, torso=torso, task_column_output="x"
+        )

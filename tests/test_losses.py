@@ -94,15 +94,27 @@ def test_distral_loss_vtrace_uses_the_reference_targets():
     r = rng.normal(size=T).astype(np.float32)
     d = np.ones(T, np.float32)
     d[3] = 0.0
-    cfg = losses.LossConfig(alpha=0.5, beta=2.0, distill=True, discount=0.9, returns="vtrace")
-    _, m = losses.distral_loss(logits, h, v, a, r, d, mu, cfg)
-
     log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))  # noqa: E731
     lp, lp0, lmu = (log_softmax(x)[np.arange(T), a] for x in (logits[:-1], h[:-1], mu))
-    r_reg = r + 0.25 * lp0 - 0.5 * lp
-    vs, _ = py_vtrace(v[:-1], v[1:], r_reg, 0.9 * d, np.exp(lp - lmu))
-    np.testing.assert_allclose(m.value_loss, 0.5 * np.mean((vs - v[:-1]) ** 2), rtol=1e-5)
-    np.testing.assert_allclose(m.regularised_reward, r_reg.mean(), rtol=1e-5)
+    p, p0 = np.exp(log_softmax(logits[:-1])), np.exp(log_softmax(h[:-1]))
+    expected = np.sum(p * (0.5 * np.log(p0) - np.log(p)), -1) / 2.0  # E_a[reg], by hand
+    for regulariser, r_reg in (
+        ("sampled", r + 0.25 * lp0 - 0.5 * lp),  # at the action taken
+        ("expected", r + expected),  # its expectation over pi_i's actions
+    ):
+        cfg = losses.LossConfig(
+            alpha=0.5,
+            beta=2.0,
+            distill=True,
+            discount=0.9,
+            returns="vtrace",
+            regulariser=regulariser,
+        )
+        _, m = losses.distral_loss(logits, h, v, a, r, d, mu, cfg)
+        vs, _ = py_vtrace(v[:-1], v[1:], r_reg, 0.9 * d, np.exp(lp - lmu))
+        np.testing.assert_allclose(m.value_loss, 0.5 * np.mean((vs - v[:-1]) ** 2), rtol=1e-5)
+        np.testing.assert_allclose(m.regularised_reward, r_reg.mean(), rtol=1e-5)
+        np.testing.assert_allclose(m.regulariser, (r_reg - r).mean(), rtol=1e-5, atol=1e-6)
 
 
 def test_regularised_reward_by_hand():
@@ -119,6 +131,37 @@ def test_regularised_reward_by_hand():
     # A reward: no gradient flows through the log-probabilities.
     g = jax.grad(lambda lp: losses.regularised_reward(r, lp, lp, 0.5, 2.0).sum())(log_pi)
     np.testing.assert_array_equal(g, 0.0)
+
+
+def test_expected_regulariser_by_hand():
+    # pi_i = (0.5, 0.25, 0.25), pi_0 = (0.25, 0.25, 0.5); alpha 0.5, beta 2.
+    logits = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
+    h = jnp.log(jnp.array([[0.25, 0.25, 0.5]]))
+    got = losses.expected_regulariser(logits, h, alpha=0.5, beta=2.0)
+    pi, pi0 = np.array([0.5, 0.25, 0.25]), np.array([0.25, 0.25, 0.5])
+    want = np.sum(pi * (0.5 * np.log(pi0) - np.log(pi))) / 2.0
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    # = ((1 - alpha) H(pi_i) - alpha KL(pi_i || pi_0)) / beta
+    entropy, kl = -np.sum(pi * np.log(pi)), np.sum(pi * np.log(pi / pi0))
+    np.testing.assert_allclose(got, [(0.5 * entropy - 0.5 * kl) / 2.0], rtol=1e-6)
+    # pi_0 is held fixed: no gradient reaches h through it.
+    g = jax.grad(lambda h_: losses.expected_regulariser(logits, h_, 0.5, 2.0).sum())(h)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_expected_regulariser_gradient_is_the_sampled_terms_expectation():
+    """d/dlogits of E_a[reg(a)] equals E_{a~pi}[grad log pi(a) * reg(a)], the sampled
+    regulariser's expected policy-gradient contribution (its direct part has mean 0)."""
+    rng = np.random.default_rng(12)
+    A, alpha, beta = 4, 0.3, 5.0
+    logits = jnp.asarray(rng.normal(size=(1, A)))
+    h = jnp.asarray(rng.normal(size=(1, A)))
+    got = jax.grad(lambda lg: losses.expected_regulariser(lg, h, alpha, beta).sum())(logits)
+    pi = np.asarray(jax.nn.softmax(logits[0]), np.float64)
+    log_pi, log_pi0 = np.log(pi), np.asarray(jax.nn.log_softmax(h[0]), np.float64)
+    reg = (alpha * log_pi0 - log_pi) / beta
+    want = sum(pi[a] * (np.eye(A)[a] - pi) * reg[a] for a in range(A))  # grad log softmax
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-7)
 
 
 def test_distillation_gradient_is_pi_minus_pi0_and_vanishes_at_the_task_average():
@@ -197,9 +240,11 @@ def _exact_objective(params, variant, P, R, mu):
     return J
 
 
-def _enumerated_loss_gradient(params, variant, P, R, mu):
+def _enumerated_loss_gradient(params, variant, P, R, mu, regulariser="expected"):
     """sum over every trajectory of P(tau) * grad[policy + distillation terms](tau)."""
-    cfg = losses.LossConfig.from_variant(variant, discount=1.0, returns="nstep", value_cost=0.0)
+    cfg = losses.LossConfig.from_variant(
+        variant, discount=1.0, returns="nstep", value_cost=0.0, regulariser=regulariser
+    )
     logits, _ = _policies(params, variant)
     pi = np.asarray(jax.nn.softmax(logits))
     trajs, probs, tasks = [], [], []
@@ -257,6 +302,23 @@ def test_loss_gradient_is_exact_gradient_of_distral_objective(name):
         for key in ("h", "f"):
             np.testing.assert_allclose(-HORIZON * grad_loss[key], grad_J[key], rtol=1e-5, atol=1e-5)
             assert float(jnp.abs(grad_J[key]).max()) > 1e-2  # not a trivially zero gradient
+
+
+@pytest.mark.parametrize("name", ["kl_2col", "kl_ent_1col"])
+def test_sampled_regulariser_also_gives_the_exact_gradient(name):
+    """The 'sampled' form (r_reg at the action taken) has the same expected gradient."""
+    variant = get_variant(name, beta=2.0)
+    P, R, mu = _tiny_mdp()
+    with enable_x64():
+        rng = np.random.default_rng(11)
+        params = {
+            "h": jnp.asarray(rng.normal(size=(S, A))),
+            "f": jnp.asarray(rng.normal(size=(N_TASKS, S, A))),
+        }
+        grad_J = jax.grad(_exact_objective)(params, variant, P, R, mu)
+        grad_loss = _enumerated_loss_gradient(params, variant, P, R, mu, regulariser="sampled")
+        for key in ("h", "f"):
+            np.testing.assert_allclose(-HORIZON * grad_loss[key], grad_J[key], rtol=1e-5, atol=1e-5)
 
 
 def test_dropping_the_stop_gradient_breaks_the_exact_gradient():
@@ -323,7 +385,14 @@ def test_distral_loss_metrics_by_hand_and_jit():
     np.testing.assert_allclose(
         m.distill_loss, -(0.5 / 4.0) * np.mean(np.sum(p * np.log(p0), -1)), rtol=1e-5
     )
-    np.testing.assert_allclose(loss, m.policy_loss + 0.5 * m.value_loss + m.distill_loss, rtol=1e-5)
+    expected = np.sum(p * (0.5 * np.log(p0) - np.log(p)), -1) / 4.0
+    np.testing.assert_allclose(m.regulariser_loss, -np.mean(expected), rtol=1e-5)
+    np.testing.assert_allclose(m.logit_spread, np.mean(lg.max(-1) - lg.min(-1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        loss,
+        m.policy_loss + 0.5 * m.value_loss + m.distill_loss + m.regulariser_loss,
+        rtol=1e-5,
+    )
 
 
 def test_a3c_loss_has_entropy_bonus_and_no_distillation():

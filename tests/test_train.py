@@ -125,6 +125,44 @@ def test_resume_continues_with_the_same_results(tmp_path):
             np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-5, atol=1e-6)
 
 
+def test_resume_migrates_an_older_metrics_header(tmp_path):
+    """A run whose metrics.csv predates some columns (an older distral) resumes with every
+    old value under its own column, the new columns empty in the old rows and filled in the
+    new ones, and every row as long as the header."""
+    config = small_config(variant="kl_ent_2col", env_steps_per_task=1_200, checkpoint_every=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(log_step):
+        if log_step == 2:
+            raise Stop
+
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        run(config, out, progress=False, on_log=stop_after_two)
+    path = out / "metrics.csv"
+    rows = read_rows(path)
+    dropped = ("grad_norm_tasks", "collapsed_tasks", "entropy_task_0")
+    old = [c for c in rows[0] if c not in dropped] + ["retired_column"]
+    with path.open("w", newline="") as fh:  # as an older version wrote it
+        w = csv.DictWriter(fh, fieldnames=old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({**r, "retired_column": "7"} for r in rows)
+    run(config, out, resume=True, progress=False)
+    with path.open(newline="") as fh:
+        raw = list(csv.reader(fh))
+    assert all(len(r) == len(raw[0]) for r in raw)
+    assert raw[0][-1] == "retired_column" and set(dropped) <= set(raw[0])
+    after = read_rows(path)
+    assert [r["log_step"] for r in after] == ["1", "2", "3"]
+    for a, b in zip(rows[:2], after[:2], strict=True):
+        assert a["loss"] == b["loss"] and a["eval_return"] == b["eval_return"]
+        assert b["collapsed_tasks"] == "" and b["retired_column"] == "7"
+    assert after[2]["collapsed_tasks"] == "0" and after[2]["retired_column"] == ""
+    assert float(after[2]["grad_norm_tasks"]) > 0
+
+
 def test_seeds_are_deterministic_and_distinct(tmp_path):
     config = small_config(variant="kl_2col", env_steps_per_task=400, seeds=[0, 1])
     run(config, tmp_path / "a", progress=False)

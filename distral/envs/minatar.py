@@ -25,6 +25,16 @@ GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
 NUM_CHANNELS = 10  # the most of any game (seaquest)
 NUM_ACTIONS = 6  # MinAtar's full action set, shared by all games
 GRID = 10
+#: Mean score of the uniform-random policy, 100 episodes per game with the default sticky
+#: actions (`experiments/minatar_random.py`, seed 0, 2026-11-22; standard errors 0.04-0.21
+#: in experiments/results/minatar/random.json). The collapse detector's floor for games.
+RANDOM_SCORES = {
+    "breakout": 0.50,
+    "asterix": 0.36,
+    "freeway": 0.17,
+    "seaquest": 0.11,
+    "space_invaders": 2.88,
+}
 
 
 class GameError(ValueError):
