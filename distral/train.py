@@ -218,13 +218,15 @@ def run(
     # On resume, TensorBoard drops events logged after the checkpoint.
     purge = start_log * steps_per_chunk + 1 if resume else None
     writers = {s: SummaryWriter(str(run_dir / "tb" / f"seed_{s}"), purge_step=purge) for s in seeds}
+    desc = f"{config.variant} x{len(seeds)} seeds"
+    interactive = progress and sys.stderr.isatty()  # a file or a pipe gets plain lines
     bar = tqdm(
         total=config.num_log_steps * steps_per_chunk,
         initial=start_log * steps_per_chunk,
         unit="step",
         unit_scale=True,
-        desc=f"{config.variant} x{len(seeds)} seeds",
-        disable=not progress,
+        desc=desc,
+        disable=not interactive,
         dynamic_ncols=True,
     )
     monitor = CollapseMonitor(
@@ -295,11 +297,16 @@ def run(
             fh.flush()
             bar.update(steps_per_chunk)
             mean_ret = rundir.nanmean(np.array([r["mean_return"] for r in last_rows.values()]))
-            bar.set_postfix(
-                ret=f"{mean_ret:.2f}",
-                opt=f"{optimal:.2f}",
-                sps=f"{steps_per_chunk * N * len(seeds) / dt:,.0f}",
-            )
+            sps = steps_per_chunk * N * len(seeds) / dt
+            bar.set_postfix(ret=f"{mean_ret:.2f}", opt=f"{optimal:.2f}", sps=f"{sps:,.0f}")
+            if progress and not interactive:  # one line per log row (CI, nohup, a file)
+                print(
+                    f"{desc}: {env_steps:,}/{config.num_log_steps * steps_per_chunk:,} env "
+                    f"steps per task, return {mean_ret:.2f} (optimum {optimal:.2f}), "
+                    f"{sps:,.0f} env steps/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             done = log_step + 1 == config.num_log_steps
             if (log_step + 1) % config.checkpoint_every == 0 or done:
                 state = jax.device_get(_checkpoint_tree(runner, wall))

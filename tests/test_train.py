@@ -230,11 +230,16 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path):
     preset = tmp_path / "c.yaml"
     preset.write_text(yaml.safe_dump({**SMALL, "env_steps_per_task": 800}))
     out = tmp_path / "run"
-    p = cli(
-        "train", str(preset), "--variant", "a3c_2col", "--seeds", "0", "--out", str(out), "--quiet"
-    )
+    p = cli("train", str(preset), "--variant", "a3c_2col", "--seeds", "0", "--out", str(out))
     assert p.returncode == 0, p.stderr
     assert "curves:" in p.stdout and "optimal" in p.stdout
+    # stderr is a pipe, not a terminal: one plain line per log row, no progress bar.
+    assert "\r" not in p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith("a3c_2col x1 seeds: ")]
+    assert [x.split(",")[0] for x in lines] == [
+        "a3c_2col x1 seeds: 400/800 env steps per task",
+        "a3c_2col x1 seeds: 800/800 env steps per task",
+    ], p.stderr
     before = (out / "metrics.csv").read_text()
     p = cli("train", str(preset), "--out", str(out), "--quiet")
     assert p.returncode == 2 and "exists and is not empty: use --resume" in p.stderr
