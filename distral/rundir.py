@@ -137,6 +137,11 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def count_or_none(value: float | None) -> int | None:
+    """A count read back from metrics.csv (a float; NaN or missing: unknown, None)."""
+    return None if value is None or math.isnan(value) else int(value)
+
+
 def prepare_metrics(path: Path, columns: Sequence[str]) -> list[str]:
     """The header to append metrics rows under; an older file's header is migrated first.
 

@@ -342,7 +342,7 @@ def run(
         "optimal_returns": trainer.optimal_returns.tolist(),
         "env_steps_per_task": int(final("env_steps_per_task")),
         "collapsed_tasks_per_seed": {
-            str(s): _count(r.get("collapsed_tasks", math.nan)) for s, r in last_rows.items()
+            str(s): rundir.count_or_none(r.get("collapsed_tasks")) for s, r in last_rows.items()
         },
         "wall_seconds": round(wall, 2),
     }
@@ -351,11 +351,6 @@ def run(
 
     plot_run(run_dir)
     return RunResult(run_dir, summary)
-
-
-def _count(value: float) -> int | None:
-    """A count read back from metrics.csv (a float, NaN where the column was empty)."""
-    return None if value is None or math.isnan(value) else int(value)
 
 
 def _checkpoint_tree(runner: RunnerState, wall: float) -> dict[str, Any]:

@@ -504,9 +504,8 @@ def learner_main(
     }
     summary = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     summary["final_mean_return_per_seed"] = {str(seed): summary["final_mean_return"]}
-    collapsed = row.get("collapsed_tasks", math.nan)
     summary["collapsed_tasks_per_seed"] = {
-        str(seed): None if math.isnan(collapsed) else int(collapsed)
+        str(seed): rundir.count_or_none(row.get("collapsed_tasks"))
     }
     rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     if row:
