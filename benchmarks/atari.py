@@ -54,7 +54,7 @@ def _raw_child(config, task, steps, results) -> None:
 
 
 def _actor_child(config, address, task, steps, results) -> None:
-    from distral import workers
+    from distral.distributed import workers
 
     actor = workers.make_actor(config, address, task, seed=task)
     actor.run(max_steps=20)  # compile the policy, fill the pipes
@@ -89,7 +89,7 @@ def main() -> None:
     import jax
     import reverb
 
-    from distral import replay, workers
+    from distral.distributed import replay, workers
     from distral.experiment import make_experiment
 
     raw = _run(_raw_child, lambda t: (config, t, args.steps), k)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distral import workers
 from distral.config import load_config
+from distral.distributed import workers
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "two_room_distributed.yaml"
@@ -49,7 +49,7 @@ def _config(num_actors: int, learner_steps: int):
 
 
 def end_to_end(num_actors: int, learner_steps: int) -> tuple[float, float]:
-    from distral.launch import launch
+    from distral.distributed.launch import launch
 
     config = _config(num_actors, learner_steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,7 @@ def actors_alone(num_actors: int, write: bool, steps: int) -> float:
     """Total env frames/s of `num_actors` processes, each timing `steps` actor steps."""
     import jax
 
-    from distral import replay
+    from distral.distributed import replay
     from distral.experiment import make_experiment
 
     config = _config(num_actors, 1)

@@ -22,8 +22,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from distral import learning
 from distral.config import load_config
+from distral.core import learning
 from distral.envs import two_room
 from distral.train import Trainer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distral import __version__
 from distral.config import ConfigError, describe_fields
-from distral.variants import VARIANTS, VariantError, format_table, get_variant
+from distral.core.variants import VARIANTS, VariantError, format_table, get_variant
 
 EXIT_USAGE = 2
 
@@ -178,8 +178,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.set, overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
         check_run_dir(run_dir, resume=False)
+    from distral.distributed.launch import LaunchError, launch
     from distral.envs.two_room import LayoutError
-    from distral.launch import LaunchError, launch
 
     d = config.distributed
     print(
@@ -213,15 +213,15 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
     import threading
 
     from distral.config import load_config
+    from distral.distributed.launch import check_port_free
     from distral.experiment import make_experiment
-    from distral.launch import check_port_free
 
     config = load_config(args.config, args.set)
     if not 1 <= args.port < 65536:
         _fail(f"--port {args.port} must lie in [1, 65535]")
     check_port_free(args.port)
-    from distral import replay
-    from distral.workers import make_replay_tables
+    from distral.distributed import replay
+    from distral.distributed.workers import make_replay_tables
 
     server = replay.start_server(make_replay_tables(make_experiment(config)), port=args.port)
     print(

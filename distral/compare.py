@@ -38,9 +38,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
+from distral.core.variants import VARIANTS, get_variant
 from distral.plotting import PlotError, mean_ci, pyplot, read_metrics, save_figure
 from distral.rundir import atomic_write
-from distral.variants import VARIANTS, get_variant
 
 #: The default robustness grid's fixed axes. beta: the Distral rows' default is 30
 #: (variants.py); entropy cost around A3C's 0.01 (Mnih et al. 2016). The learning-rate axis
@@ -220,7 +220,7 @@ def execute(
 
                 run(spec.config, run_dir, resume=state == "resume", progress=progress)
             else:
-                from distral.launch import launch
+                from distral.distributed.launch import launch
 
                 launch(_seed_config(spec.config, i), run_dir, resume=state == "resume")
             print(f"compare: {label}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
-from distral.variants import VARIANTS, VariantError, get_variant
+from distral.core.variants import VARIANTS, VariantError, get_variant
 
 
 class ConfigError(ValueError):

@@ -15,13 +15,13 @@ import numpy as np
 import optax
 from dm_env import specs
 
-from distral import learning
 from distral.config import ConfigError, TrainConfig
+from distral.core import learning
+from distral.core.losses import LossConfig
+from distral.core.networks import DistralNetwork, make_torso
+from distral.core.variants import Variant, get_variant
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
-from distral.losses import LossConfig
-from distral.networks import DistralNetwork, make_torso
-from distral.variants import Variant, get_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +57,12 @@ class Experiment:
             return AtariVectorEnv(
                 self.task_names[task_id],
                 num_envs,
-                _seed32(seed),
+                seed32(seed),
                 num_threads=env.ale_threads,
                 **self._game_kwargs(),
             )
         # One 32-bit seed per environment from (seed, b): the games' generators take 32 bits.
-        seeds = [_seed32(seed, b) for b in range(num_envs)]
+        seeds = [seed32(seed, b) for b in range(num_envs)]
         return DmEnvVector([self.make_env(task_id, s) for s in seeds])
 
     def make_env(self, task_id: int, seed: int) -> dm_env.Environment:
@@ -103,7 +103,7 @@ class Experiment:
         return jax.eval_shape(self.network.init, jax.random.PRNGKey(0), self.example_obs)
 
 
-def _seed32(*entropy: int) -> int:
+def seed32(*entropy: int) -> int:
     """A 32-bit seed derived from `entropy` (numpy's SeedSequence)."""
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from distral import tabular
 from distral.config import ConfigError, Figure3Config
+from distral.core import tabular
 from distral.envs import two_room
 
 ACTION_NAMES = ("up", "down", "left", "right")

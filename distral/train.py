@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distral import learning, rundir
+from distral import rundir
 from distral.collapse import CollapseMonitor
 from distral.config import ConfigError, TrainConfig
+from distral.core import learning
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment

@@ -21,10 +21,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from distral import acting, learning
 from distral.config import load_run_config
+from distral.core import acting, learning
+from distral.distributed.workers import restore_checkpoint
 from distral.experiment import make_experiment
-from distral.workers import restore_checkpoint
 
 
 def probe(run_dir: Path, game_name: str, episodes: int) -> None:

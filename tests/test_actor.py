@@ -10,11 +10,12 @@ import pytest
 import reverb
 from dm_env import specs
 
-from distral import acting, replay
-from distral.actor import Actor
+from distral.core import acting
+from distral.core.networks import make_network, make_torso
+from distral.distributed import replay
+from distral.distributed.actor import Actor
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
-from distral.networks import make_network, make_torso
 
 # A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
 pytestmark = pytest.mark.timeout(60)

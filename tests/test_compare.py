@@ -16,7 +16,7 @@ import yaml
 
 from distral import compare
 from distral.compare import CompareError, parse_grid
-from distral.variants import VARIANTS
+from distral.core.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distral import config as cfg
-from distral.variants import VARIANTS
+from distral.core.variants import VARIANTS
 
 
 def test_defaults_and_overrides_compose(tmp_path):

@@ -301,9 +301,9 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     import jax
 
     from distral.config import load_config
+    from distral.core.learning import init_training_state
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
-    from distral.learning import init_training_state
 
     config = load_config(
         ROOT / "experiments" / "minatar_5games.yaml",

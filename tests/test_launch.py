@@ -415,8 +415,9 @@ def test_evaluator_evaluates_new_parameters_once_per_log_every_steps():
     import jax
     import reverb
 
-    from distral import learning, replay, workers
     from distral.config import load_config
+    from distral.core import learning
+    from distral.distributed import replay, workers
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from dm_env import specs
 
-from distral import learning, losses, networks, replay
-from distral.learner import Learner
-from distral.variants import get_variant
+from distral.core import learning, losses, networks
+from distral.core.variants import get_variant
+from distral.distributed import replay
+from distral.distributed.learner import Learner
 
 T, B_ENV, A, OBS = 4, 3, 4, 7
 

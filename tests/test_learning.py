@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral import learning, losses, networks
 from distral.config import TrainConfig
+from distral.core import learning, losses, networks
+from distral.core.variants import get_variant
 from distral.experiment import make_experiment
-from distral.variants import get_variant
 
 N_TASKS, A, OBS, T, B = 2, 3, 4, 4, 16
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.experimental import enable_x64
 
-from distral import losses
-from distral.variants import get_variant
+from distral.core import losses
+from distral.core.variants import get_variant
 
 # PLAIN-PYTHON REFERENCES
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral import networks
+from distral.core import networks
 
 NUM_TASKS = 3
 NUM_ACTIONS = 4

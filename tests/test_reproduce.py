@@ -11,8 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from distral import reproduce, tabular
+from distral import reproduce
 from distral.config import ConfigError, Figure3Config
+from distral.core import tabular
 from distral.envs import two_room
 from distral.plotting import mean_ci
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral import losses, networks
-from distral.learning import build_network
-from distral.variants import VARIANTS, VariantError, get_variant
+from distral.core import losses, networks
+from distral.core.learning import build_network
+from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # name: (architecture, alpha, distill, entropy bonus in the loss)
 PAPER_TABLE = {

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import rlax
 
-from distral.variants import Variant
+from distral.core.variants import Variant
 
 Array = chex.Array
 ReturnsKind = Literal["nstep", "vtrace"]

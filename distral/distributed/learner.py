@@ -18,9 +18,10 @@ import numpy as np
 import optax
 import reverb
 
-from distral import learning, replay
-from distral.losses import LossConfig
-from distral.networks import DistralNetwork
+from distral.core import learning
+from distral.core.losses import LossConfig
+from distral.core.networks import DistralNetwork
+from distral.distributed import replay
 
 
 class Learner:

@@ -33,7 +33,7 @@ import reverb
 import tensorflow as tf
 from dm_env import specs
 
-from distral.learning import Batch
+from distral.core.learning import Batch
 
 TRAJECTORIES = "trajectories"
 VARIABLES = "variables"

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from distral.losses import LossConfig, distral_loss
-from distral.networks import DistralNetwork, NetworkOutput, Torso, make_network
-from distral.variants import Variant
+from distral.core.losses import LossConfig, distral_loss
+from distral.core.networks import DistralNetwork, NetworkOutput, Torso, make_network
+from distral.core.variants import Variant
 
 Array = chex.Array
 Params = Any

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distral.config import ConfigError, TrainConfig
-from distral.workers import actor_seed
+from distral.distributed.workers import actor_seed
 
 SHUTDOWN_SECONDS = 10.0
 ACTOR_GRACE_SECONDS = 2.0  # then actors get SIGTERM (they die at once)
@@ -170,7 +170,7 @@ def run_local(
     Raises LaunchError if the learner dies or an actor slot exhausts its restarts, and
     KeyboardInterrupt after a clean stop on Ctrl-C / SIGTERM.
     """
-    from distral import workers
+    from distral.distributed import workers
 
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -350,7 +350,7 @@ def run_ray(
     """The learner is pinned to this node (it owns the run directory); actors go anywhere."""
     import ray
 
-    from distral.ray_workers import RayWorker
+    from distral.distributed.ray_workers import RayWorker
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -14,7 +14,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from distral.networks import DistralNetwork, Params
+from distral.core.networks import DistralNetwork, Params
 
 Array = chex.Array
 

@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import reverb
 
-from distral import acting, replay
+from distral.core import acting
+from distral.core.networks import DistralNetwork
+from distral.distributed import replay
 from distral.envs.vector import VectorEnv
-from distral.networks import DistralNetwork
 
 _POLL_MS = 500  # how often a blocked actor looks at its stop event
 

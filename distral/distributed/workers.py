@@ -7,8 +7,8 @@
 - `evaluator_main`: with `distributed.evaluator: process`, the evaluations in their own
   process (the learner then only drains their results).
 
-The launchers (`distral.launch`) start these with spawn (local) or as Ray actors. A worker
-stops when `should_stop()` turns true; it reports through `report(message)`:
+The launchers (`distral.distributed.launch`) start these with spawn (local) or as Ray
+actors. A worker stops when `should_stop()` turns true; it reports through `report(message)`:
 ("ready", reverb_address, learner_step), ("done", summary) or ("error", one_line).
 """
 
@@ -81,7 +81,7 @@ def make_actor(
     """The `Actor` of one slot: task `task_id`'s B environments, pi_i, the server's client."""
     import reverb
 
-    from distral.actor import Actor
+    from distral.distributed.actor import Actor
     from distral.experiment import make_experiment
 
     experiment = make_experiment(config)
@@ -164,7 +164,7 @@ def evaluator_main(
     """
     import reverb
 
-    from distral import replay
+    from distral.distributed import replay
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
 
@@ -212,7 +212,7 @@ def make_replay_tables(experiment: Any) -> list:
     """The Reverb tables of a configuration (signatures from its environment spec)."""
     import jax
 
-    from distral import replay
+    from distral.distributed import replay
 
     config = experiment.config
     d = config.distributed
@@ -233,7 +233,7 @@ class _Window:
     """What happened since the last log row."""
 
     def __init__(self, num_tasks: int) -> None:
-        from distral.learning import PER_TASK_METRICS
+        from distral.core.learning import PER_TASK_METRICS
 
         self.sums: dict[str, float] = {}
         self.task_sums = {name: np.zeros(num_tasks) for name in PER_TASK_METRICS}
@@ -288,10 +288,12 @@ def learner_main(
     import reverb
     from tensorboardX import SummaryWriter
 
-    from distral import learning, replay, rundir
+    from distral import rundir
+    from distral.core import learning
+    from distral.distributed import replay
+    from distral.distributed.learner import Learner
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
-    from distral.learner import Learner
 
     run_dir = Path(run_dir)
     experiment = make_experiment(config)

@@ -1,6 +1,6 @@
 """The Ray backend's actor class: one Ray actor runs the learner, an actor or the evaluator.
 
-The bodies are the same functions the local launcher spawns (`distral.workers`); a Ray
+The bodies are the same functions the local launcher spawns (`distral.distributed.workers`); a Ray
 actor is threaded (`max_concurrency`), so `stop` and `reports` answer while `run_*` works.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import ray
 
-from distral import workers
 from distral.config import TrainConfig
+from distral.distributed import workers
 
 
 @ray.remote(max_concurrency=4)
