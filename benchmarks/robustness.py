@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from distral import compare, rundir
+from distral.files import atomic_write
 from distral.plotting import mean_ci, pyplot, save_figure
 
 TASK_ID_VARIANTS = ("a3c", "a3c_2col", "kl_1col", "kl_2col", "kl_ent_1col", "kl_ent_2col")
@@ -155,9 +156,9 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write(out / "table.md", table + footer)
+        atomic_write(out / "table.md", table + footer)
         csv_rows = [{k: r[k] for k in COLUMNS} for r in rows]
-        rundir.atomic_write(out / "table.csv", compare.csv_text(csv_rows, COLUMNS))
+        atomic_write(out / "table.csv", compare.csv_text(csv_rows, COLUMNS))
         summary = {
             "config": args.config,
             "sets": args.set,
@@ -165,7 +166,7 @@ def main() -> None:
             "rows": csv_rows,
             "minutes": minutes,
         }
-        rundir.atomic_write(out / "summary.json", json.dumps(compare.json_safe(summary), indent=1))
+        atomic_write(out / "summary.json", json.dumps(compare.json_safe(summary), indent=1))
         print(f"figure: {plot(rows, out / 'robustness.png')}")
 
 

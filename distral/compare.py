@@ -39,8 +39,8 @@ import numpy as np
 
 from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
 from distral.core.variants import VARIANTS, get_variant
+from distral.files import atomic_write
 from distral.plotting import PlotError, mean_ci, pyplot, read_metrics, save_figure
-from distral.rundir import atomic_write
 
 #: The default robustness grid's fixed axes. beta: the Distral rows' default is 30
 #: (variants.py); entropy cost around A3C's 0.01 (Mnih et al. 2016). The learning-rate axis

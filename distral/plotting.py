@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from distral.files import atomic_output
 
 Metrics = dict[str, np.ndarray]
 
@@ -189,18 +189,8 @@ def _draw(ax: Any, metrics: Metrics, column: str, label: str | None = None) -> b
 def save_figure(fig: Any, out: str | Path) -> Path:
     """Writes the PNG to a temporary file beside `out`, then renames it into place."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a PNG is for everyone
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     return out
 
 

@@ -266,8 +266,8 @@ def write_outputs(
     summary: dict[str, Any],
 ) -> None:
     """figure3.png, pi0_corridor.png, curves.csv, summary.json and README.md in `out`."""
+    from distral.files import atomic_write
     from distral.plotting import pyplot, save_figure
-    from distral.rundir import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     log_pi0 = run.log_pi0[ARMS.index("distral")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from distral.config import ConfigError, TrainConfig
 from distral.envs import two_room
+from distral.files import atomic_write, atomic_write_rows
 
 
 def metric_columns(num_tasks: int) -> list[str]:
@@ -131,12 +131,6 @@ def last_rows(path: Path, finite: str | None = None) -> dict[int, dict[str, Any]
     return rows
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def count_or_none(value: float | None) -> int | None:
     """A count read back from metrics.csv (a float; NaN or missing: unknown, None)."""
     return None if value is None or math.isnan(value) else int(value)
@@ -162,10 +156,7 @@ def prepare_metrics(path: Path, columns: Sequence[str]) -> list[str]:
     body = [
         [r[where[c]] if c in where and where[c] < len(r) else "" for c in merged] for r in rows[1:]
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        csv.writer(fh).writerows([merged, *body])
-    os.replace(tmp, path)
+    atomic_write_rows(path, [merged, *body])
     return merged
 
 
@@ -185,7 +176,4 @@ def truncate_metrics(path: Path, log_step: int) -> None:
     ]
     if len(kept) == len(body):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        csv.writer(fh).writerows([header, *kept])
-    os.replace(tmp, path)
+    atomic_write_rows(path, [header, *kept])

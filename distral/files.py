@@ -1,0 +1,45 @@
+"""Crash-safe file writes: every file distral writes is written beside its destination
+under a temporary name, then renamed into place, so a crash leaves the old file or the
+new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file object to write `path` through: a temporary file in the same directory that
+    replaces `path` when the block ends without an error (and is removed if it does not).
+    Permissions follow the umask, as for a plain `open`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
+            yield fh
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    with atomic_output(path) as fh:
+        fh.write(text)
+
+
+def atomic_write_rows(path: str | Path, rows: Sequence[Sequence[Any]]) -> None:
+    """Writes CSV `rows` (header first) to `path` atomically."""
+    with atomic_output(path) as fh:
+        csv.writer(fh).writerows(rows)
