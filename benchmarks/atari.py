@@ -89,12 +89,12 @@ def main() -> None:
     import jax
     import reverb
 
-    from distral.distributed import replay, workers
+    from distral.distributed import replay
     from distral.experiment import make_experiment
 
     raw = _run(_raw_child, lambda t: (config, t, args.steps), k)
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     address = f"localhost:{server.port}"
     params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
     replay.publish_params(reverb.Client(address), params, 0)

@@ -89,7 +89,7 @@ def actors_alone(num_actors: int, write: bool, steps: int) -> float:
         config, distributed=dataclasses.replace(config.distributed, queue_size=total_items)
     )
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     address = f"localhost:{server.port}"
     import reverb
 

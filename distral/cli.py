@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from distral import __version__
 from distral.config import ConfigError, describe_fields
@@ -64,31 +65,40 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _config_and_run_dir(
+    args: argparse.Namespace, command: str, seeds: list[int] | None, distributed: dict
+) -> tuple[Any, Path]:
+    """The config and run directory of `distral train` / `distral launch`: a run to resume
+    as it was configured (only `distributed` settings may change), or a new one from CONFIG
+    into a missing or empty directory. Errors are one line, before any file is written."""
     from distral.config import load_config, load_run_config
+    from distral.rundir import check_run_dir
 
+    seed_flag = "--seeds" if command == "train" else "--seed"
     if args.resume is not None:
-        if args.config is not None or args.set or args.variant or args.seeds or args.out:
+        if args.config is not None or args.set or args.variant or seeds or args.out:
             _fail(
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
-                "--variant, --seeds or --out with it"
+                f"--variant, {seed_flag} or --out with it"
             )
-        from distral.rundir import check_run_dir
-
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
-        config = load_run_config(run_dir)
-    else:
-        if args.config is None:
-            _fail("a CONFIG file is needed, e.g. experiments/two_room.yaml (or --resume DIR)")
-        overrides = {"variant": args.variant}
-        if args.seeds is not None:
-            overrides["seeds"] = list(_parse_seeds(args.seeds))
-        config = load_config(args.config, args.set, overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        from distral.rundir import check_run_dir
+        return load_run_config(run_dir, overrides={"distributed": distributed}), run_dir
+    if args.config is None:
+        preset = "two_room" if command == "train" else "two_room_distributed"
+        _fail(f"a CONFIG file is needed, e.g. experiments/{preset}.yaml (or --resume DIR)")
+    overrides: dict = {"variant": args.variant, "distributed": distributed}
+    if seeds:
+        overrides["seeds"] = seeds
+    config = load_config(args.config, args.set, overrides)
+    run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+    check_run_dir(run_dir, resume=False)
+    return config, run_dir
 
-        check_run_dir(run_dir, resume=False)
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
+    config, run_dir = _config_and_run_dir(args, "train", seeds, {})
     from distral.envs.two_room import LayoutError
     from distral.train import Trainer, run
 
@@ -146,9 +156,6 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from distral.config import load_config, load_run_config
-    from distral.rundir import check_run_dir
-
     distributed = {
         k: v
         for k, v in (
@@ -157,27 +164,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    if args.resume is not None:
-        if args.config is not None or args.set or args.variant or args.seed is not None or args.out:
-            _fail(
-                "--resume DIR continues that run as configured: give no CONFIG, --set, "
-                "--variant, --seed or --out with it"
-            )
-        run_dir = Path(args.resume)
-        check_run_dir(run_dir, resume=True)
-        config = load_run_config(run_dir, overrides={"distributed": distributed})
-    else:
-        if args.config is None:
-            _fail(
-                "a CONFIG file is needed, e.g. experiments/two_room_distributed.yaml "
-                "(or --resume DIR)"
-            )
-        overrides: dict = {"variant": args.variant, "distributed": distributed}
-        if args.seed is not None:
-            overrides["seeds"] = [args.seed]
-        config = load_config(args.config, args.set, overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        check_run_dir(run_dir, resume=False)
+    seeds = [args.seed] if args.seed is not None else None
+    config, run_dir = _config_and_run_dir(args, "launch", seeds, distributed)
     from distral.distributed.launch import LaunchError, launch
     from distral.envs.two_room import LayoutError
 
@@ -221,7 +209,7 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
         _fail(f"--port {args.port} must lie in [1, 65535]")
     check_port_free(args.port)
     from distral.distributed import replay
-    from distral.distributed.workers import make_replay_tables
+    from distral.distributed.replay import make_replay_tables
 
     server = replay.start_server(make_replay_tables(make_experiment(config)), port=args.port)
     print(

@@ -22,6 +22,9 @@ import yaml
 from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.core.variants import VARIANTS, VariantError, get_variant
 
+# The algorithm families (`distral.algorithms` maps each name to its parts).
+ALGORITHMS = ("distral",)
+
 
 class ConfigError(ValueError):
     """A bad configuration value. The message is one line, for the CLI."""
@@ -210,7 +213,11 @@ class TrainConfig:
     """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
     section adds the processes' settings; everything else means the same in both)."""
 
-    variant: str = _f("kl_ent_2col", f"algorithm; one of {', '.join(VARIANTS)}")
+    algorithm: str = _f(
+        "distral",
+        f"algorithm family; one of {', '.join(ALGORITHMS)} (README, 'Adding an algorithm')",
+    )
+    variant: str = _f("kl_ent_2col", f"the family's variant; distral: one of {', '.join(VARIANTS)}")
     alpha: float | None = _f(None, "override of alpha (KL+ent variants), in [0, 1]")
     beta: float | None = _f(None, "override of beta (Distral variants), > 0")
     entropy_cost: float | None = _f(None, "override of the A3C entropy-bonus cost, >= 0")
@@ -263,6 +270,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        _choice("algorithm", self.algorithm, ALGORITHMS)
         try:
             get_variant(
                 self.variant, alpha=self.alpha, beta=self.beta, entropy_cost=self.entropy_cost

@@ -1,4 +1,4 @@
-"""What a run configuration builds: the tasks, the variant, the network and the optimiser.
+"""What a run configuration builds: the tasks, and its algorithm's network and optimiser.
 
 `distral train` (one jitted program) and `distral launch` (learner, actors and evaluator in
 separate processes) build their parts from the same `TrainConfig` through `make_experiment`,
@@ -16,10 +16,10 @@ import optax
 from dm_env import specs
 
 from distral.config import ConfigError, TrainConfig
-from distral.core import learning
+from distral.core.algorithm import Algorithm, Parts, get_algorithm
 from distral.core.losses import LossConfig
-from distral.core.networks import DistralNetwork, make_torso
-from distral.core.variants import Variant, get_variant
+from distral.core.networks import DistralNetwork
+from distral.core.variants import Variant
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
 
@@ -29,6 +29,8 @@ class Experiment:
     """The resolved parts of one configuration (no state, no processes, no files)."""
 
     config: TrainConfig
+    algorithm: Algorithm  # the family (`config.algorithm`)
+    parts: Parts  # what the family built: network, optimizer, learner config, variant
     env_params: two_room.TwoRoomParams | None  # None for the game environments
     variant: Variant
     num_tasks: int
@@ -148,44 +150,23 @@ def _tasks(config: TrainConfig):
     return None, len(games), module.NUM_ACTIONS, module.observation_spec(), optimal, floor, games
 
 
-def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Experiment:
-    """Builds the parts of `config`; `returns` overrides `config.returns` (nstep | vtrace)."""
+def make_experiment(config: TrainConfig) -> Experiment:
+    """Builds the parts of `config`: its tasks, and its algorithm family's network,
+    optimiser and learner configuration (`distral.core.algorithm`)."""
     env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = _tasks(config)
-    variant = get_variant(
-        config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
-    )
-    network = learning.build_network(
-        variant,
-        num_tasks=num_tasks,
-        num_actions=num_actions,
-        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
-        task_columns=config.task_columns,
-        task_column_output=config.task_column_output,
-    )
-    loss_config = LossConfig.from_variant(
-        variant,
-        discount=config.discount,
-        returns=returns or config.returns,
-        n_step=config.n_step,
-        value_cost=config.value_cost,
-        regulariser=config.regulariser,
-    )
+    algorithm = get_algorithm(config.algorithm)
+    parts = algorithm.build(config, num_tasks, num_actions)
     return Experiment(
         config=config,
+        algorithm=algorithm,
+        parts=parts,
         env_params=env_params,
-        variant=variant,
+        variant=parts.variant,
         num_tasks=num_tasks,
         obs_size=int(np.prod(obs_spec.shape)),
-        network=network,
-        optimizer=learning.make_optimizer(
-            config.learning_rate,
-            config.max_grad_norm,
-            # Only beside task columns: h alone (a3c_multitask) is the whole policy.
-            distilled_lr_scale=(
-                config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
-            ),
-        ),
-        loss_config=loss_config,
+        network=parts.network,
+        optimizer=parts.optimizer,
+        loss_config=parts.learner_config,
         optimal_returns=optimal,
         floor_returns=floor,
         observation_spec=obs_spec,

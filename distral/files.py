@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -43,3 +45,19 @@ def atomic_write_rows(path: str | Path, rows: Sequence[Sequence[Any]]) -> None:
     """Writes CSV `rows` (header first) to `path` atomically."""
     with atomic_output(path) as fh:
         csv.writer(fh).writerows(rows)
+
+
+def json_safe(x: Any) -> Any:
+    """`x` with every non-finite float replaced by None (JSON has no NaN or inf)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    return x
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """Writes `obj` as strict JSON (NaN and inf as null) to `path` atomically."""
+    atomic_write(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")

@@ -32,7 +32,7 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["bogus=1"], "unknown config key 'bogus'; valid keys: variant, alpha,"),
+        (["bogus=1"], "unknown config key 'bogus'; valid keys: algorithm, variant, alpha,"),
         (["env.bogus=1"], "unknown config key 'env.bogus'; valid keys: env.name,"),
         (["unroll_length=2.5"], "unroll_length=2.5 must be of type int"),
         (["unroll_length=true"], "unroll_length=True must be of type int"),

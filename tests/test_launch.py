@@ -423,7 +423,7 @@ def test_evaluator_evaluates_new_parameters_once_per_log_every_steps():
 
     config = load_config(PRESET, [*SMALL, "log_every=5", "distributed.evaluator=process"])
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     client = reverb.Client(replay.server_address(server))
     stop = threading.Event()
     params = [

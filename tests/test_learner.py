@@ -6,6 +6,7 @@ import pytest
 from dm_env import specs
 
 from distral.core import learning, losses, networks
+from distral.core.algorithm import DISTRAL, Parts
 from distral.core.variants import get_variant
 from distral.distributed import replay
 from distral.distributed.learner import Learner
@@ -60,7 +61,8 @@ def _write_unroll(client, task_id, params_step, rng):
 
 def test_learner_step_is_update_step_on_the_queued_unrolls(setup):
     network, optimizer, config, client, example = setup
-    learner = Learner(network, optimizer, config, client, batch_size=2, example_obs=example)
+    parts = Parts(network, optimizer, config, None)
+    learner = Learner(DISTRAL, parts, client, batch_size=2, example_obs=example)
     source = replay.VariableSource(client, learner.state.params)
     _, step = source.fetch(timeout=5)
     assert step == 0  # the initial parameters are published at start

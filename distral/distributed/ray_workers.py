@@ -13,6 +13,7 @@ import ray
 
 from distral.config import TrainConfig
 from distral.distributed import workers
+from distral.distributed.learner import learner_main
 
 
 @ray.remote(max_concurrency=4)
@@ -28,7 +29,7 @@ class RayWorker:
 
     def run_learner(self, config: TrainConfig, run_dir: str, resume: bool) -> dict[str, Any]:
         host = ray.util.get_node_ip_address()
-        return workers.learner_main(
+        return learner_main(
             config, run_dir, resume, self._stop.is_set, self._stop.set, self._report, host=host
         )
 

@@ -145,6 +145,23 @@ def make_tables(
     ]
 
 
+def make_replay_tables(experiment: Any) -> list:
+    """The Reverb tables of a configuration (signatures from its environment spec)."""
+    config = experiment.config
+    d = config.distributed
+    obs_spec = experiment.observation_spec
+    signature = unroll_signature(
+        obs_spec, experiment.network.num_actions, config.unroll_length, d.envs_per_actor
+    )
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
+    return make_tables(
+        signature,
+        max_queue_size=d.queue_size,
+        variables_signature=variables_signature(params),
+        num_tasks=experiment.num_tasks,
+    )
+
+
 def start_server(tables: list[reverb.Table], port: int | None = None) -> reverb.Server:
     """An in-process Reverb server (`port=None` picks a free port). Call `.stop()` when done."""
     return reverb.Server(tables=tables, port=port)

@@ -15,6 +15,7 @@ Environments import no learning code.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import dm_env
 import numpy as np
@@ -82,6 +83,11 @@ class MinAtarEnv(dm_env.Environment):
         self._max_steps = int(max_steps)
         self._t = 0
         self._needs_reset = True
+
+    @property
+    def game_state(self) -> Any:
+        """MinAtar's game object of the running episode (read it, e.g. Seaquest's `sub_y`)."""
+        return self._env.env
 
     def _observation(self) -> np.ndarray:
         obs = np.zeros((GRID, GRID, NUM_CHANNELS), np.float32)
