@@ -27,7 +27,7 @@ import numpy as np
 
 from distral import compare, rundir
 from distral.files import atomic_write
-from distral.plotting import mean_ci, pyplot, save_figure
+from distral.plotting import plot_seed_curves, pyplot, save_figure
 
 TASK_ID_VARIANTS = ("a3c", "a3c_2col", "kl_1col", "kl_2col", "kl_ent_1col", "kl_ent_2col")
 MARGIN = compare.THRESHOLD_MARGIN  # "within 0.3 of the optimum"
@@ -108,10 +108,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         for ax, (layout, discount) in zip(axes.flat, settings, strict=False):
             for r in (r for r in rows if (r["layout"], r["discount"]) == (layout, discount)):
                 c = r["curves"]
-                ok = np.all(np.isfinite(c.y), axis=0)
-                mean, low, high = mean_ci(c.y[:, ok], axis=0)
-                (line,) = ax.plot(c.x[ok], mean, label=r["variant"], lw=1.2)
-                ax.fill_between(c.x[ok], low, high, color=line.get_color(), alpha=0.15, lw=0)
+                plot_seed_curves(ax, c.x, c.y, label=r["variant"], lw=1.2, band_alpha=0.15)
                 optimal = r["optimal"]
             ax.axhline(optimal, color="black", ls="--", lw=1, label="optimum")
             ax.axhline(optimal - MARGIN, color="grey", ls=":", lw=1, label="optimum - 0.3")

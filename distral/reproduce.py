@@ -167,7 +167,7 @@ def summarise(
     config: Figure3Config, params: two_room.TwoRoomParams, run: Figure3Run, wall: float
 ) -> dict[str, Any]:
     """summary.json's content: curves with 95% CIs, the corridor policy and the checks."""
-    from distral.plotting import mean_ci
+    from distral.stats import mean_ci
 
     optimal = float(np.mean(two_room.optimal_returns(params)))
     iterations = list(range(1, config.iterations + 1))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from distral.envs import atari, minatar
+from distral.envs.timesteps import step_timestep
 from distral.envs.vector import DmEnvVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,21 @@ def test_atari_vector_env_seeds_sticky_actions_and_checks_input():
 
 
 # MINATAR
+
+
+def test_step_timestep_game_over_beats_the_time_limit():
+    obs = np.zeros(2, np.float32)
+    kinds = [
+        step_timestep(1.5, obs, game_over=over, t=t, max_steps=3)
+        for over, t in ((False, 2), (False, 3), (True, 3), (True, 1))
+    ]
+    assert [(k.step_type, k.discount) for k in kinds] == [
+        (dm_env.StepType.MID, 1.0),
+        (dm_env.StepType.LAST, 1.0),  # truncated at the limit: bootstrap from the state
+        (dm_env.StepType.LAST, 0.0),  # a game over on the last step is a termination
+        (dm_env.StepType.LAST, 0.0),
+    ]
+    assert all(k.reward == np.float32(1.5) and k.reward.dtype == np.float32 for k in kinds)
 
 
 def test_minatar_names_shapes_and_shared_actions():

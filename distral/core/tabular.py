@@ -19,7 +19,7 @@ Every function is pure and unbatched; integer sizes (`num_rollouts`, `length`, `
 `num_actions`) must be static under `jax.jit`. Only `random_mdp` is jitted here.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, Unpack
 
 import chex
 import jax
@@ -406,24 +406,24 @@ def distral_iteration(
     return new_state, metrics
 
 
+class SolverOptions(TypedDict, total=False):
+    """`soft_value_iteration`'s keyword options, passed on by `exact_distral_iteration`."""
+
+    num_iterations: int
+    tol: float | None
+
+
 def exact_distral_iteration(
-    log_pi0: Array,
-    mdps: TabularMDP,
-    alpha: Scalar,
-    beta: Scalar,
-    *,
-    num_iterations: int = 10_000,
-    tol: float | None = None,
+    log_pi0: Array, mdps: TabularMDP, alpha: Scalar, beta: Scalar, **solver: Unpack[SolverOptions]
 ) -> ExactDistralStep:
     """Exact coordinate ascent on J: soft VI per task under pi_0, then `distil_exact`.
 
-    The returned objective is J(pis, new pi_0), so it never decreases from one call to the next.
+    `solver` goes to each task's `soft_value_iteration` (its defaults when empty). The
+    returned objective is J(pis, new pi_0), so it never decreases from one call to the next.
     """
 
     def solve(mdp: TabularMDP) -> Array:
-        return soft_value_iteration(
-            mdp, log_pi0, alpha, beta, num_iterations=num_iterations, tol=tol
-        ).pi
+        return soft_value_iteration(mdp, log_pi0, alpha, beta, **solver).pi
 
     pis = jax.vmap(solve)(mdps)
     new_log_pi0 = distil_exact(jax.vmap(discounted_occupancy)(mdps, pis))

@@ -36,6 +36,8 @@ import dm_env
 import numpy as np
 from dm_env import specs
 
+from distral.envs.timesteps import step_timestep
+
 NUM_ACTIONS = 18
 FRAME_SKIP = 4
 STACK = 4
@@ -205,13 +207,11 @@ class AtariEnv(dm_env.Environment):
                 break
         self._t += 1
         obs = self._push_frame()
-        if ale.game_over():
-            self._needs_reset = True
-            return dm_env.termination(np.float32(reward), obs)
-        if self._t >= self._max_steps:
-            self._needs_reset = True
-            return dm_env.truncation(np.float32(reward), obs)
-        return dm_env.transition(np.float32(reward), obs)
+        timestep = step_timestep(
+            reward, obs, game_over=ale.game_over(), t=self._t, max_steps=self._max_steps
+        )
+        self._needs_reset = timestep.last()
+        return timestep
 
     @property
     def frame_number(self) -> int:
