@@ -17,7 +17,6 @@ figure with one panel of learning curves per setting; and summary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from distral import compare, rundir
-from distral.files import atomic_write
+from distral.files import atomic_write, atomic_write_json
 from distral.plotting import plot_seed_curves, pyplot, save_figure
 
 TASK_ID_VARIANTS = ("a3c", "a3c_2col", "kl_1col", "kl_2col", "kl_ent_1col", "kl_ent_2col")
@@ -163,7 +162,7 @@ def main() -> None:
             "rows": csv_rows,
             "minutes": minutes,
         }
-        atomic_write(out / "summary.json", json.dumps(compare.json_safe(summary), indent=1))
+        atomic_write_json(out / "summary.json", summary, indent=1)
         print(f"figure: {plot(rows, out / 'robustness.png')}")
 
 

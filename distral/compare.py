@@ -39,7 +39,7 @@ import numpy as np
 
 from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
 from distral.core.variants import VARIANTS, get_variant
-from distral.files import atomic_write
+from distral.files import atomic_write, json_safe
 from distral.plotting import PlotError, plot_seed_curves, pyplot, read_metrics, save_figure
 from distral.stats import CI_REPS, CI_SEED, interval_estimates, mean_ci
 
@@ -487,17 +487,6 @@ def plot_robustness(agg: Aggregate, out: Path) -> Path:
         return save_figure(fig, out)
     finally:
         plt.close(fig)
-
-
-def json_safe(x: Any) -> Any:
-    """`x` with every non-finite float replaced by None (JSON has no NaN or inf)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    return x
 
 
 def write_outputs(

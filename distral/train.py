@@ -209,15 +209,7 @@ def run(
         start_log * steps_per_chunk,
         enabled=progress,
     )
-    logger = _ChunkLogger(
-        trainer,
-        CollapseMonitor(
-            trainer.experiment.task_names,
-            trainer.experiment.floor_returns,
-            config.collapse_entropy,
-            warn=bar.write,
-        ),
-    )
+    logger = _ChunkLogger(trainer, bar)
     t0 = time.perf_counter()
     try:
         for log_step in range(start_log, config.num_log_steps):
@@ -247,23 +239,26 @@ def run(
         wall = wall_before + time.perf_counter() - t0
     else:  # resumed a run that had finished: its wall time is in its metrics
         wall = max(r["wall_seconds"] for r in rundir.last_rows(log.metrics_path).values())
+    experiment = trainer.experiment
     summary = rundir.summarise(
-        log.metrics_path,
-        config,
-        trainer.optimal_returns,
-        trainer.experiment.task_names,
-        seeds=seeds,
+        log.metrics_path, config, experiment.optimal_returns, experiment.task_names, seeds=seeds,
         wall_seconds=round(wall, 2),
-    )
+    )  # fmt: skip
     return RunResult(run_dir, log.finish(summary))
 
 
 class _ChunkLogger:
     """The metrics rows of one compiled chunk, one per seed."""
 
-    def __init__(self, trainer: Trainer, monitor: CollapseMonitor) -> None:
+    def __init__(self, trainer: Trainer, progress: Progress) -> None:
         self.trainer = trainer
-        self.monitor = monitor
+        experiment = trainer.experiment
+        self.monitor = CollapseMonitor(
+            experiment.task_names,
+            experiment.floor_returns,
+            trainer.config.collapse_entropy,
+            warn=progress.write,
+        )
         self.optimal = float(trainer.optimal_returns.mean())
 
     def rows(

@@ -105,14 +105,9 @@ def _distral_init(key: jax.Array, parts: Parts, example_obs: Any) -> learning.Tr
 def _distral_update(
     state: learning.TrainingState, batch: learning.Batch, parts: Parts, task_grouped: bool = False
 ) -> tuple[learning.TrainingState, dict[str, jax.Array]]:
-    return learning.update_step(
-        state,
-        batch,
-        network=parts.network,
-        optimizer=parts.optimizer,
-        config=parts.learner_config,
-        task_grouped=task_grouped,
-    )
+    static = {"network": parts.network, "optimizer": parts.optimizer}
+    config = parts.learner_config
+    return learning.update_step(state, batch, config=config, task_grouped=task_grouped, **static)
 
 
 def _distral_act(
