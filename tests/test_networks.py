@@ -1,5 +1,6 @@
 """Tests for distral.networks: shapes, the 2col formula, task selection and isolation."""
 
+import flax.linen as nn
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -244,6 +245,67 @@ def test_task_columns_are_initialised_differently_and_policies_near_uniform():
     assert not np.allclose(kernels[0], params["distilled"]["torso"]["Dense_0"]["kernel"])
     probs = jax.nn.softmax(net.apply(params, _obs(8), TASK_ID).logits)
     np.testing.assert_allclose(probs, 1.0 / NUM_ACTIONS, atol=0.02)
+
+
+def _head_by_hand(key, in_dim, out_dim, scale):
+    init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+    return {"w": init(key, (in_dim, out_dim), jnp.float32), "b": jnp.zeros((out_dim,))}
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _init_by_hand(architecture, task_columns, torso, key, obs):
+    """The documented key schedule, one split at a time: (h, tasks) = split(key); h splits
+    into (torso, policy); 'separate' splits the tasks key into N columns of (torso, policy,
+    value); 'shared_torso' into (torso, policy, value) with N heads per head key; 'shared'
+    splits it into N value heads on h's features. Policy heads scale 1e-4, value heads 1."""
+    dim, num = HIDDEN[-1], NUM_TASKS
+    distilled_key, tasks_key = jax.random.split(key)
+    params = {}
+    if architecture != "independent":
+        torso_key, policy_key = jax.random.split(distilled_key)
+        params["distilled"] = {
+            "torso": torso.init(torso_key, obs),
+            "policy": _head_by_hand(policy_key, dim, NUM_ACTIONS, 1e-4),
+        }
+    if architecture == "shared":
+        keys = jax.random.split(tasks_key, num)
+        params["values"] = _stack([_head_by_hand(k, dim, 1, 1.0) for k in keys])
+        return params
+    if task_columns == "separate":
+        columns = []
+        for column_key in jax.random.split(tasks_key, num):
+            torso_key, policy_key, value_key = jax.random.split(column_key, 3)
+            columns.append(
+                {
+                    "torso": torso.init(torso_key, obs),
+                    "policy": _head_by_hand(policy_key, dim, NUM_ACTIONS, 1e-4),
+                    "value": _head_by_hand(value_key, dim, 1, 1.0),
+                }
+            )
+        params["tasks"] = _stack(columns)
+        return params
+    torso_key, policy_key, value_key = jax.random.split(tasks_key, 3)
+    policy_keys, value_keys = jax.random.split(policy_key, num), jax.random.split(value_key, num)
+    params["tasks"] = {
+        "torso": torso.init(torso_key, obs),
+        "policy": _stack([_head_by_hand(k, dim, NUM_ACTIONS, 1e-4) for k in policy_keys]),
+        "value": _stack([_head_by_hand(k, dim, 1, 1.0) for k in value_keys]),
+    }
+    return params
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_init_follows_the_documented_key_schedule(architecture, task_columns):
+    """Pins how init consumes PRNG keys, so a restructuring cannot silently change runs."""
+    _, params, torso = _build(architecture, task_columns)
+    want = _init_by_hand(architecture, task_columns, torso, jax.random.PRNGKey(42), _obs())
+    assert jax.tree.structure(params) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_nature_cnn_shape_and_uint8_scaling():

@@ -9,8 +9,12 @@ Learning" (Teh et al., NeurIPS 2017, arXiv:1707.04175):
 - the baselines "independent" (A3C, f_i only) and "shared" (A3C multitask, pi_i = pi_0 = h
   with one value head per task).
 
-Task-column parameters are stacked on a leading task axis (initialised by `jax.vmap` over
-split keys) and selected by task id inside jit, so no Python loop runs over tasks.
+A network is the distilled column (`distilled_column`) composed with one task-columns
+strategy (`TaskColumns`: `separate_columns`, `shared_torso_columns`, or
+`distilled_value_heads` for 'shared'), which provides init, per-sample, per-row, one-task
+apply and the one-task slice; a new architecture is one new strategy. Task-column
+parameters are stacked on a leading task axis (initialised by `jax.vmap` over split keys)
+and selected by task id inside jit, so no Python loop runs over tasks.
 
 Torsos map an observation batch [B, *obs_shape] to features [B, D]. Built in: `MLP`,
 `NatureCNN` (Mnih et al., 2015) and `ImpalaResNet` (Espeholt et al., 2018,
@@ -32,7 +36,6 @@ PRNGKey = chex.PRNGKey
 
 TORSOS = ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn")
 ARCHITECTURES = ("independent", "shared", "1col", "2col")
-TASK_COLUMNS = ("separate", "shared_torso")
 
 # Heads are plain {"w", "b"} dicts. The policy head starts small (variance scale 1e-4, i.e.
 # weights 0.01 x LeCun) so the initial policies are near uniform; the value head is LeCun.
@@ -213,8 +216,202 @@ def _feature_dim(torso: Torso, torso_params: Params, obs: Array) -> int:
     return features.shape[-1]
 
 
+def _pick(stacked: Params, task_id: Array) -> Params:
+    """Task task_id's slice of stacked parameters (the task axis dropped)."""
+    return jax.tree.map(lambda x: x[task_id], stacked)
+
+
+def _keep_one(stacked: Params, task_id: int) -> Params:
+    """Task task_id's slice of stacked parameters, keeping a task axis of length 1."""
+    return jax.tree.map(lambda x: x[task_id : task_id + 1], stacked)
+
+
+def _rows_to_batch(obs: Array) -> Array:
+    """[N, B, *rest] -> [N * B, *rest]."""
+    return obs.reshape((obs.shape[0] * obs.shape[1], *obs.shape[2:]))
+
+
+def _batch_to_rows(x: Array, rows_obs: Array) -> Array:
+    """[N * B, *rest] -> [N, B, *rest], N and B read from rows_obs [N, B, ...]."""
+    return x.reshape((*rows_obs.shape[:2], *x.shape[1:]))
+
+
 # ----------------------------------------------------------------------------------------
-# DISTRAL NETWORK
+# THE DISTILLED COLUMN h: one torso and a policy head, pi_0 = softmax(h)
+# ----------------------------------------------------------------------------------------
+
+
+class DistilledColumn(NamedTuple):
+    """The distilled column h; its parameters are {"torso": T, "policy": head}."""
+
+    init: Callable[[PRNGKey, Array], Params]  # (key, obs [B, ...]) -> params
+    apply: Callable[[Params, Array], tuple[Array, Array]]  # -> (features [B, D], h [B, A])
+    feature_dim: Callable[[Params, Array], int]  # (params, obs [B, ...]) -> D
+
+
+def distilled_column(torso: Torso, num_actions: int) -> DistilledColumn:
+    """h_theta0 of the paper: `torso` then a near-zero-initialised policy head."""
+
+    def init(key: PRNGKey, obs: Array) -> Params:
+        torso_key, policy_key = jax.random.split(key)
+        torso_params = torso.init(torso_key, obs)
+        dim = _feature_dim(torso, torso_params, obs)
+        return {
+            "torso": torso_params,
+            "policy": _dense_init(policy_key, dim, num_actions, _POLICY_INIT_SCALE),
+        }
+
+    def apply(params: Params, obs: Array) -> tuple[Array, Array]:
+        features = torso.apply(params["torso"], obs)
+        return features, _dense(params["policy"], features)
+
+    def feature_dim(params: Params, obs: Array) -> int:
+        return _feature_dim(torso, params["torso"], obs)
+
+    return DistilledColumn(init=init, apply=apply, feature_dim=feature_dim)
+
+
+# ----------------------------------------------------------------------------------------
+# TASK COLUMNS: one strategy per way of parameterising the N per-task outputs
+# ----------------------------------------------------------------------------------------
+
+
+class TaskColumns(NamedTuple):
+    """How the per-task outputs (f_i logits [.., A] or None, V_i [.., 1]) are computed.
+
+    Each function sees its own parameters (`params[params_key]`), the observations and the
+    distilled column's features `h_features` (None without a distilled column), so a new
+    kind of task columns is one new builder, named in `TASK_COLUMN_KINDS`.
+    """
+
+    params_key: str  # where the parameters live in the network's params dict
+    # (key, obs [B, ...], distilled feature dim or None) -> params
+    init: Callable[[PRNGKey, Array, int | None], Params]
+    # (params, obs [B, ...], h_features [B, D], task_id [B]): sample b uses task_id[b].
+    apply_per_sample: Callable[[Params, Array, Array, Array], tuple[Array | None, Array]]
+    # (params, obs [N, B, ...], h_features [N, B, D]): row i uses task i.
+    apply_per_row: Callable[[Params, Array, Array], tuple[Array | None, Array]]
+    # (params, obs [B, ...], h_features [B, D], task_id scalar): one task, only it runs.
+    apply_one: Callable[[Params, Array, Array, Array], tuple[Array | None, Array]]
+    # (params, task_id) -> task_id's parameters alone, on a task axis of length 1.
+    slice: Callable[[Params, int], Params]
+
+
+def separate_columns(torso: Torso, num_tasks: int, num_actions: int) -> TaskColumns:
+    """'separate' (the paper's): every task has its own torso, policy and value heads,
+    stacked on a leading task axis: {"torso": [N]T, "policy": stacked, "value": stacked}.
+
+    Per sample, every column runs on the whole batch (vmap over the stacked parameters) and
+    each sample keeps its own column's output: N times one column's cost, and gradients
+    reach only the selected tasks' parameters.
+    """
+
+    def init_column(key: PRNGKey, obs: Array) -> Params:
+        torso_key, policy_key, value_key = jax.random.split(key, 3)
+        torso_params = torso.init(torso_key, obs)
+        dim = _feature_dim(torso, torso_params, obs)
+        return {
+            "torso": torso_params,
+            "policy": _dense_init(policy_key, dim, num_actions, _POLICY_INIT_SCALE),
+            "value": _dense_init(value_key, dim, 1, _VALUE_INIT_SCALE),
+        }
+
+    def column(params: Params, obs: Array) -> tuple[Array, Array]:
+        """One unstacked column on obs [B, ...] -> (logits [B, A], value [B, 1])."""
+        features = torso.apply(params["torso"], obs)
+        return _dense(params["policy"], features), _dense(params["value"], features)
+
+    def init(key: PRNGKey, obs: Array, _: int | None) -> Params:
+        keys = jax.random.split(key, num_tasks)
+        return jax.vmap(init_column, in_axes=(0, None))(keys, obs)
+
+    def apply_per_sample(params: Params, obs: Array, _: Array, task_id: Array):
+        all_logits, all_values = jax.vmap(column, in_axes=(0, None))(params, obs)
+        select = task_id[None, :, None]  # [1, B, 1] against [N, B, O].
+        return (
+            jnp.take_along_axis(all_logits, select, axis=0)[0],
+            jnp.take_along_axis(all_values, select, axis=0)[0],
+        )
+
+    return TaskColumns(
+        params_key="tasks",
+        init=init,
+        apply_per_sample=apply_per_sample,
+        apply_per_row=lambda params, obs, _: jax.vmap(column)(params, obs),
+        apply_one=lambda params, obs, _, task_id: column(_pick(params, task_id), obs),
+        slice=_keep_one,
+    )
+
+
+def shared_torso_columns(torso: Torso, num_tasks: int, num_actions: int) -> TaskColumns:
+    """'shared_torso': one torso shared by the tasks, per-task policy and value heads:
+    {"torso": T, "policy": stacked, "value": stacked}. The torso runs once per call."""
+
+    def init(key: PRNGKey, obs: Array, _: int | None) -> Params:
+        torso_key, policy_key, value_key = jax.random.split(key, 3)
+        torso_params = torso.init(torso_key, obs)
+        dim = _feature_dim(torso, torso_params, obs)
+        return {
+            "torso": torso_params,
+            "policy": _stacked_dense_init(
+                policy_key, num_tasks, dim, num_actions, _POLICY_INIT_SCALE
+            ),
+            "value": _stacked_dense_init(value_key, num_tasks, dim, 1, _VALUE_INIT_SCALE),
+        }
+
+    def apply_per_sample(params: Params, obs: Array, _: Array, task_id: Array):
+        features = torso.apply(params["torso"], obs)
+        return (
+            _dense_per_sample(params["policy"], features, task_id),
+            _dense_per_sample(params["value"], features, task_id),
+        )
+
+    def apply_per_row(params: Params, obs: Array, _: Array):
+        features = _batch_to_rows(torso.apply(params["torso"], _rows_to_batch(obs)), obs)
+        return _dense_per_row(params["policy"], features), _dense_per_row(params["value"], features)
+
+    def apply_one(params: Params, obs: Array, _: Array, task_id: Array):
+        features = torso.apply(params["torso"], obs)
+        policy, value = _pick((params["policy"], params["value"]), task_id)
+        return _dense(policy, features), _dense(value, features)
+
+    def slice_(params: Params, task_id: int) -> Params:
+        policy, value = _keep_one((params["policy"], params["value"]), task_id)
+        return {**params, "policy": policy, "value": value}
+
+    return TaskColumns(
+        params_key="tasks",
+        init=init,
+        apply_per_sample=apply_per_sample,
+        apply_per_row=apply_per_row,
+        apply_one=apply_one,
+        slice=slice_,
+    )
+
+
+def distilled_value_heads(num_tasks: int) -> TaskColumns:
+    """No task columns (A3C multitask, 'shared'): pi_i = pi_0 = h and one value head per
+    task on h's features, stacked: {"w": [N, D, 1], "b": [N, 1]}. No f_i logits."""
+    return TaskColumns(
+        params_key="values",
+        init=lambda key, obs, dim: _stacked_dense_init(key, num_tasks, dim, 1, _VALUE_INIT_SCALE),
+        apply_per_sample=lambda p, obs, h, task_id: (None, _dense_per_sample(p, h, task_id)),
+        apply_per_row=lambda p, obs, h: (None, _dense_per_row(p, h)),
+        apply_one=lambda p, obs, h, task_id: (None, _dense(_pick(p, task_id), h)),
+        slice=_keep_one,
+    )
+
+
+# Task-column kinds by name, as the `task_columns` argument of `make_network` spells them.
+TASK_COLUMN_KINDS: dict[str, Callable[[Torso, int, int], TaskColumns]] = {
+    "separate": separate_columns,
+    "shared_torso": shared_torso_columns,
+}
+TASK_COLUMNS = tuple(TASK_COLUMN_KINDS)
+
+
+# ----------------------------------------------------------------------------------------
+# DISTRAL NETWORK: the distilled column composed with a task-columns strategy
 # ----------------------------------------------------------------------------------------
 
 
@@ -243,6 +440,102 @@ class DistralNetwork(NamedTuple):
     architecture: str
 
 
+def policy_output(
+    architecture: str, alpha: float = 1.0, beta: float = 1.0
+) -> Callable[[Array | None, Array | None, Array], NetworkOutput]:
+    """(f logits, h logits, value [..., 1]) -> NetworkOutput of one architecture."""
+
+    def output(f: Array | None, h: Array | None, value: Array) -> NetworkOutput:
+        value = value[..., 0]
+        if architecture == "independent":
+            return NetworkOutput(f, jnp.zeros_like(f), value)
+        if architecture == "shared":
+            return NetworkOutput(h, h, value)
+        if architecture == "1col":
+            return NetworkOutput(f, h, value)
+        return NetworkOutput(alpha * h + beta * f, h, value)
+
+    return output
+
+
+def _check_names(architecture: str, task_columns: str, num_tasks: int, num_actions: int):
+    for name, value, choices in (
+        ("architecture", architecture, ARCHITECTURES),
+        ("task_columns", task_columns, TASK_COLUMNS),
+    ):
+        if value not in choices:
+            raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+    if num_tasks < 1 or num_actions < 1:
+        raise ValueError(
+            f"need num_tasks >= 1 and num_actions >= 1, got {num_tasks}, {num_actions}"
+        )
+
+
+class _Composed(NamedTuple):
+    """The distilled column h (None for 'independent') composed with task columns; its
+    methods are the functions of `DistralNetwork`."""
+
+    distilled: DistilledColumn | None
+    columns: TaskColumns
+    output: Callable[[Array | None, Array | None, Array], NetworkOutput]
+    num_tasks: int
+
+    def init(self, key: PRNGKey, obs: Array) -> Params:
+        distilled_key, tasks_key = jax.random.split(key)
+        params, h_dim = {}, None
+        if self.distilled is not None:
+            params["distilled"] = self.distilled.init(distilled_key, obs)
+            h_dim = self.distilled.feature_dim(params["distilled"], obs)
+        params[self.columns.params_key] = self.columns.init(tasks_key, obs, h_dim)
+        return params
+
+    def h_column(self, params: Params, obs: Array) -> tuple[Array | None, Array | None]:
+        """(h features, h logits) on obs [B, ...], or (None, None) without h."""
+        if self.distilled is None:
+            return None, None
+        return self.distilled.apply(params["distilled"], obs)
+
+    def apply_flat(self, params: Params, obs: Array, task_id: Array) -> NetworkOutput:
+        h_features, h_logits = self.h_column(params, obs)
+        columns = params[self.columns.params_key]
+        f_logits, value = self.columns.apply_per_sample(columns, obs, h_features, task_id)
+        return self.output(f_logits, h_logits, value)
+
+    def apply(self, params: Params, obs: Array, task_id: Array) -> NetworkOutput:
+        task_id = jnp.asarray(task_id)
+        chex.assert_type(task_id, int)
+        lead = task_id.shape
+        if obs.shape[: len(lead)] != lead:
+            raise ValueError(f"obs {obs.shape} must start with task_id's shape {lead}")
+        flat_obs = obs.reshape((-1, *obs.shape[len(lead) :]))
+        out = self.apply_flat(params, flat_obs, task_id.reshape(-1))
+        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
+
+    def apply_tasks(self, params: Params, obs: Array) -> NetworkOutput:
+        if obs.ndim < 2 or obs.shape[0] != self.num_tasks:
+            raise ValueError(f"apply_tasks needs obs [{self.num_tasks}, B, ...], got {obs.shape}")
+        h = self.h_column(params, _rows_to_batch(obs))
+        h_features, h_logits = jax.tree.map(lambda x: _batch_to_rows(x, obs), h)
+        columns = params[self.columns.params_key]
+        f_logits, value = self.columns.apply_per_row(columns, obs, h_features)
+        return self.output(f_logits, h_logits, value)
+
+    def apply_task(self, params: Params, obs: Array, task_id: Array) -> NetworkOutput:
+        task_id = jnp.asarray(task_id)
+        chex.assert_rank(task_id, 0)
+        chex.assert_type(task_id, int)
+        h_features, h_logits = self.h_column(params, obs)
+        columns = params[self.columns.params_key]
+        f_logits, value = self.columns.apply_one(columns, obs, h_features, task_id)
+        return self.output(f_logits, h_logits, value)
+
+    def task_params(self, params: Params, task_id: int) -> Params:
+        if not 0 <= task_id < self.num_tasks:
+            raise ValueError(f"task_id={task_id} is outside [0, {self.num_tasks})")
+        key = self.columns.params_key
+        return {**params, key: self.columns.slice(params[key], task_id)}
+
+
 def make_network(
     architecture: str,
     *,
@@ -262,204 +555,31 @@ def make_network(
       num_tasks: N, the number of task columns.
       num_actions: A, the size of the (shared) discrete action space.
       torso: feature extractor used by every column (each column has its own copy).
-      task_columns: 'separate' (paper-faithful: every task column has its own torso,
-        stacked on a task axis) or 'shared_torso' (the task columns share one torso and keep
-        per-task policy and value heads; h always keeps its own torso). Ignored by 'shared'.
+      task_columns: a key of `TASK_COLUMN_KINDS`: 'separate' (paper-faithful: every task
+        column has its own torso, stacked on a task axis) or 'shared_torso' (the task
+        columns share one torso and keep per-task policy and value heads; h always keeps
+        its own torso). Ignored by 'shared', which uses `distilled_value_heads`.
       alpha, beta: the 2col mixing coefficients (used by '2col' only).
 
-    Params layout (heads are {"w": [D, O], "b": [O]}, stacked heads {"w": [N, D, O],
-    "b": [N, O]}; T = torso params, [N]T = torso params stacked on a task axis):
-      independent: {"tasks": {"torso": [N]T or T, "policy": stacked, "value": stacked}}
-      shared:      {"distilled": {"torso": T, "policy": head}, "values": stacked}
-      1col, 2col:  {"distilled": {"torso": T, "policy": head}, "tasks": as independent}
-
-    `apply` with mixed task ids runs every task column on the whole batch (vmap over the
-    stacked parameters) and keeps each sample's own column (take_along_axis): N times the
-    column's forward cost, and gradients reach only the selected tasks' parameters. With
-    'shared_torso' the shared torso runs once and each sample's heads are gathered.
-    `apply_tasks` vmaps the columns over (stacked params, obs rows), costing 1x, and
-    `apply_task` (a batch of one task, as an actor's) slices out and runs that task's column
-    only. The distilled column h always runs once on the flattened batch.
+    Params: {"distilled": h's params (not for 'independent'), columns.params_key: the task
+    columns' params} (see `distilled_column` and the `TaskColumns` builders). `apply` runs
+    each sample through its own task's column, `apply_tasks` runs row i of [N, B] through
+    column i, `apply_task` (a batch of one task, as an actor's) slices out and runs that
+    task's column only. The distilled column h always runs once on the flattened batch.
     """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; valid choices: {', '.join(ARCHITECTURES)}"
-        )
-    if task_columns not in TASK_COLUMNS:
-        raise ValueError(
-            f"unknown task_columns {task_columns!r}; valid choices: {', '.join(TASK_COLUMNS)}"
-        )
-    if num_tasks < 1 or num_actions < 1:
-        raise ValueError(
-            f"need num_tasks >= 1 and num_actions >= 1, got {num_tasks}, {num_actions}"
-        )
-    has_distilled = architecture != "independent"
-    has_task_columns = architecture != "shared"
-    separate = task_columns == "separate"
-
-    # INIT
-    def init_task_column(key: PRNGKey, obs: Array) -> Params:
-        torso_key, policy_key, value_key = jax.random.split(key, 3)
-        torso_params = torso.init(torso_key, obs)
-        dim = _feature_dim(torso, torso_params, obs)
-        return {
-            "torso": torso_params,
-            "policy": _dense_init(policy_key, dim, num_actions, _POLICY_INIT_SCALE),
-            "value": _dense_init(value_key, dim, 1, _VALUE_INIT_SCALE),
-        }
-
-    def init(key: PRNGKey, obs: Array) -> Params:
-        distilled_key, tasks_key = jax.random.split(key)
-        params = {}
-        if has_distilled:
-            torso_key, policy_key = jax.random.split(distilled_key)
-            torso_params = torso.init(torso_key, obs)
-            dim = _feature_dim(torso, torso_params, obs)
-            params["distilled"] = {
-                "torso": torso_params,
-                "policy": _dense_init(policy_key, dim, num_actions, _POLICY_INIT_SCALE),
-            }
-            if not has_task_columns:
-                params["values"] = _stacked_dense_init(
-                    tasks_key, num_tasks, dim, 1, _VALUE_INIT_SCALE
-                )
-        if has_task_columns:
-            if separate:
-                keys = jax.random.split(tasks_key, num_tasks)
-                params["tasks"] = jax.vmap(init_task_column, in_axes=(0, None))(keys, obs)
-            else:
-                torso_key, policy_key, value_key = jax.random.split(tasks_key, 3)
-                torso_params = torso.init(torso_key, obs)
-                dim = _feature_dim(torso, torso_params, obs)
-                params["tasks"] = {
-                    "torso": torso_params,
-                    "policy": _stacked_dense_init(
-                        policy_key, num_tasks, dim, num_actions, _POLICY_INIT_SCALE
-                    ),
-                    "value": _stacked_dense_init(value_key, num_tasks, dim, 1, _VALUE_INIT_SCALE),
-                }
-        return params
-
-    # COLUMNS
-    def distilled(params: Params, obs: Array) -> tuple[Array, Array]:
-        """h on obs [B, ...] -> (features [B, D], logits [B, A])."""
-        features = torso.apply(params["distilled"]["torso"], obs)
-        return features, _dense(params["distilled"]["policy"], features)
-
-    def task_column(column: Params, obs: Array) -> tuple[Array, Array]:
-        """One unstacked task column on obs [B, ...] -> (logits [B, A], value [B, 1])."""
-        features = torso.apply(column["torso"], obs)
-        return _dense(column["policy"], features), _dense(column["value"], features)
-
-    def combine(f_logits, h_logits, value) -> NetworkOutput:
-        value = value[..., 0]
-        if architecture == "independent":
-            return NetworkOutput(f_logits, jnp.zeros_like(f_logits), value)
-        if architecture == "shared":
-            return NetworkOutput(h_logits, h_logits, value)
-        if architecture == "1col":
-            return NetworkOutput(f_logits, h_logits, value)
-        return NetworkOutput(alpha * h_logits + beta * f_logits, h_logits, value)
-
-    # APPLY: each sample uses its own task's column.
-    def apply_flat(params: Params, obs: Array, task_id: Array) -> NetworkOutput:
-        h_logits = f_logits = None
-        if has_distilled:
-            h_features, h_logits = distilled(params, obs)
-        if not has_task_columns:
-            return combine(None, h_logits, _dense_per_sample(params["values"], h_features, task_id))
-        tasks = params["tasks"]
-        if separate:
-            all_logits, all_values = jax.vmap(task_column, in_axes=(0, None))(tasks, obs)
-            select = task_id[None, :, None]  # [1, B, 1] against [N, B, O].
-            f_logits = jnp.take_along_axis(all_logits, select, axis=0)[0]
-            value = jnp.take_along_axis(all_values, select, axis=0)[0]
-        else:
-            features = torso.apply(tasks["torso"], obs)
-            f_logits = _dense_per_sample(tasks["policy"], features, task_id)
-            value = _dense_per_sample(tasks["value"], features, task_id)
-        return combine(f_logits, h_logits, value)
-
-    def apply(params: Params, obs: Array, task_id: Array) -> NetworkOutput:
-        task_id = jnp.asarray(task_id)
-        chex.assert_type(task_id, int)
-        lead = task_id.shape
-        if obs.shape[: len(lead)] != lead:
-            raise ValueError(f"obs {obs.shape} must start with task_id's shape {lead}")
-        flat_obs = obs.reshape((-1, *obs.shape[len(lead) :]))
-        out = apply_flat(params, flat_obs, task_id.reshape(-1))
-        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
-
-    # APPLY_TASKS: row i of obs belongs to task i.
-    def apply_tasks(params: Params, obs: Array) -> NetworkOutput:
-        if obs.ndim < 2 or obs.shape[0] != num_tasks:
-            raise ValueError(f"apply_tasks needs obs [{num_tasks}, B, ...], got {obs.shape}")
-        rows, batch = obs.shape[:2]
-        flat_obs = obs.reshape((rows * batch, *obs.shape[2:]))
-
-        def unflatten(x):
-            return x.reshape((rows, batch, *x.shape[1:]))
-
-        h_logits = f_logits = None
-        if has_distilled:
-            h_features, h_logits = jax.tree.map(unflatten, distilled(params, flat_obs))
-        if not has_task_columns:
-            return combine(None, h_logits, _dense_per_row(params["values"], h_features))
-        tasks = params["tasks"]
-        if separate:
-            f_logits, value = jax.vmap(task_column)(tasks, obs)
-        else:
-            features = unflatten(torso.apply(tasks["torso"], flat_obs))
-            f_logits = _dense_per_row(tasks["policy"], features)
-            value = _dense_per_row(tasks["value"], features)
-        return combine(f_logits, h_logits, value)
-
-    # APPLY_TASK: every row from one task (an actor's batch): only that task's column runs.
-    def apply_task(params: Params, obs: Array, task_id: Array) -> NetworkOutput:
-        task_id = jnp.asarray(task_id)
-        chex.assert_rank(task_id, 0)
-        chex.assert_type(task_id, int)
-
-        def pick(stacked: Params) -> Params:
-            return jax.tree.map(lambda x: x[task_id], stacked)
-
-        h_logits = f_logits = None
-        if has_distilled:
-            h_features, h_logits = distilled(params, obs)
-        if not has_task_columns:
-            return combine(None, h_logits, _dense(pick(params["values"]), h_features))
-        tasks = params["tasks"]
-        if separate:
-            f_logits, value = task_column(pick(tasks), obs)
-        else:
-            features = torso.apply(tasks["torso"], obs)
-            f_logits = _dense(pick(tasks["policy"]), features)
-            value = _dense(pick(tasks["value"]), features)
-        return combine(f_logits, h_logits, value)
-
-    # TASK_PARAMS: task i's column alone (a leading axis of 1), for apply_task(., obs, 0).
-    def task_params(params: Params, task_id: int) -> Params:
-        def one(stacked: Params) -> Params:
-            return jax.tree.map(lambda x: x[task_id : task_id + 1], stacked)
-
-        if not 0 <= task_id < num_tasks:
-            raise ValueError(f"task_id={task_id} is outside [0, {num_tasks})")
-        out = dict(params)
-        if not has_task_columns:
-            out["values"] = one(params["values"])
-        elif separate:
-            out["tasks"] = one(params["tasks"])
-        else:
-            tasks = params["tasks"]
-            out["tasks"] = {**tasks, "policy": one(tasks["policy"]), "value": one(tasks["value"])}
-        return out
-
+    _check_names(architecture, task_columns, num_tasks, num_actions)
+    distilled = None if architecture == "independent" else distilled_column(torso, num_actions)
+    if architecture == "shared":
+        columns = distilled_value_heads(num_tasks)
+    else:
+        columns = TASK_COLUMN_KINDS[task_columns](torso, num_tasks, num_actions)
+    net = _Composed(distilled, columns, policy_output(architecture, alpha, beta), num_tasks)
     return DistralNetwork(
-        init=init,
-        apply=apply,
-        apply_tasks=apply_tasks,
-        apply_task=apply_task,
-        task_params=task_params,
+        init=net.init,
+        apply=net.apply,
+        apply_tasks=net.apply_tasks,
+        apply_task=net.apply_task,
+        task_params=net.task_params,
         num_tasks=num_tasks,
         num_actions=num_actions,
         architecture=architecture,
