@@ -35,6 +35,11 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{name}={value!r} must be >= 1")
 
 
+def _all_positive(config: Any, names: Sequence[str], prefix: str = "") -> None:
+    for name in names:
+        _positive(f"{prefix}{name}", getattr(config, name))
+
+
 def _choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(choices)}")
@@ -149,7 +154,8 @@ ENV_NAMES = ("two_room", "minatar", "atari")
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-    """`distral launch` only: actors, the Reverb queue and the learner's batch."""
+    """`distral launch` only: actors, the Reverb queue and the learner's batch (the
+    IMPALA layout, Espeholt et al. 2018, arXiv:1802.01561)."""
 
     actors_per_task: int = _f(1, "actor processes per task (each steps its own envs)")
     envs_per_actor: int = _f(16, "environments each actor steps in a batch (B)")
@@ -182,16 +188,8 @@ class DistributedConfig:
 
     def __post_init__(self) -> None:
         _choice("distributed.evaluator", self.evaluator, ("learner", "process"))
-        for name in (
-            "actors_per_task",
-            "envs_per_actor",
-            "batch_size",
-            "queue_size",
-            "refresh_every",
-            "refresh_lag",
-            "publish_every",
-        ):
-            _positive(f"distributed.{name}", getattr(self, name))
+        counts = "actors_per_task envs_per_actor batch_size queue_size refresh_every refresh_lag"
+        _all_positive(self, [*counts.split(), "publish_every"], prefix="distributed.")
         if self.max_learner_steps is not None:
             _positive("distributed.max_learner_steps", self.max_learner_steps)
         if not 0 <= self.port < 65536:
@@ -291,16 +289,9 @@ class TrainConfig:
         _choice("returns", self.returns, ("nstep", "vtrace"))
         _choice("task_column_output", self.task_column_output, ("logits", "f"))
         _choice("regulariser", self.regulariser, ("expected", "sampled"))
-        for name in (
-            "num_envs_per_task",
-            "unroll_length",
-            "env_steps_per_task",
-            "log_every",
-            "eval_episodes_per_task",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            _positive(name, getattr(self, name))
+        counts = "num_envs_per_task unroll_length env_steps_per_task log_every"
+        _all_positive(self, [*counts.split(), "eval_episodes_per_task", "checkpoint_every"])
+        _positive("keep_checkpoints", self.keep_checkpoints)
         if self.hidden_sizes and min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
         if not 0.0 <= self.discount <= 1.0:

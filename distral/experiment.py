@@ -32,16 +32,28 @@ class Experiment:
     algorithm: Algorithm  # the family (`config.algorithm`)
     parts: Parts  # what the family built: network, optimizer, learner config, variant
     env_params: two_room.TwoRoomParams | None  # None for the game environments
-    variant: Variant
     num_tasks: int
     obs_size: int  # two_room's vector size; for images the product of obs_shape
-    network: DistralNetwork
-    optimizer: optax.GradientTransformation
-    loss_config: LossConfig
     optimal_returns: np.ndarray  # [N] exact optimal return per task (NaN for games)
     floor_returns: np.ndarray  # [N] no-goal return (two_room) or random score (games)
     observation_spec: specs.Array  # one environment's observation (no batch axis)
     task_names: tuple[str, ...]  # "goal (r, c)" or the game
+
+    @property
+    def network(self) -> DistralNetwork:
+        return self.parts.network
+
+    @property
+    def optimizer(self) -> optax.GradientTransformation:
+        return self.parts.optimizer
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return self.parts.learner_config
+
+    @property
+    def variant(self) -> Variant:
+        return self.parts.variant
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
@@ -161,12 +173,8 @@ def make_experiment(config: TrainConfig) -> Experiment:
         algorithm=algorithm,
         parts=parts,
         env_params=env_params,
-        variant=parts.variant,
         num_tasks=num_tasks,
         obs_size=int(np.prod(obs_spec.shape)),
-        network=parts.network,
-        optimizer=parts.optimizer,
-        loss_config=parts.learner_config,
         optimal_returns=optimal,
         floor_returns=floor,
         observation_spec=obs_spec,

@@ -77,14 +77,14 @@ def build_network(
     alpha, beta = variant.mix
     if task_column_output == "logits":
         beta = 1.0
+    sizes = {"num_tasks": num_tasks, "num_actions": num_actions}
     return make_network(
         variant.architecture,
-        num_tasks=num_tasks,
-        num_actions=num_actions,
         torso=torso,
         task_columns=task_columns,
         alpha=alpha,
         beta=beta,
+        **sizes,
     )
 
 

@@ -79,16 +79,16 @@ class Variant:
 
 
 def _a3c(name: str, architecture: Architecture, description: str) -> Variant:
+    """An A3C row: no pi_0 regulariser (alpha and beta have no meaning), the entropy bonus."""
+    no_regulariser = {"alpha": None, "beta": None, "distill": False}
+    fixed = {"alpha_overridable": False, "beta_overridable": False}
     return Variant(
         name=name,
         architecture=architecture,
-        alpha=None,
-        beta=None,
-        distill=False,
         entropy_cost=DEFAULT_ENTROPY_COST,
         description=description,
-        alpha_overridable=False,
-        beta_overridable=False,
+        **no_regulariser,
+        **fixed,
     )
 
 
