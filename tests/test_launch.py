@@ -492,3 +492,117 @@ def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_mean_return"] == pytest.approx(float(last["eval_return"]))
     assert not [p for p in launch.pids() if _alive(p)]
+
+
+# ----------------------------------------------------------------------------------------
+# THE SUPERVISOR, with stand-in processes (spawned, real; no JAX, no Reverb)
+# ----------------------------------------------------------------------------------------
+# The stand-ins take the arguments of `workers.learner_process` / `actor_process`. The
+# learner's "address" is a directory where each actor records its task and seed.
+
+
+def _stand_in_learner(config, run_dir, resume, stop, reports, parent, exit_code=5):
+    """Ready at once. With max_learner_steps 1 it spends its budget after 1 s (asks
+    everyone to stop, reports its summary); else it dies with `exit_code` after 3 s."""
+    reports.put(("ready", run_dir, 7))
+    budget = config.distributed.max_learner_steps
+    deadline = time.monotonic() + (1.0 if budget == 1 else 3.0)
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if budget == 1:
+        stop.set()
+    if stop.is_set():
+        reports.put(("done", {"learner_steps": budget}))
+        return
+    os._exit(exit_code)
+
+
+def _stand_in_actor(config, address, task, seed, stop, parent):
+    """Records (task, seed); task 0 dies with exit code 3 after 0.3 s, the others run
+    until the stop event."""
+    with (Path(address) / "seeds.txt").open("a") as fh:
+        fh.write(f"{task} {seed}\n")
+    if task == 0:
+        time.sleep(0.3)
+        os._exit(3)
+    while not stop.is_set():
+        time.sleep(0.01)
+
+
+def _supervise(tmp_path, settings):
+    from distral.config import load_config
+    from distral.distributed.launch import LocalBackend, Supervisor
+
+    config = load_config(PRESET, ["env.num_tasks=2", *settings])
+    backend = LocalBackend(
+        config, tmp_path, resume=False, learner=_stand_in_learner, actor=_stand_in_actor
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(backend, config, 2, tmp_path, log=lines.append)
+    return supervisor, lines
+
+
+def _seeds(tmp_path: Path) -> dict[int, list[int]]:
+    seeds: dict[int, list[int]] = {}
+    for line in (tmp_path / "seeds.txt").read_text().splitlines():
+        task, seed = map(int, line.split())
+        seeds.setdefault(task, []).append(seed)
+    return seeds
+
+
+def test_supervisor_restarts_a_dying_slot_with_new_seeds_then_stops_the_run(tmp_path):
+    from distral.distributed.launch import LaunchError
+    from distral.distributed.workers import actor_seed
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=2", "distributed.max_learner_steps=100"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        "actor task 0 replica 0 died 3 times (exit code 3); stopping the run; "
+        f"resume with: distral launch --resume {tmp_path}"
+    )
+    restarts = [x for x in lines if " died " in x]
+    assert restarts == [
+        "actor task 0 replica 0 died (exit code 3); restart 1/2",
+        "actor task 0 replica 0 died (exit code 3); restart 2/2",
+    ]
+    assert supervisor.restarts == {(0, 0): 3}
+    assert lines[1] == f"Reverb server at {tmp_path}; learner at step 7; run directory {tmp_path}"
+    assert "2 actors started (1 per task)" in lines
+    # A new seed per attempt for the dying slot, one for the other; every child is gone.
+    assert _seeds(tmp_path) == {
+        0: [actor_seed(0, 0, 0, k) for k in range(3)],
+        1: [actor_seed(0, 1, 0, 0)],
+    }
+    assert len(set(_seeds(tmp_path)[0])) == 3
+    pids = [int(m.group(1)) for x in lines if (m := re.search(r": pid (\d+)$", x))]
+    assert len(pids) == 5 and not [p for p in pids if _alive(p)]
+
+
+def test_supervisor_stops_the_run_when_the_learner_dies(tmp_path):
+    from distral.distributed.launch import LaunchError
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=100"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        f"the learner died (exit code 5); resume with: distral launch --resume {tmp_path}"
+    )
+    # Task 0's actor died about every 0.3 s (plus a spawn) during the learner's 3 s.
+    n = supervisor.restarts[(0, 0)]
+    assert 2 <= n <= 10 and (1, 0) not in supervisor.restarts
+    assert [x for x in lines if " died " in x] == [
+        f"actor task 0 replica 0 died (exit code 3); restart {k}/100" for k in range(1, n + 1)
+    ]
+
+
+def test_supervisor_returns_the_summary_of_a_learner_that_spent_its_budget(tmp_path):
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=1"]
+    )
+    assert supervisor.run() == {"learner_steps": 1}
+    assert not any("did not stop in time" in x for x in lines)
