@@ -349,7 +349,7 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
     launches.append(launch)
     assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-30:])
     assert any("2 Ray actors started (1 per task) and the evaluator" in x for x in launch.lines)
-    assert not any("evaluator ended" in x for x in launch.lines)  # it never died
+    assert not any(" died " in x for x in launch.lines)  # no slot died, the evaluator neither
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] == 30
     rows = _rows(out)
@@ -357,6 +357,43 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
     assert rows[-1]["eval_learner_step"] == "30"
     assert all(int(r["episodes"]) >= 0 for r in rows)
     assert (out / "curves.png").is_file()
+
+
+def test_ray_status_names_the_worker_error_or_why_it_died():
+    """What the Ray backend puts in a dead slot's or learner's message, from real Ray
+    errors: the worker's own exception (first line), or why its process died."""
+    ray = pytest.importorskip("ray")
+    from distral.distributed.ray_workers import error_status
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+
+        @ray.remote
+        def fails() -> None:
+            raise ValueError("no Reverb server answers at x:1\nsecond line")
+
+        @ray.remote
+        class Sleeper:
+            def pid(self) -> int:
+                return os.getpid()
+
+            def sleep(self) -> None:
+                time.sleep(120)
+
+        with pytest.raises(ray.exceptions.RayTaskError) as failed:
+            ray.get(fails.remote(), timeout=120)
+        assert error_status(failed.value) == "ValueError: no Reverb server answers at x:1"
+        sleeper = Sleeper.remote()
+        pid = ray.get(sleeper.pid.remote(), timeout=120)
+        sleeping = sleeper.sleep.remote()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ray.exceptions.RayActorError) as died:
+            ray.get(sleeping, timeout=120)
+        status = error_status(died.value)
+    finally:
+        ray.shutdown()
+    assert status.startswith("ActorDiedError: ") and "\n" not in status, status
+    assert status != "ActorDiedError: The actor died unexpectedly before finishing this task."
 
 
 def test_standalone_replay_server_serves_a_launch(tmp_path, launches):

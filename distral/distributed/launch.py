@@ -248,12 +248,11 @@ class Supervisor:
         with self._signals:
             try:
                 self._log_where("learner", self._backend.start_learner())
-                address = self._wait_ready()
-                if address is not None:
+                if self._wait_ready():
                     for slot in self._slots:
-                        self._start(slot, address)
+                        self._start(slot)
                     self._log(self._started)
-                    self._supervise(address)
+                    self._supervise()
             finally:
                 self._shutdown()
         return _outcome(
@@ -283,23 +282,24 @@ class Supervisor:
                 )
         return error
 
-    def _wait_ready(self) -> str | None:
-        """READY: the learner's Reverb server is up and its first parameters published."""
+    def _wait_ready(self) -> bool:
+        """READY (True): the learner's Reverb server is up, its first parameters published.
+        False: stopped before."""
         deadline = time.monotonic() + LEARNER_READY_SECONDS
-        while self._address is None and not self._stopping():
+        while not self._stopping():
             error = self._read_reports(_POLL)
             if error is not None:
                 raise LaunchError(error)
             if self._address is not None:
-                break
+                return True
             status = self._backend.learner_exit()
             if status is not None:
                 raise LaunchError(f"the learner exited during start-up ({status})")
             if time.monotonic() > deadline:
                 raise LaunchError("the learner did not start in time")
-        return self._address
+        return False
 
-    def _supervise(self, address: str) -> None:
+    def _supervise(self) -> None:
         """SUPERVISE until the learner ends (its summary or a failure) or a stop."""
         while not self._stopping():
             error = self._read_reports(_POLL)
@@ -313,24 +313,27 @@ class Supervisor:
                     self._failure = error or f"the learner died ({status})"
                 return
             for slot, status in self._backend.exited_slots().items():
-                if self._stopping() or not self._restart(slot, status, address):
+                if self._stopping() or not self._restart(slot, status):
                     return
 
-    def _start(self, slot: Slot, address: str) -> None:
-        if slot == EVALUATOR:
+    def _start(self, slot: Slot) -> None:
+        """Starts a slot: an actor with a new seed per attempt, the evaluator with the run's."""
+        assert self._address is not None  # slots start once the learner is ready
+        if isinstance(slot, str):
             seed = self._seed
         else:
-            seed = workers.actor_seed(self._seed, *slot, self.restarts.get(slot, 0))
-        self._log_where(slot_name(slot), self._backend.start_slot(slot, address, seed))
+            task, replica = slot
+            seed = workers.actor_seed(self._seed, task, replica, self.restarts.get(slot, 0))
+        self._log_where(slot_name(slot), self._backend.start_slot(slot, self._address, seed))
 
-    def _restart(self, slot: Slot, status: str, address: str) -> bool:
+    def _restart(self, slot: Slot, status: str) -> bool:
         """Restarts a dead slot, or records the run's failure (-> False) past the limit."""
         died = self.restarts[slot] = self.restarts.get(slot, 0) + 1
         if died > self._max_restarts:
             self._failure = f"{slot_name(slot)} died {died} times ({status}); stopping the run"
             return False
         self._log(f"{slot_name(slot)} died ({status}); restart {died}/{self._max_restarts}")
-        self._start(slot, address)
+        self._start(slot)
         return True
 
     def _shutdown(self) -> None:
@@ -424,7 +427,7 @@ class LocalBackend:
     def start_slot(self, slot: Slot, address: str, seed: int) -> str:
         _, actor, evaluator = self._entry_points
         c, stop = self._config, self._stop
-        if slot == EVALUATOR:
+        if isinstance(slot, str):  # the evaluator
             p = self._spawn("distral-evaluator", evaluator, c, address, seed, stop)
         else:
             task, replica = slot

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distral.config import TrainConfig
 from distral.distributed import workers
-from distral.distributed.launch import EVALUATOR, Slot, slot_name
+from distral.distributed.launch import Slot, slot_name
 
 
 @ray.remote(max_concurrency=4)
@@ -95,7 +95,7 @@ class RayBackend:
         self._config = config
         self._learner_args = (config, str(run_dir), resume)
         self._learner: Any = None
-        self._learner_run: ray.ObjectRef | None = None
+        self._learner_run: Any = None  # its ObjectRef, once started
         self._learner_status: str | None = None
         self._workers: dict[Slot, Any] = {}
         self._runs: dict[Slot, ray.ObjectRef] = {}
@@ -129,7 +129,7 @@ class RayBackend:
         if slot in self._workers:  # a failed task leaves its worker idle: free it
             ray.kill(self._workers[slot], no_restart=True)
         worker = self._workers[slot] = RayWorker.options(num_cpus=0.5).remote()
-        if slot == EVALUATOR:
+        if isinstance(slot, str):  # the evaluator
             self._runs[slot] = worker.run_evaluator.remote(self._config, address, seed)
         else:
             self._runs[slot] = worker.run_actor.remote(self._config, address, slot[0], seed)

@@ -81,8 +81,6 @@ def make_actor(
     """The `Actor` of one slot: task `task_id`'s B environments, pi_i's column of the
     parameters published on the server at `address`, and `writer` (None: a `ReplayWriter`
     to that server; benchmarks/distributed.py passes one that drops everything)."""
-    import functools
-
     import reverb
 
     from distral.distributed.actor import Actor, ReplayWriter, VariableClient
@@ -96,7 +94,7 @@ def make_actor(
         experiment.params_template(),
         refresh_every=d.refresh_every,
         refresh_lag=d.refresh_lag,
-        select=functools.partial(experiment.network.task_params, task_id=task_id),
+        select=lambda params: experiment.network.task_params(params, task_id),
     )
     return Actor(
         experiment.make_vector_env(task_id, d.envs_per_actor, seed),
