@@ -49,6 +49,7 @@ Slot = tuple[int, int] | str
 
 
 def slot_name(slot: Slot) -> str:
+    """How the log names a slot: "actor task 1 replica 0", "evaluator"."""
     return EVALUATOR if slot == EVALUATOR else f"actor task {slot[0]} replica {slot[1]}"
 
 
