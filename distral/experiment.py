@@ -12,12 +12,10 @@ from typing import Any
 
 import dm_env
 import numpy as np
-import optax
 from dm_env import specs
 
 from distral.config import ConfigError, TrainConfig
 from distral.core.algorithm import Algorithm, Parts, get_algorithm
-from distral.core.losses import LossConfig
 from distral.core.networks import DistralNetwork
 from distral.core.variants import Variant
 from distral.envs import two_room
@@ -41,23 +39,17 @@ class Experiment:
 
     @property
     def network(self) -> DistralNetwork:
+        """The algorithm's network (`parts.network`): what runners, actors and probes run."""
         return self.parts.network
-
-    @property
-    def optimizer(self) -> optax.GradientTransformation:
-        return self.parts.optimizer
-
-    @property
-    def loss_config(self) -> LossConfig:
-        return self.parts.learner_config
-
-    @property
-    def variant(self) -> Variant:
-        return self.parts.variant
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
         return tuple(self.observation_spec.shape)
+
+    @property
+    def variant(self) -> Variant:
+        """The resolved variant (`parts.variant`): the row of the seven and its coefficients."""
+        return self.parts.variant
 
     def make_vector_env(self, task_id: int, num_envs: int, seed: int) -> VectorEnv:
         """`num_envs` environments of task `task_id` for an actor (auto-resetting)."""

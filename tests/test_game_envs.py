@@ -327,7 +327,10 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     )
     experiment = make_experiment(config)
     state = init_training_state(
-        jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs
+        jax.random.PRNGKey(0),
+        experiment.network,
+        experiment.parts.optimizer,
+        experiment.example_obs,
     )
     pi_i, pi_0 = make_evaluator(experiment, 2, seed=0)(state.params, 1)
     # An untrained policy: Breakout scores a few bricks at most; 300 steps of Freeway

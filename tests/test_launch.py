@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -349,7 +350,7 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
     launches.append(launch)
     assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-30:])
     assert any("2 Ray actors started (1 per task) and the evaluator" in x for x in launch.lines)
-    assert not any("evaluator ended" in x for x in launch.lines)  # it never died
+    assert not any(" died " in x for x in launch.lines)  # no slot died, the evaluator neither
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] == 30
     rows = _rows(out)
@@ -357,6 +358,43 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
     assert rows[-1]["eval_learner_step"] == "30"
     assert all(int(r["episodes"]) >= 0 for r in rows)
     assert (out / "curves.png").is_file()
+
+
+def test_ray_status_names_the_worker_error_or_why_it_died():
+    """What the Ray backend puts in a dead slot's or learner's message, from real Ray
+    errors: the worker's own exception (first line), or why its process died."""
+    ray = pytest.importorskip("ray")
+    from distral.distributed.ray_workers import error_status
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+
+        @ray.remote
+        def fails() -> None:
+            raise ValueError("no Reverb server answers at x:1\nsecond line")
+
+        @ray.remote
+        class Sleeper:
+            def pid(self) -> int:
+                return os.getpid()
+
+            def sleep(self) -> None:
+                time.sleep(120)
+
+        with pytest.raises(ray.exceptions.RayTaskError) as failed:
+            ray.get(fails.remote(), timeout=120)
+        assert error_status(failed.value) == "ValueError: no Reverb server answers at x:1"
+        sleeper = Sleeper.remote()
+        pid = ray.get(sleeper.pid.remote(), timeout=120)
+        sleeping = sleeper.sleep.remote()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ray.exceptions.RayActorError) as died:
+            ray.get(sleeping, timeout=120)
+        status = error_status(died.value)
+    finally:
+        ray.shutdown()
+    assert status.startswith("ActorDiedError: ") and "\n" not in status, status
+    assert status != "ActorDiedError: The actor died unexpectedly before finishing this task."
 
 
 def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
@@ -428,7 +466,10 @@ def test_evaluator_evaluates_new_parameters_once_per_log_every_steps():
     stop = threading.Event()
     params = [
         learning.init_training_state(
-            jax.random.PRNGKey(k), experiment.network, experiment.optimizer, experiment.example_obs
+            jax.random.PRNGKey(k),
+            experiment.network,
+            experiment.parts.optimizer,
+            experiment.example_obs,
         ).params
         for k in range(3)
     ]
@@ -492,3 +533,118 @@ def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_mean_return"] == pytest.approx(float(last["eval_return"]))
     assert not [p for p in launch.pids() if _alive(p)]
+
+
+# ----------------------------------------------------------------------------------------
+# THE SUPERVISOR, with stand-in processes (spawned, real; no JAX, no Reverb)
+# ----------------------------------------------------------------------------------------
+# The stand-ins take the arguments of `workers.learner_process` / `actor_process`. The
+# learner's "address" is a directory where each actor records its task and seed.
+
+
+def _stand_in_learner(config, run_dir, resume, stop, reports, parent):
+    """Ready at once; then, by max_learner_steps: 1, it spends its budget after 1 s (asks
+    everyone to stop, reports its summary); 2, it dies with exit code 5 after 5 s; else
+    it runs until the stop event."""
+    reports.put(("ready", run_dir, 7))
+    budget = config.distributed.max_learner_steps
+    deadline = time.monotonic() + {1: 1.0, 2: 5.0}.get(budget, math.inf)
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if budget == 1:
+        stop.set()
+    if stop.is_set():
+        reports.put(("done", {"learner_steps": budget}))
+        return
+    os._exit(5)
+
+
+def _stand_in_actor(config, address, task, seed, stop, parent):
+    """Records (task, seed); task 0 dies with exit code 3 after 0.3 s, the others run
+    until the stop event."""
+    with (Path(address) / "seeds.txt").open("a") as fh:
+        fh.write(f"{task} {seed}\n")
+    if task == 0:
+        time.sleep(0.3)
+        os._exit(3)
+    while not stop.is_set():
+        time.sleep(0.01)
+
+
+def _supervise(tmp_path, settings):
+    from distral.config import load_config
+    from distral.distributed.launch import LocalBackend, Supervisor
+
+    config = load_config(PRESET, ["env.num_tasks=2", *settings])
+    backend = LocalBackend(
+        config, tmp_path, resume=False, learner=_stand_in_learner, actor=_stand_in_actor
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(backend, config, 2, tmp_path, log=lines.append)
+    return supervisor, lines
+
+
+def _seeds(tmp_path: Path) -> dict[int, list[int]]:
+    seeds: dict[int, list[int]] = {}
+    for line in (tmp_path / "seeds.txt").read_text().splitlines():
+        task, seed = map(int, line.split())
+        seeds.setdefault(task, []).append(seed)
+    return seeds
+
+
+def test_supervisor_restarts_a_dying_slot_with_new_seeds_then_stops_the_run(tmp_path):
+    from distral.distributed.launch import LaunchError
+    from distral.distributed.workers import actor_seed
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=2", "distributed.max_learner_steps=100"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        "actor task 0 replica 0 died 3 times (exit code 3); stopping the run; "
+        f"resume with: distral launch --resume {tmp_path}"
+    )
+    restarts = [x for x in lines if " died " in x]
+    assert restarts == [
+        "actor task 0 replica 0 died (exit code 3); restart 1/2",
+        "actor task 0 replica 0 died (exit code 3); restart 2/2",
+    ]
+    assert supervisor.restarts == {(0, 0): 3}
+    assert lines[1] == f"Reverb server at {tmp_path}; learner at step 7; run directory {tmp_path}"
+    assert "2 actors started (1 per task)" in lines
+    # A new seed per attempt for the dying slot, one for the other; every child is gone.
+    assert _seeds(tmp_path) == {
+        0: [actor_seed(0, 0, 0, k) for k in range(3)],
+        1: [actor_seed(0, 1, 0, 0)],
+    }
+    assert len(set(_seeds(tmp_path)[0])) == 3
+    pids = [int(m.group(1)) for x in lines if (m := re.search(r": pid (\d+)$", x))]
+    assert len(pids) == 5 and not [p for p in pids if _alive(p)]
+
+
+def test_supervisor_stops_the_run_when_the_learner_dies(tmp_path):
+    from distral.distributed.launch import LaunchError
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=2"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        f"the learner died (exit code 5); resume with: distral launch --resume {tmp_path}"
+    )
+    # Task 0's actor died every 0.3 s plus a spawn (about 1 s) during the learner's 5 s.
+    n = supervisor.restarts[(0, 0)]
+    assert 1 <= n <= 17 and (1, 0) not in supervisor.restarts
+    assert [x for x in lines if " died " in x] == [
+        f"actor task 0 replica 0 died (exit code 3); restart {k}/100" for k in range(1, n + 1)
+    ]
+
+
+def test_supervisor_returns_the_summary_of_a_learner_that_spent_its_budget(tmp_path):
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=1"]
+    )
+    assert supervisor.run() == {"learner_steps": 1}
+    assert not any("did not stop in time" in x for x in lines)

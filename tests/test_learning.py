@@ -157,7 +157,7 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     grads_seq = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), params) for k in keys]
     plain = _adam_updates(learning.make_optimizer(1e-3), params, grads_seq)
-    ours = _adam_updates(experiment.optimizer, params, grads_seq)
+    ours = _adam_updates(experiment.parts.optimizer, params, grads_seq)
     factor = 0.25 if scaled else 1.0
     for p, o in zip(plain, ours, strict=True):
         for name in p:

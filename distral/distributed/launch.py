@@ -12,7 +12,9 @@ evaluator process. The launcher supervises them:
   last log row and a checkpoint, stragglers are killed, no child outlives the launcher
   (children also die with it if the launcher is killed: PR_SET_PDEATHSIG).
 
-Everything that can be checked is checked before any process starts (`preflight`).
+Everything that can be checked is checked before any process starts (`preflight`). The
+supervision is one state machine (`Supervisor`) over two small backends: `LocalBackend`
+(spawned processes) and `distral.distributed.ray_workers.RayBackend` (Ray actors).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from distral.config import ConfigError, TrainConfig
-from distral.distributed.workers import actor_seed
+from distral.distributed import workers
 
 SHUTDOWN_SECONDS = 10.0
 ACTOR_GRACE_SECONDS = 2.0  # then actors get SIGTERM (they die at once)
@@ -46,7 +48,8 @@ Log = Callable[[str], None]
 Slot = tuple[int, int] | str
 
 
-def _slot_name(slot: Slot) -> str:
+def slot_name(slot: Slot) -> str:
+    """How the log names a slot: "actor task 1 replica 0", "evaluator"."""
     return EVALUATOR if slot == EVALUATOR else f"actor task {slot[0]} replica {slot[1]}"
 
 
@@ -130,16 +133,70 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
 
 
 # ----------------------------------------------------------------------------------------
-# LOCAL: spawned processes on this machine
+# SUPERVISION: one state machine, whatever runs the processes
 # ----------------------------------------------------------------------------------------
 
 
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag while the launcher runs (restored afterwards)."""
+class Backend(Protocol):
+    """What runs the learner and the slots (actors, the evaluator) of a launch.
 
-    def __init__(self, on_signal: Callable[[], None]) -> None:
+    A status says how a process ended, for the log: "exit code -9", "ActorDiedError: ...".
+    The learner reports ("ready", reverb_address, learner_step), ("done", summary) or
+    ("error", one_line) (`distral.distributed.workers`).
+    """
+
+    what: str  # what the slots are, for the log: "actors", "Ray actors"
+
+    def start_learner(self) -> str | None:
+        """Starts the learner; returns where it runs, for the log ("pid 12"), if known."""
+        ...
+
+    def reports(self, timeout: float) -> list[tuple]:
+        """The learner's reports since the last call; waits up to `timeout` s for one."""
+        ...
+
+    def learner_exit(self) -> str | None:
+        """None while the learner runs (as of the last `reports`), else its status."""
+        ...
+
+    def start_slot(self, slot: Slot, address: str, seed: int) -> str | None:
+        """(Re)starts a slot's process; returns where it runs, for the log, if known."""
+        ...
+
+    def exited_slots(self) -> dict[Slot, str]:
+        """The started slots whose process ended, with their status."""
+        ...
+
+    def stop_requested(self) -> bool:
+        """True once the learner asked everyone to stop (its budget is spent)."""
+        ...
+
+    def request_stop(self) -> None:
+        """Asks every process to stop (the learner writes its last row and checkpoint)."""
+        ...
+
+    def alive(self) -> bool:
+        """True while any process runs."""
+        ...
+
+    def terminate_slots(self) -> None:
+        """Ends the slots now (they hold nothing worth saving, and may be blocked)."""
+        ...
+
+    def kill_stragglers(self) -> list[str]:
+        """Kills whatever still runs; returns the names of the processes killed."""
+        ...
+
+    def close(self) -> None:
+        """Releases what the backend holds (queues, its Ray instance)."""
+        ...
+
+
+class _Signals:
+    """Records SIGINT/SIGTERM while the launcher runs (handlers restored afterwards)."""
+
+    def __init__(self) -> None:
         self.received: int | None = None
-        self._on_signal = on_signal
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
@@ -150,125 +207,164 @@ class _Signals:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.received = signum
-        self._on_signal()
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
-def run_local(
-    config: TrainConfig,
-    run_dir: Path,
-    *,
-    resume: bool,
-    num_tasks: int,
-    log: Log = _stderr,
-) -> dict[str, Any]:
-    """Runs the learner and the actors as spawned processes; returns the summary.
+class Supervisor:
+    """Runs a launch on a backend: the learner, then (once it is ready) every slot; then
 
-    Raises LaunchError if the learner dies or an actor slot exhausts its restarts, and
-    KeyboardInterrupt after a clean stop on Ctrl-C / SIGTERM.
+    - a dead slot is restarted (an actor with a new seed, the evaluator with the same) at
+      most `max_actor_restarts` times, after which the run stops with an error;
+    - a dead learner, or one that reports an error, stops the run with an error;
+    - the learner's budget, Ctrl-C or SIGTERM stop the run: see `_shutdown`.
     """
-    from distral.distributed import workers
 
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    reports: Any = ctx.Queue()
-    d = config.distributed
-    parent = os.getpid()
-    learner = ctx.Process(
-        target=workers.learner_process,
-        args=(config, str(run_dir), resume, stop, reports, parent),
-        name="distral-learner",
-    )
-    actors: dict[Slot, Any] = {}  # and the evaluator: every child but the learner
-    attempts: dict[Slot, int] = {}
-    seed = config.seeds[0]
+    def __init__(
+        self,
+        backend: Backend,
+        config: TrainConfig,
+        num_tasks: int,
+        run_dir: Path,
+        log: Log = _stderr,
+    ) -> None:
+        self._backend = backend
+        self._slots = _slots(config, num_tasks)
+        self._started = _started(config, num_tasks, backend.what)
+        self._max_restarts = config.distributed.max_actor_restarts
+        self._seed = config.seeds[0]
+        self._run_dir = run_dir
+        self._log = log
+        self.restarts: dict[Slot, int] = {}  # deaths per slot so far
+        self._address: str | None = None  # the Reverb server's, once the learner is ready
+        self._failure: str | None = None
+        self._summary: dict[str, Any] | None = None
+        self._signals = _Signals()
 
-    def start_actor(slot: Slot, address: str) -> None:
-        if slot == EVALUATOR:
-            target, args = workers.evaluator_process, (config, address, seed, stop, parent)
-            name = "distral-evaluator"
+    def run(self) -> dict[str, Any]:
+        """The run's summary; raises LaunchError if it failed, KeyboardInterrupt after a
+        clean stop on Ctrl-C / SIGTERM."""
+        with self._signals:
+            try:
+                self._log_where("learner", self._backend.start_learner())
+                if self._wait_ready():
+                    for slot in self._slots:
+                        self._start(slot)
+                    self._log(self._started)
+                    self._supervise()
+            finally:
+                self._shutdown()
+        return _outcome(
+            self._failure, self._signals.received is not None, self._summary, self._run_dir
+        )
+
+    def _stopping(self) -> bool:
+        return self._signals.received is not None or self._backend.stop_requested()
+
+    def _log_where(self, name: str, where: str | None) -> None:
+        if where is not None:
+            self._log(f"{name}: {where}")
+
+    def _read_reports(self, timeout: float) -> str | None:
+        """Takes the learner's reports (keeps its summary); returns its error line, if any."""
+        error = None
+        for msg in self._backend.reports(timeout):
+            if msg[0] == "done":
+                self._summary = msg[1]
+            elif msg[0] == "error":
+                error = msg[1]
+            elif msg[0] == "ready":
+                self._address = msg[1]
+                self._log(
+                    f"Reverb server at {msg[1]}; learner at step {msg[2]}; "
+                    f"run directory {self._run_dir}"
+                )
+        return error
+
+    def _wait_ready(self) -> bool:
+        """READY (True): the learner's Reverb server is up, its first parameters published.
+        False: stopped before."""
+        deadline = time.monotonic() + LEARNER_READY_SECONDS
+        while not self._stopping():
+            error = self._read_reports(_POLL)
+            if error is not None:
+                raise LaunchError(error)
+            if self._address is not None:
+                return True
+            status = self._backend.learner_exit()
+            if status is not None:
+                raise LaunchError(f"the learner exited during start-up ({status})")
+            if time.monotonic() > deadline:
+                raise LaunchError("the learner did not start in time")
+        return False
+
+    def _supervise(self) -> None:
+        """SUPERVISE until the learner ends (its summary or a failure) or a stop."""
+        while not self._stopping():
+            error = self._read_reports(_POLL)
+            if error is not None or self._summary is not None:
+                self._failure = error
+                return
+            status = self._backend.learner_exit()
+            if status is not None:
+                error = self._read_reports(0)  # a report sent just before it exited
+                if self._summary is None:
+                    self._failure = error or f"the learner died ({status})"
+                return
+            for slot, status in self._backend.exited_slots().items():
+                if self._stopping() or not self._restart(slot, status):
+                    return
+
+    def _start(self, slot: Slot) -> None:
+        """Starts a slot: an actor with a new seed per attempt, the evaluator with the run's."""
+        assert self._address is not None  # slots start once the learner is ready
+        if isinstance(slot, str):
+            seed = self._seed
         else:
             task, replica = slot
-            s = actor_seed(seed, task, replica, attempts.get(slot, 0))
-            target, args = workers.actor_process, (config, address, task, s, stop, parent)
-            name = f"distral-actor-{task}-{replica}"
-        p = ctx.Process(target=target, args=args, name=name)
-        p.start()
-        actors[slot] = p
-        log(f"{_slot_name(slot)}: pid {p.pid}")
+            seed = workers.actor_seed(self._seed, task, replica, self.restarts.get(slot, 0))
+        self._log_where(slot_name(slot), self._backend.start_slot(slot, self._address, seed))
 
-    summary: dict[str, Any] | None = None
-    failure: str | None = None
-    with _Signals(stop.set) as signals:
+    def _restart(self, slot: Slot, status: str) -> bool:
+        """Restarts a dead slot, or records the run's failure (-> False) past the limit."""
+        died = self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        if died > self._max_restarts:
+            self._failure = f"{slot_name(slot)} died {died} times ({status}); stopping the run"
+            return False
+        self._log(f"{slot_name(slot)} died ({status}); restart {died}/{self._max_restarts}")
+        self._start(slot)
+        return True
+
+    def _shutdown(self) -> None:
+        """STOP: asks everyone to stop, waits, kills stragglers at the deadline.
+
+        The deadline is SHUTDOWN_SECONDS after the stop when it is urgent (Ctrl-C, SIGTERM,
+        a failure, a learner that never got ready), else LEARNER_FINISH_SECONDS: the learner
+        reached its budget and is finishing. The slots get ACTOR_GRACE_SECONDS, then end.
+        """
+        backend = self._backend
+        backend.request_stop()
+        t0 = time.monotonic()
+        terminated = False
+
+        def deadline() -> float:
+            urgent = self._failure is not None or self._signals.received is not None
+            urgent = urgent or self._address is None
+            return t0 + (SHUTDOWN_SECONDS - 1.5 if urgent else LEARNER_FINISH_SECONDS)
+
         try:
-            learner.start()
-            log(f"learner: pid {learner.pid}")
-            # READY: the learner has its Reverb server up and its first parameters published.
-            address = None
-            deadline = time.monotonic() + LEARNER_READY_SECONDS
-            while address is None and not stop.is_set():
-                try:
-                    msg = reports.get(timeout=_POLL)
-                except queue.Empty:
-                    if not learner.is_alive():
-                        raise LaunchError(
-                            f"the learner exited during start-up (exit code {learner.exitcode})"
-                        ) from None
-                    if time.monotonic() > deadline:
-                        raise LaunchError("the learner did not start in time") from None
-                    continue
-                if msg[0] == "error":
-                    raise LaunchError(msg[1])
-                address = msg[1]
-                log(
-                    f"Reverb server at {address}; learner at step {msg[2]}; run directory {run_dir}"
-                )
-            if address is not None:
-                for slot in _slots(config, num_tasks):
-                    start_actor(slot, address)
-                log(_started(config, num_tasks, "actors"))
-            # SUPERVISE
-            while not stop.is_set():
-                try:
-                    msg = reports.get(timeout=_POLL)
-                except queue.Empty:
-                    msg = None
-                if msg is not None and msg[0] == "done":
-                    summary = msg[1]
-                    break
-                if msg is not None and msg[0] == "error":
-                    failure = msg[1]
-                    break
-                if not learner.is_alive():
-                    failure = f"the learner died (exit code {learner.exitcode})"
-                    break
-                for slot, p in list(actors.items()):
-                    if p.is_alive() or stop.is_set():
-                        continue
-                    attempts[slot] = attempts.get(slot, 0) + 1
-                    if attempts[slot] > d.max_actor_restarts:
-                        failure = (
-                            f"{_slot_name(slot)} died {attempts[slot]} times "
-                            f"(exit code {p.exitcode}); stopping the run"
-                        )
-                        break
-                    log(
-                        f"{_slot_name(slot)} died (exit code {p.exitcode}); "
-                        f"restart {attempts[slot]}/{d.max_actor_restarts}"
-                    )
-                    start_actor(slot, address)
-                if failure:
-                    break
+            while time.monotonic() < deadline() and backend.alive():
+                if not terminated and time.monotonic() > t0 + ACTOR_GRACE_SECONDS:
+                    backend.terminate_slots()
+                    terminated = True
+                self._read_reports(_POLL)  # keep draining: a full queue blocks the learner
+            self._read_reports(0)  # its last report may arrive just as it exits
+            for name in backend.kill_stragglers():
+                self._log(f"{name} did not stop in time; killing it")
         finally:
-            stop.set()
-            urgent = lambda: failure is not None or signals.received is not None  # noqa: E731
-            summary = _shutdown(learner, list(actors.values()), reports, summary, log, urgent)
-            reports.close()
-            reports.join_thread()
-    return _outcome(failure, signals.received is not None, summary, run_dir)
+            backend.close()
 
 
 def _outcome(
@@ -284,175 +380,109 @@ def _outcome(
     return summary
 
 
-def _shutdown(
-    learner: Any,
-    actors: list[Any],
-    reports: Any,
-    summary: Any,
-    log: Log,
-    urgent: Callable[[], bool] = lambda: True,
-) -> dict[str, Any] | None:
-    """Waits for every child (the stop event is set), killing stragglers at the deadline.
+# ----------------------------------------------------------------------------------------
+# LOCAL: spawned processes on this machine
+# ----------------------------------------------------------------------------------------
 
-    The deadline is SHUTDOWN_SECONDS after the stop when `urgent()` (Ctrl-C, SIGTERM, a
-    failure), else LEARNER_FINISH_SECONDS: the learner reached its budget and is finishing.
+
+class LocalBackend:
+    """The learner and the slots as processes of this machine, started with spawn (a
+    forked child would inherit JAX's and Reverb's threads in whatever state they were).
+
+    The children share one stop event and die with the launcher (PR_SET_PDEATHSIG); the
+    learner reports through a queue. The entry points are `distral.distributed.workers`'
+    unless given (tests give stand-ins with the same arguments).
     """
-    t0 = time.monotonic()
-    everyone = [learner, *actors]
-    terminated = False
 
-    def deadline() -> float:
-        return t0 + (SHUTDOWN_SECONDS - 1.5 if urgent() else LEARNER_FINISH_SECONDS)
+    what = "actors"
 
-    while time.monotonic() < deadline() and any(p.is_alive() for p in everyone if p.pid):
-        if not terminated and time.monotonic() > t0 + ACTOR_GRACE_SECONDS:
-            for p in actors:  # an actor blocked inside Reverb cannot see the stop event
-                if p.pid and p.is_alive():
-                    p.terminate()
-            terminated = True
-        try:  # keep draining: a full queue would block the learner's last report
-            msg = reports.get(timeout=_POLL)
-            if msg[0] == "done":
-                summary = msg[1]
-        except queue.Empty:
-            pass
-    while True:  # the learner's report may arrive just as it exits
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        learner: Callable[..., None] = workers.learner_process,
+        actor: Callable[..., None] = workers.actor_process,
+        evaluator: Callable[..., None] = workers.evaluator_process,
+    ) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._queue: Any = self._ctx.Queue()
+        self._config = config
+        self._learner_args = (config, str(run_dir), resume, self._stop, self._queue)
+        self._entry_points = learner, actor, evaluator
+        self._parent = os.getpid()
+        self._learner: Any = None
+        self._processes: dict[Slot, Any] = {}
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> Any:
+        p = self._ctx.Process(target=target, args=(*args, self._parent), name=name)
+        p.start()
+        return p
+
+    def start_learner(self) -> str:
+        self._learner = self._spawn("distral-learner", self._entry_points[0], *self._learner_args)
+        return f"pid {self._learner.pid}"
+
+    def start_slot(self, slot: Slot, address: str, seed: int) -> str:
+        _, actor, evaluator = self._entry_points
+        c, stop = self._config, self._stop
+        if isinstance(slot, str):  # the evaluator
+            p = self._spawn("distral-evaluator", evaluator, c, address, seed, stop)
+        else:
+            task, replica = slot
+            p = self._spawn(f"distral-actor-{task}-{replica}", actor, c, address, task, seed, stop)
+        self._processes[slot] = p
+        return f"pid {p.pid}"
+
+    def reports(self, timeout: float) -> list[tuple]:
+        out = []
         try:
-            msg = reports.get_nowait()
+            out.append(self._queue.get(timeout=timeout))
+            while True:
+                out.append(self._queue.get_nowait())
         except queue.Empty:
-            break
-        if msg[0] == "done":
-            summary = msg[1]
-    for p in everyone:
-        if p.pid and p.is_alive():
-            log(f"{p.name} did not stop in time; killing it")
-            p.kill()
-    for p in everyone:
-        if p.pid:
+            return out
+
+    def learner_exit(self) -> str | None:
+        return None if self._learner.is_alive() else f"exit code {self._learner.exitcode}"
+
+    def exited_slots(self) -> dict[Slot, str]:
+        return {
+            s: f"exit code {p.exitcode}" for s, p in self._processes.items() if not p.is_alive()
+        }
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _everyone(self) -> list[Any]:
+        started = [] if self._learner is None else [self._learner]
+        return started + list(self._processes.values())
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p in self._everyone())
+
+    def terminate_slots(self) -> None:
+        for p in self._processes.values():  # an actor blocked inside Reverb cannot see the stop
+            if p.is_alive():
+                p.terminate()
+
+    def kill_stragglers(self) -> list[str]:
+        killed = [p.name for p in self._everyone() if p.is_alive()]
+        for p in self._everyone():
+            if p.is_alive():
+                p.kill()
+        for p in self._everyone():
             p.join(timeout=1.0)
-    return summary
+        return killed
 
-
-# ----------------------------------------------------------------------------------------
-# RAY: the same workers as Ray actors
-# ----------------------------------------------------------------------------------------
-
-
-def run_ray(
-    config: TrainConfig,
-    run_dir: Path,
-    *,
-    resume: bool,
-    num_tasks: int,
-    ray_address: str | None,
-    log: Log = _stderr,
-) -> dict[str, Any]:
-    """The learner is pinned to this node (it owns the run directory); actors go anywhere."""
-    import ray
-
-    from distral.distributed.ray_workers import RayWorker
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=ray_address,
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=False,
-        )
-    d = config.distributed
-    node = ray.get_runtime_context().get_node_id()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    learner = RayWorker.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-        num_cpus=1,
-        name=None,
-    ).remote()
-    actors: dict[Slot, Any] = {}
-    runs: dict[Slot, Any] = {}
-    attempts: dict[Slot, int] = {}
-    stopping = threading.Event()
-    seed = config.seeds[0]
-    failure: str | None = None
-    summary: dict[str, Any] | None = None
-
-    def start_actor(slot: Slot, address: str) -> None:
-        worker = RayWorker.options(num_cpus=0.5).remote()
-        actors[slot] = worker
-        if slot == EVALUATOR:
-            runs[slot] = worker.run_evaluator.remote(config, address, seed)
-            return
-        task, replica = slot
-        s = actor_seed(seed, task, replica, attempts.get(slot, 0))
-        runs[slot] = worker.run_actor.remote(config, address, task, s)
-
-    with _Signals(stopping.set) as signals:
-        try:
-            learner_run = learner.run_learner.remote(config, str(run_dir), resume)
-            address = None
-            deadline = time.monotonic() + LEARNER_READY_SECONDS
-            while address is None and not stopping.is_set():
-                msgs = ray.get(learner.reports.remote())
-                for msg in msgs:
-                    if msg[0] == "error":
-                        raise LaunchError(msg[1])
-                    if msg[0] == "ready":
-                        address = msg[1]
-                        log(f"Reverb server at {address}; learner at step {msg[2]}")
-                done, _ = ray.wait([learner_run], timeout=0)
-                if done and address is None:
-                    ray.get(learner_run)  # raises the learner's error
-                    raise LaunchError("the learner exited during start-up")
-                if time.monotonic() > deadline:
-                    raise LaunchError("the learner did not start in time")
-                time.sleep(_POLL)
-            if address is not None:
-                for slot in _slots(config, num_tasks):
-                    start_actor(slot, address)
-                log(_started(config, num_tasks, "Ray actors"))
-            while not stopping.is_set():
-                done, _ = ray.wait([learner_run], timeout=_POLL)
-                if done:
-                    try:
-                        summary = ray.get(learner_run)
-                    except Exception as e:
-                        failure = f"the learner died: {str(e).splitlines()[0]}"
-                    break
-                for slot, ref in list(runs.items()):
-                    finished, _ = ray.wait([ref], timeout=0)
-                    if not finished:
-                        continue
-                    try:
-                        ray.get(ref)
-                        code = "returned"
-                    except Exception as e:
-                        code = type(e).__name__
-                    attempts[slot] = attempts.get(slot, 0) + 1
-                    if attempts[slot] > d.max_actor_restarts:
-                        failure = f"{_slot_name(slot)} died {attempts[slot]} times"
-                        break
-                    log(f"{_slot_name(slot)} ended ({code}); restart")
-                    start_actor(slot, address)
-                if failure:
-                    break
-        finally:
-            # STOP: the learner first (it writes its checkpoint), then the actors.
-            for worker in [learner, *actors.values()]:
-                try:
-                    worker.stop.remote()
-                except Exception:
-                    pass
-            try:
-                if summary is None:
-                    summary = ray.get(learner_run, timeout=SHUTDOWN_SECONDS - 1)
-            except Exception:
-                pass
-            for worker in [learner, *actors.values()]:
-                ray.kill(worker, no_restart=True)
-            if started_here:
-                ray.shutdown()
-    return _outcome(failure, signals.received is not None, summary, run_dir)
+    def close(self) -> None:
+        self._queue.close()
+        self._queue.join_thread()
 
 
 def launch(
@@ -464,7 +494,7 @@ def launch(
     ray_address: str | None = None,
     log: Log = _stderr,
 ) -> dict[str, Any]:
-    """Checks, then runs, a distributed run; returns its summary (see `run_local`)."""
+    """Checks, then runs, a distributed run; returns its summary (see `Supervisor.run`)."""
     from distral import rundir
 
     run_dir = Path(run_dir).absolute()
@@ -472,7 +502,9 @@ def launch(
     config = rundir.inline_layout(config)
     num_tasks = preflight(config, backend=backend, ray_address=ray_address)
     if backend == "ray":
-        return run_ray(
-            config, run_dir, resume=resume, num_tasks=num_tasks, ray_address=ray_address, log=log
-        )
-    return run_local(config, run_dir, resume=resume, num_tasks=num_tasks, log=log)
+        from distral.distributed.ray_workers import RayBackend
+
+        runner: Backend = RayBackend(config, run_dir, resume=resume, ray_address=ray_address)
+    else:
+        runner = LocalBackend(config, run_dir, resume=resume)
+    return Supervisor(runner, config, num_tasks, run_dir, log).run()

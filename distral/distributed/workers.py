@@ -30,7 +30,7 @@ Report = Callable[[tuple], None]
 ShouldStop = Callable[[], bool]
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Linux: SIGKILL this process when its parent dies (no orphans, even after a SIGKILL)."""
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
@@ -44,7 +44,7 @@ def child_setup(parent_pid: int, stop_event: Any, *, clean_sigterm: bool) -> Non
     the stop event). With `clean_sigterm` (the learner), SIGTERM also just sets the stop
     event, so the learner still writes its checkpoint; an actor dies on SIGTERM at once
     (it holds nothing worth saving, and may be blocked inside Reverb)."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TF/Reverb load: less noise
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if clean_sigterm:
@@ -63,28 +63,33 @@ def actor_seed(seed: int, task_id: int, replica: int, attempt: int) -> int:
 
 
 def make_actor(
-    config: TrainConfig, address: str, task_id: int, seed: int, *, write: bool = True
+    config: TrainConfig, address: str, task_id: int, seed: int, *, writer: Any = None
 ) -> Any:
-    """The `Actor` of one slot: task `task_id`'s B environments, pi_i, the server's client."""
+    """The `Actor` of one slot: task `task_id`'s B environments, pi_i's column of the
+    parameters published on the server at `address`, and `writer` (None: a `ReplayWriter`
+    to that server; benchmarks/distributed.py passes one that drops everything)."""
     import reverb
 
-    from distral.distributed.actor import Actor
+    from distral.distributed.actor import Actor, ReplayWriter, VariableClient
     from distral.experiment import make_experiment
 
     experiment = make_experiment(config)
     d = config.distributed
-    env = experiment.make_vector_env(task_id, d.envs_per_actor, seed)
-    return Actor(
-        env,
-        task_id,
-        experiment.network,
-        reverb.Client(address),
-        unroll_length=config.unroll_length,
+    client = reverb.Client(address)
+    variables = VariableClient(
+        client,
+        experiment.params_template(),
         refresh_every=d.refresh_every,
         refresh_lag=d.refresh_lag,
+        select=lambda params: experiment.network.task_params(params, task_id),
+    )
+    return Actor(
+        experiment.make_vector_env(task_id, d.envs_per_actor, seed),
+        task_id,
+        experiment.network,
+        variables,
+        ReplayWriter(client, config.unroll_length) if writer is None else writer,
         seed=seed,
-        params_template=experiment.params_template(),
-        write=write,
     )
 
 
