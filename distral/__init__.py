@@ -36,6 +36,10 @@ _LAZY = {
     "init_training_state": "distral.core.learning",
     "make_optimizer": "distral.core.learning",
     "update_step": "distral.core.learning",
+    # algorithm families and finished runs
+    "Algorithm": "distral.core.algorithm",
+    "get_algorithm": "distral.core.algorithm",
+    "load_run": "distral.rundir",
     # configs and the single-process trainer
     "ConfigError": "distral.config",
     "TrainConfig": "distral.config",
