@@ -100,6 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
     config, run_dir = _config_and_run_dir(args, "train", seeds, {})
     from distral.envs.two_room import LayoutError
+    from distral.guard import DivergenceError
     from distral.train import Trainer, run
 
     # Everything is checked and built before the first file is written.
@@ -119,6 +120,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: distral train --resume {run_dir}", file=sys.stderr)
         return 130
+    except DivergenceError as e:
+        print(f"distral train: error: {e}; resume from the last good one with: distral "
+              f"train --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        return 1
     _print_summary(result.summary)
     print(f"curves: {result.run_dir / 'curves.png'}")
     return 0

@@ -260,6 +260,11 @@ class TrainConfig:
         "goal; a game's random score) is reported collapsed (collapsed_tasks column, a "
         "warning); 0 turns it off",
     )
+    halt_on_nan: bool = _f(
+        True,
+        "stop at the first non-finite loss, gradient norm or parameter (a one-line error "
+        "naming the step; no checkpoint of it is written); false: warn once and go on",
+    )
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")

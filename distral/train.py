@@ -28,6 +28,7 @@ from distral.core import learning
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment
+from distral.guard import NanGuard
 from distral.progress import Progress
 
 Array = jax.Array
@@ -220,6 +221,7 @@ def run(
             wall = wall_before + time.perf_counter() - t0
             rows = logger.rows(log_step + 1, stats, pi_i, pi_0, wall, time.perf_counter() - t_chunk)
             log.write(rows)
+            logger.guard_rows(rows, runner.train.params)
             bar.update(
                 int(rows[0]["env_steps_per_task"]),
                 steps_per_chunk,
@@ -252,6 +254,7 @@ class _ChunkLogger:
 
     def __init__(self, trainer: Trainer, progress: Progress) -> None:
         self.trainer = trainer
+        self.guard = NanGuard(trainer.config.halt_on_nan, progress.write)
         experiment = trainer.experiment
         self.monitor = CollapseMonitor(
             experiment.task_names,
@@ -260,6 +263,13 @@ class _ChunkLogger:
             warn=progress.write,
         )
         self.optimal = float(trainer.optimal_returns.mean())
+
+    def guard_rows(self, rows: list[dict[str, float]], params: Any) -> None:
+        """Stops (or warns) at a non-finite loss, gradient norm or parameter of any seed,
+        before the chunk's checkpoint."""
+        for j, row in enumerate(rows):
+            where = f"seed {row['seed']}, log step {row['log_step']} (updates {row['updates']})"
+            self.guard.check(where, row, jax.tree.map(lambda x, j=j: x[j], params))
 
     def rows(
         self,

@@ -29,6 +29,7 @@ from distral.core.algorithm import Algorithm, Parts
 from distral.distributed import replay
 from distral.evaluator import make_evaluator
 from distral.experiment import Experiment, make_experiment
+from distral.guard import NanGuard
 
 
 class Learner:
@@ -227,6 +228,10 @@ def serve_replay(experiment: Experiment, host: str) -> tuple[Any, str, reverb.Cl
     return server, address, client
 
 
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class LearnerRun:
     """The learner process's run: the `Learner`, its evaluation, rows and checkpoints."""
 
@@ -265,9 +270,10 @@ class LearnerRun:
             experiment.task_names,
             experiment.floor_returns,
             config.collapse_entropy,
-            warn=lambda line: print(line, file=sys.stderr, flush=True),
+            warn=_stderr_line,
         )
         self.window = Window(N)
+        self.guard = NanGuard(config.halt_on_nan, _stderr_line)
         self.saved_at = self.log_step
         self.t0 = time.perf_counter()
         self.evaluate: Any = None  # set by `start_evaluator`
@@ -344,10 +350,13 @@ class LearnerRun:
             if not replay.wait_for_items(self.client, replay.TRAJECTORIES, batch_size, should_stop):
                 break
             metrics = self.learner.update()
+            self.guard.check(f"learner step {self.learner.step}", metrics)
             self.frames_per_task += metrics["frames_per_task"]
             self.window.add(metrics)
             if self.learner.step % config.log_every == 0:
                 self.write_row(final=self.learner.step >= budget)
+                where = f"learner step {self.learner.step}"
+                self.guard.check(where, {}, self.learner.state.params)
                 if self.log_step % config.checkpoint_every == 0:
                     self.save()
 

@@ -196,11 +196,15 @@ def learner_process(
     """Entry point of the spawned learner process (it hosts the Reverb server)."""
     child_setup(parent, stop_event, clean_sigterm=True)
     from distral.distributed.learner import learner_main
+    from distral.guard import DivergenceError
 
     try:
         summary = learner_main(
             config, run_dir, resume, stop_event.is_set, stop_event.set, reports.put
         )
+    except DivergenceError as e:  # one line says it all: no traceback
+        reports.put(("error", f"learner stopped: {e}"))
+        sys.exit(1)
     except Exception as e:
         traceback.print_exc()
         reports.put(("error", f"learner failed: {type(e).__name__}: {e}".splitlines()[0]))
