@@ -366,8 +366,8 @@ def aggregate(specs: Sequence[RunSpec], threshold: float | None) -> Aggregate:
         point, low, high = iqm[name]
         rows.append({**row, "iqm": point, "iqm_ci_low": low, "iqm_ci_high": high})
     poi = probability_of_improvement(scores) if len(scores) > 1 else {}
-    curves = {name: c for name, (_, c) in best.items()}
-    return Aggregate(rows, grid_rows, curves, poi, optimal, threshold)
+    best_curves = {name: c for name, (_, c) in best.items()}
+    return Aggregate(rows, grid_rows, best_curves, poi, optimal, threshold)
 
 
 # OUTPUTS

@@ -396,7 +396,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(
             _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
@@ -560,7 +560,7 @@ def describe_fields(cls: type = TrainConfig, prefix: str = "") -> str:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             lines.append(f"  {prefix}{f.name}:  {f.metadata['help']}")
             lines.append(describe_fields(tp, prefix=f"{prefix}{f.name}."))
             continue

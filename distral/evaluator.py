@@ -33,6 +33,7 @@ def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
     """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
     N, E = experiment.num_tasks, episodes
     env_params, network = experiment.env_params, experiment.network
+    assert env_params is not None, "evaluation runs the pure-JAX two_room"
     max_steps = experiment.config.env.step_limit
     task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
     reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))

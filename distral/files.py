@@ -24,7 +24,7 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as fh:
+        with os.fdopen(fd, mode, newline=None if "b" in mode else "") as fh:
             yield fh
         umask = os.umask(0)
         os.umask(umask)

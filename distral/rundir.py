@@ -165,7 +165,7 @@ def metrics_row(
     scalars: Mapping[str, float],
     *,
     optimal_return: float,
-    collapsed_tasks: int,
+    collapsed_tasks: float,  # a count, NaN with the collapse monitor off
     has_pi0: bool,
 ) -> dict[str, float]:
     """One metrics.csv row: `head` (seed, log_step, updates, env_steps_per_task, wall and

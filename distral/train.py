@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +44,12 @@ class RunnerState(NamedTuple):
     key: Array
 
 
-class ChunkStats(NamedTuple):
-    return_sum: Array  # [N] returns of the episodes that ended in the chunk
-    episode_count: Array  # [N]
-    metrics: dict[str, Array]  # update metrics, averaged over the chunk
+class ChunkStats(NamedTuple, Generic[learning.ArrayT]):
+    """Jax arrays from the jitted chunk, numpy arrays once fetched with `jax.device_get`."""
+
+    return_sum: learning.ArrayT  # [N] returns of the episodes that ended in the chunk
+    episode_count: learning.ArrayT  # [N]
+    metrics: dict[str, learning.ArrayT]  # update metrics, averaged over the chunk
 
 
 class Trainer:
@@ -61,6 +63,7 @@ class Trainer:
             )
         self.config = config
         self.experiment = experiment = make_experiment(config)
+        assert experiment.env_params is not None  # two_room, checked above
         self.env_params = experiment.env_params
         self.variant = experiment.variant
         self.num_tasks = experiment.num_tasks
@@ -145,7 +148,7 @@ class Trainer:
         return runner, batch, ret_sum, count
 
     # CHUNK: `log_every` x (rollout, update), scanned.
-    def _chunk(self, runner: RunnerState) -> tuple[RunnerState, ChunkStats]:
+    def _chunk(self, runner: RunnerState) -> tuple[RunnerState, ChunkStats[Array]]:
         def one_update(runner, _):
             runner, batch, ret_sum, count = self.rollout(runner)
             train, metrics = self.algorithm.update_step(
@@ -274,7 +277,7 @@ class _ChunkLogger:
     def rows(
         self,
         log_step: int,
-        stats: ChunkStats,
+        stats: ChunkStats[np.ndarray],
         pi_i: np.ndarray,
         pi_0: np.ndarray,
         wall: float,

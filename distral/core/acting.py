@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from distral.core.networks import DistralNetwork, Params
 
-Array = chex.Array
+Array = jax.Array
 
 
 def _sample(logits: Array, key: Array) -> tuple[Array, Array]:

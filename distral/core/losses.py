@@ -34,7 +34,7 @@ the objective's gradient (tests/test_losses.py proves it by exact enumeration).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import chex
 import jax
@@ -43,7 +43,9 @@ import rlax
 
 from distral.core.variants import Variant
 
-Array = chex.Array
+# rlax annotates its results as chex.Array, a union with numpy arrays and scalars; on jax
+# inputs they are jax.Array, which the casts below record.
+Array = jax.Array
 ReturnsKind = Literal["nstep", "vtrace"]
 RegulariserKind = Literal["expected", "sampled"]
 
@@ -160,8 +162,8 @@ def n_step_returns(r_t: Array, discount_t: Array, v_t: Array, n: int | None = No
     """
     chex.assert_rank([r_t, discount_t, v_t], 1)
     if n is None or n >= r_t.shape[0]:
-        return rlax.lambda_returns(r_t, discount_t, v_t, lambda_=1.0)
-    return rlax.n_step_bootstrapped_returns(r_t, discount_t, v_t, n)
+        return cast(Array, rlax.lambda_returns(r_t, discount_t, v_t, lambda_=1.0))
+    return cast(Array, rlax.n_step_bootstrapped_returns(r_t, discount_t, v_t, n))
 
 
 def distillation_loss(
@@ -273,13 +275,13 @@ def distral_loss(
 
     # REWARDS AND RETURNS
     pi_logits, h_logits = logits_t[:-1], distilled_logits_t[:-1]
-    log_pi_a = rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t)
+    log_pi_a = cast(Array, rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t))
     own_t = jnp.zeros_like(r_t)  # step t's expected regulariser, with its gradient
     if config.distill and config.regulariser == "expected":
         own_t = expected_regulariser(pi_logits, h_logits, config.alpha, config.beta)
         rewards = r_t + jax.lax.stop_gradient(own_t)
     elif config.distill:
-        log_pi0_a = rlax.batched_index(jax.nn.log_softmax(h_logits), a_t)
+        log_pi0_a = cast(Array, rlax.batched_index(jax.nn.log_softmax(h_logits), a_t))
         rewards = regularised_reward(r_t, log_pi0_a, log_pi_a, config.alpha, config.beta)
     else:
         rewards = r_t
@@ -289,13 +291,13 @@ def distral_loss(
 
     # TERMS
     weights = jnp.ones_like(r_t)
-    policy_loss = rlax.policy_gradient_loss(pi_logits, a_t, advantages, weights)
+    policy_loss = cast(Array, rlax.policy_gradient_loss(pi_logits, a_t, advantages, weights))
     value_loss = 0.5 * jnp.mean(jnp.square(value_errors))
     if config.distill:
         distill = distillation_loss(pi_logits, h_logits, config.alpha, config.beta)
     else:
         distill = jnp.zeros(())
-    entropy_loss = rlax.entropy_loss(pi_logits, weights)  # -mean entropy.
+    entropy_loss = cast(Array, rlax.entropy_loss(pi_logits, weights))  # -mean entropy.
     regulariser_loss = -jnp.mean(own_t)
     loss = policy_loss + config.value_cost * value_loss + distill + regulariser_loss
     if config.entropy_cost:

@@ -23,7 +23,7 @@ arXiv:1802.01561). Any Flax module (`flax_torso`) or `hk.transform`ed Haiku func
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import chex
 import flax.linen as nn
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 
 Params = Any  # A pytree of arrays.
-Array = chex.Array
+Array = jax.Array
 PRNGKey = chex.PRNGKey
+T = TypeVar("T")
 
 TORSOS = ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn")
 ARCHITECTURES = ("independent", "shared", "1col", "2col")
@@ -66,7 +67,8 @@ def flax_torso(module: nn.Module) -> Torso:
         return variables.get("params", {})  # a torso without layers has no parameters
 
     def apply(params: Params, obs: Array) -> Array:
-        return module.apply({"params": params}, obs)
+        # flax's stub also allows the (output, variables) pair returned with `mutable`.
+        return module.apply({"params": params}, obs)  # type: ignore[return-value]
 
     return Torso(init=init, apply=apply)
 
@@ -216,6 +218,14 @@ def _feature_dim(torso: Torso, torso_params: Params, obs: Array) -> int:
     return features.shape[-1]
 
 
+def _required(x: T | None, column: str) -> T:
+    """`x`, an output of the `column` ('h' distilled, 'f' task) that the architecture has
+    (None would mean parts composed for another architecture)."""
+    if x is None:
+        raise ValueError(f"this architecture needs the {column} column's output, got None")
+    return x
+
+
 def _pick(stacked: Params, task_id: Array) -> Params:
     """Task task_id's slice of stacked parameters (the task axis dropped)."""
     return jax.tree.map(lambda x: x[task_id], stacked)
@@ -288,11 +298,11 @@ class TaskColumns(NamedTuple):
     # (key, obs [B, ...], distilled feature dim or None) -> params
     init: Callable[[PRNGKey, Array, int | None], Params]
     # (params, obs [B, ...], h_features [B, D], task_id [B]): sample b uses task_id[b].
-    apply_per_sample: Callable[[Params, Array, Array, Array], tuple[Array | None, Array]]
+    apply_per_sample: Callable[[Params, Array, Array | None, Array], tuple[Array | None, Array]]
     # (params, obs [N, B, ...], h_features [N, B, D]): row i uses task i.
-    apply_per_row: Callable[[Params, Array, Array], tuple[Array | None, Array]]
+    apply_per_row: Callable[[Params, Array, Array | None], tuple[Array | None, Array]]
     # (params, obs [B, ...], h_features [B, D], task_id scalar): one task, only it runs.
-    apply_one: Callable[[Params, Array, Array, Array], tuple[Array | None, Array]]
+    apply_one: Callable[[Params, Array, Array | None, Array], tuple[Array | None, Array]]
     # (params, task_id) -> task_id's parameters alone, on a task axis of length 1.
     slice: Callable[[Params, int], Params]
 
@@ -325,7 +335,7 @@ def separate_columns(torso: Torso, num_tasks: int, num_actions: int) -> TaskColu
         keys = jax.random.split(key, num_tasks)
         return jax.vmap(init_column, in_axes=(0, None))(keys, obs)
 
-    def apply_per_sample(params: Params, obs: Array, _: Array, task_id: Array):
+    def apply_per_sample(params: Params, obs: Array, _: Array | None, task_id: Array):
         all_logits, all_values = jax.vmap(column, in_axes=(0, None))(params, obs)
         select = task_id[None, :, None]  # [1, B, 1] against [N, B, O].
         return (
@@ -359,18 +369,18 @@ def shared_torso_columns(torso: Torso, num_tasks: int, num_actions: int) -> Task
             "value": _stacked_dense_init(value_key, num_tasks, dim, 1, _VALUE_INIT_SCALE),
         }
 
-    def apply_per_sample(params: Params, obs: Array, _: Array, task_id: Array):
+    def apply_per_sample(params: Params, obs: Array, _: Array | None, task_id: Array):
         features = torso.apply(params["torso"], obs)
         return (
             _dense_per_sample(params["policy"], features, task_id),
             _dense_per_sample(params["value"], features, task_id),
         )
 
-    def apply_per_row(params: Params, obs: Array, _: Array):
+    def apply_per_row(params: Params, obs: Array, _: Array | None):
         features = _batch_to_rows(torso.apply(params["torso"], _rows_to_batch(obs)), obs)
         return _dense_per_row(params["policy"], features), _dense_per_row(params["value"], features)
 
-    def apply_one(params: Params, obs: Array, _: Array, task_id: Array):
+    def apply_one(params: Params, obs: Array, _: Array | None, task_id: Array):
         features = torso.apply(params["torso"], obs)
         policy, value = _pick((params["policy"], params["value"]), task_id)
         return _dense(policy, features), _dense(value, features)
@@ -394,10 +404,15 @@ def distilled_value_heads(num_tasks: int) -> TaskColumns:
     task on h's features, stacked: {"w": [N, D, 1], "b": [N, 1]}. No f_i logits."""
     return TaskColumns(
         params_key="values",
-        init=lambda key, obs, dim: _stacked_dense_init(key, num_tasks, dim, 1, _VALUE_INIT_SCALE),
-        apply_per_sample=lambda p, obs, h, task_id: (None, _dense_per_sample(p, h, task_id)),
-        apply_per_row=lambda p, obs, h: (None, _dense_per_row(p, h)),
-        apply_one=lambda p, obs, h, task_id: (None, _dense(_pick(p, task_id), h)),
+        init=lambda key, obs, dim: _stacked_dense_init(
+            key, num_tasks, _required(dim, "h"), 1, _VALUE_INIT_SCALE
+        ),
+        apply_per_sample=lambda p, obs, h, task_id: (
+            None,
+            _dense_per_sample(p, _required(h, "h"), task_id),
+        ),
+        apply_per_row=lambda p, obs, h: (None, _dense_per_row(p, _required(h, "h"))),
+        apply_one=lambda p, obs, h, task_id: (None, _dense(_pick(p, task_id), _required(h, "h"))),
         slice=_keep_one,
     )
 
@@ -448,9 +463,12 @@ def policy_output(
     def output(f: Array | None, h: Array | None, value: Array) -> NetworkOutput:
         value = value[..., 0]
         if architecture == "independent":
+            f = _required(f, "f")
             return NetworkOutput(f, jnp.zeros_like(f), value)
+        h = _required(h, "h")
         if architecture == "shared":
             return NetworkOutput(h, h, value)
+        f = _required(f, "f")
         if architecture == "1col":
             return NetworkOutput(f, h, value)
         return NetworkOutput(alpha * h + beta * f, h, value)

@@ -17,9 +17,9 @@ def step_timestep(
 
     The reward is float32, as the adapters' reward spec. The caller resets on `.last()`.
     """
-    reward = np.float32(reward)
+    reward32 = np.float32(reward)
     if game_over:
-        return dm_env.termination(reward, observation)
+        return dm_env.termination(reward32, observation)
     if t >= max_steps:
-        return dm_env.truncation(reward, observation)
-    return dm_env.transition(reward, observation)
+        return dm_env.truncation(reward32, observation)
+    return dm_env.transition(reward32, observation)
