@@ -24,8 +24,10 @@ from distral.distributed.launch import Slot, slot_name
 from distral.distributed.learner import learner_main
 
 
-@ray.remote(max_concurrency=4)
-class RayWorker:
+class Worker:
+    """What one Ray actor of a run does: the learner, an actor slot or the evaluator,
+    with its stop flag and the learner's reports (`RayWorker` is its Ray actor class)."""
+
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._reports: list[tuple] = []
@@ -54,6 +56,10 @@ class RayWorker:
         with self._lock:
             out, self._reports = self._reports, []
         return out
+
+
+# Ray's stubs know neither `max_concurrency` nor the `.options` of a decorated class.
+RayWorker: Any = ray.remote(max_concurrency=4)(Worker)  # type: ignore[call-overload]
 
 
 def error_status(error: BaseException) -> str:
