@@ -195,11 +195,16 @@ def test_select_action_samples_the_task_and_distilled_policies(network):
         np.testing.assert_array_equal(single[0], mixed[0])
         single0 = acting.select_action_pi0(params, obs, jnp.int32(i), key, network=network)
         np.testing.assert_allclose(single0[1], out.distilled_logits, rtol=1e-6)
-    # Sampling follows the logits: a near one-hot policy picks its action.
+    # Sampling follows the logits: near one-hot policies pick their actions, pi_0 (h peaked
+    # on 1) its own and pi_i (h + f_i, f_i peaked three times as high on 3) the task's.
     peaked = jax.tree.map(lambda x: x, params)
-    peaked["tasks"]["policy"]["b"] = peaked["tasks"]["policy"]["b"].at[:, 3].set(1e4)
-    action, _ = acting.select_action(peaked, obs, task_id, key, network=network)
-    np.testing.assert_array_equal(action, 3)
+    peaked["distilled"]["policy"]["b"] = peaked["distilled"]["policy"]["b"].at[1].set(1e4)
+    peaked["tasks"]["policy"]["b"] = peaked["tasks"]["policy"]["b"].at[:, 3].set(3e4)
+    for task in (task_id, jnp.int32(2)):
+        action, _ = acting.select_action(peaked, obs, task, key, network=network)
+        np.testing.assert_array_equal(action, 3)
+        action0, _ = acting.select_action_pi0(peaked, obs, task, key, network=network)
+        np.testing.assert_array_equal(action0, 1)
 
 
 # ACTOR

@@ -195,14 +195,29 @@ def test_minatar_episode_determinism_and_truncation():
 
 
 def test_game_envs_run_in_the_actor_vector_env():
-    envs = DmEnvVector([minatar.MinAtarEnv("asterix", seed=s) for s in range(3)])
+    """DmEnvVector over real games against the same-seeded envs stepped one by one: same
+    frames and rewards, discount 0 and a fresh episode's frame at every LAST step (the
+    12-step limit forces two resets in 30 steps)."""
+    seeds = (0, 1)
+    envs = DmEnvVector([minatar.MinAtarEnv("asterix", seed=s, max_steps=12) for s in seeds])
+    refs = [minatar.MinAtarEnv("asterix", seed=s, max_steps=12) for s in seeds]
     obs = envs.reset(0)
-    assert obs.shape == (3, 10, 10, 10)
-    obs, reward, _, done = envs.step(np.zeros(3, np.int64))
-    assert obs.shape == (3, 10, 10, 10) and reward.shape == (3,) and done.dtype == bool
-    envs = DmEnvVector([atari.AtariEnv("pong", seed=s) for s in range(2)])
-    assert envs.reset(0).shape == (2, 84, 84, 4)
-    assert isinstance(atari.AtariEnv("pong").reset(), dm_env.TimeStep)
+    np.testing.assert_array_equal(obs, [ref.reset().observation for ref in refs])
+    rng, resets = np.random.default_rng(0), 0
+    for _ in range(30):
+        actions = rng.integers(0, 6, size=len(seeds))
+        obs, reward, discount, done = envs.step(actions)
+        for b, (ref, action) in enumerate(zip(refs, actions, strict=True)):
+            ts = ref.step(int(action))
+            assert reward[b] == ts.reward and done[b] == ts.last()
+            assert discount[b] == (0.0 if ts.last() else ts.discount)
+            if ts.last():
+                ts, resets = ref.reset(), resets + 1
+            np.testing.assert_array_equal(obs[b], ts.observation)
+    assert resets == 2 * len(seeds)
+    envs = DmEnvVector([atari.AtariEnv("pong", seed=s) for s in seeds])
+    want = [atari.AtariEnv("pong", seed=s).reset().observation for s in seeds]
+    np.testing.assert_array_equal(envs.reset(0), want)
 
 
 # CONFIG, EXPERIMENT AND A DISTRIBUTED RUN

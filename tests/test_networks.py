@@ -320,15 +320,44 @@ def test_nature_cnn_shape_and_uint8_scaling():
     assert not np.allclose(features, apply(params, pixels.astype(jnp.float32)))
 
 
-def test_impala_resnet_shape():
+def _lax_impala(params, x):
+    """The IMPALA ResNet written with lax primitives: per stage a 3x3 conv, a 3x3 max-pool
+    of stride 2 and two residual blocks x + conv(relu(conv(relu(x)))); then relu, flatten
+    and a relu Dense layer."""
+
+    def conv(p, y):
+        out = jax.lax.conv_general_dilated(
+            y, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return out + p["bias"]
+
+    block = 0
+    for stage in range(3):
+        x = conv(params[f"Conv_{stage}"], x)
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+        for _ in range(2):
+            p = params[f"_ResidualBlock_{block}"]
+            x = x + conv(p["Conv_1"], jax.nn.relu(conv(p["Conv_0"], jax.nn.relu(x))))
+            block += 1
+    x = jax.nn.relu(x).reshape((x.shape[0], -1))
+    return jax.nn.relu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+
+
+def test_impala_resnet_against_lax_by_hand():
+    """12x12 pixels pool to 6, 3, 2: 2 * 2 * 32 features into the 256-unit layer; uint8
+    pixels enter as x / 255."""
     torso = networks.make_torso("impala_resnet")
-    pixels = jnp.zeros((2, 84, 84, 4), jnp.uint8).at[:, 10:30].set(200)
-    params = jax.jit(torso.init)(jax.random.PRNGKey(0), pixels)
+    pixels = jax.random.randint(jax.random.PRNGKey(0), (2, 12, 12, 3), 0, 256).astype(jnp.uint8)
+    params = torso.init(jax.random.PRNGKey(1), pixels)
+    params = jax.tree_util.tree_map_with_path(  # non-zero biases
+        lambda path, x: x + 0.05 if path[-1].key == "bias" else x, params
+    )
+    assert params["Dense_0"]["kernel"].shape == (2 * 2 * 32, 256)
     features = jax.jit(torso.apply)(params, pixels)
+    want = jax.jit(_lax_impala)(params, pixels.astype(jnp.float32) / 255.0)
     assert features.shape == (2, 256)
-    convs = [k for k in params if k.startswith("Conv")]
-    assert len(convs) == 3  # One per stage; the residual convs live in the blocks.
-    assert bool(jnp.any(features > 0))
+    np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-5)
+    assert 0.2 < float(jnp.mean(want > 0)) < 1.0  # relu both active and cut
 
 
 def test_unknown_names_raise_with_choices():
@@ -354,16 +383,35 @@ def _haiku_mlp(obs):
     return x
 
 
-def test_haiku_torso_in_2col_under_jit():
+def _numpy_haiku_mlp(torso_params, obs):
+    """`_haiku_mlp` by hand: Haiku names its layers linear, linear_1, ..."""
+    x = np.asarray(obs, np.float64).reshape(obs.shape[0], -1)
+    for i in range(len(HIDDEN)):
+        layer = torso_params["linear" if i == 0 else f"linear_{i}"]
+        x = np.maximum(x @ np.asarray(layer["w"]) + np.asarray(layer["b"]), 0.0)
+    return x
+
+
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_haiku_torso_in_2col_under_jit_by_hand(task_columns):
+    """A Haiku torso in every column: logits alpha h + beta f_i and V_i from the Haiku
+    parameters by hand (stacked on a task axis for separate columns)."""
+    alpha, beta = 0.5, 3.0
     torso = networks.haiku_torso(hk.transform(_haiku_mlp))
-    net, params, _ = _build("2col", torso=torso)
-    out = jax.jit(net.apply)(params, _obs(9), TASK_ID)
-    assert out.logits.shape == (BATCH, NUM_ACTIONS)
-    assert np.all(np.isfinite(out.logits))
-    rows = jax.jit(net.apply_tasks)(params, _obs(9, (NUM_TASKS, BATCH, *OBS_SHAPE)))
-    assert rows.value.shape == (NUM_TASKS, BATCH)
-    # Haiku's stacked params carry the task axis too.
-    assert params["tasks"]["torso"]["linear"]["w"].shape[0] == NUM_TASKS
+    net, params, _ = _build("2col", task_columns, alpha=alpha, beta=beta, torso=torso)
+    obs = np.asarray(_obs(9))
+    out = jax.jit(net.apply)(params, obs, TASK_ID)
+    d, tasks = params["distilled"], params["tasks"]
+    head = lambda x, p: x @ np.asarray(p["w"]) + np.asarray(p["b"])  # noqa: E731
+    h = head(_numpy_haiku_mlp(d["torso"], obs), d["policy"])
+    for b, i in enumerate(TASK_ID):
+        tp = tasks["torso"] if task_columns == "shared_torso" else _slice_task(tasks["torso"], i)
+        features = _numpy_haiku_mlp(tp, obs[b : b + 1])
+        f = head(features, _slice_task(tasks["policy"], i))[0]
+        v = head(features, _slice_task(tasks["value"], i))[0, 0]
+        np.testing.assert_allclose(out.logits[b], alpha * h[b] + beta * f, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.value[b], v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.distilled_logits, h, rtol=1e-4, atol=1e-6)
 
 
 def test_haiku_torso_matches_flax_mlp_with_copied_weights():
