@@ -66,7 +66,7 @@ def _assert_clean_stop(launch: Launch, out: Path, code: int, seconds: float, por
     its kill of stragglers, within SHUTDOWN_SECONDS; the port free; a checkpoint of the last
     row."""
     assert code == 130, launch.tail()
-    assert seconds < SHUTDOWN_SECONDS, seconds
+    assert seconds < SHUTDOWN_SECONDS, f"{seconds:.1f} s\n{launch.tail()}"
     assert not any("did not stop in time" in x for x in launch.lines), launch.tail()
     assert f"stopped; resume with: distral launch --resume {out}" in launch.lines
     assert port_free(port)
