@@ -8,18 +8,20 @@ so the two paths train the same network with the same loss (DESIGN.md section 3)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dm_env
 import numpy as np
 from dm_env import specs
 
 from distral.config import ConfigError, TrainConfig
-from distral.core.algorithm import Algorithm, Parts, get_algorithm
-from distral.core.networks import DistralNetwork
-from distral.core.variants import Variant
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
+
+if TYPE_CHECKING:  # the algorithm is imported when built: `task_spec` stays light
+    from distral.core.algorithm import Algorithm, Parts
+    from distral.core.networks import DistralNetwork
+    from distral.core.variants import Variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,7 @@ def seed32(*entropy: int) -> int:
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
 
-def _tasks(config: TrainConfig):
+def task_spec(config: TrainConfig):
     """(env_params, num_tasks, num_actions, observation spec, optimal returns, floor
     returns, task names). The floor is what `distral.collapse` compares a task's return
     with: never reaching the goal (two_room: -0.1 for every one of max_steps steps), or the
@@ -157,7 +159,9 @@ def _tasks(config: TrainConfig):
 def make_experiment(config: TrainConfig) -> Experiment:
     """Builds the parts of `config`: its tasks, and its algorithm family's network,
     optimiser and learner configuration (`distral.core.algorithm`)."""
-    env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = _tasks(config)
+    from distral.core.algorithm import get_algorithm
+
+    env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = task_spec(config)
     algorithm = get_algorithm(config.algorithm)
     parts = algorithm.build(config, num_tasks, num_actions)
     return Experiment(

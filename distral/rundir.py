@@ -295,14 +295,15 @@ class RunLog:
             w.close()
         self.checkpoints.close()
 
-    def finish(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """Writes summary.json (and curves.png when there are rows); returns the summary
-        as written (NaN as None)."""
+    def finish(self, summary: Mapping[str, Any], *, plot: bool = True) -> dict[str, Any]:
+        """Writes summary.json, then curves.png when there are rows and `plot`; returns
+        the summary as written (NaN as None). A run stopped by a signal skips the figure:
+        its processes have seconds to end, and `distral plot` draws it any time."""
         from distral.plotting import plot_run
 
         safe = json_safe(dict(summary))
         atomic_write_json(self.run_dir / "summary.json", safe)
-        if self.metrics_path.exists() and last_rows_or_empty(self.metrics_path):
+        if plot and self.metrics_path.exists() and last_rows_or_empty(self.metrics_path):
             plot_run(self.run_dir)
         return safe
 

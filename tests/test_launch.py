@@ -469,3 +469,18 @@ def test_supervisor_returns_the_summary_of_a_learner_that_spent_its_budget(tmp_p
     )
     assert supervisor.run() == {"learner_steps": 1}
     assert not any("did not stop in time" in x for x in lines)
+
+
+def test_ray_cpu_requests_fit_the_cluster():
+    """Ray schedules by CPU requests: the learner and every slot must fit, or a slot waits
+    for ever (the evaluator did, at 0.5 CPU beside 2 actors and the learner on 2 CPUs)."""
+    pytest.importorskip("ray")
+    from distral.distributed.ray_workers import cpu_shares
+
+    assert cpu_shares(2.0, 3) == (1.0, pytest.approx(1 / 3))  # 2 actors + the evaluator
+    assert cpu_shares(2.0, 9) == (1.0, pytest.approx(1 / 9))  # the 8-task preset
+    assert cpu_shares(64.0, 9) == (1.0, 0.5)  # a cluster: at most half a CPU each
+    assert cpu_shares(1.0, 2) == (0.5, 0.25)
+    for cpus, slots in [(2.0, 3), (2.0, 9), (1.0, 2), (3.0, 17)]:
+        learner, each = cpu_shares(cpus, slots)
+        assert learner + slots * each <= cpus + 1e-9

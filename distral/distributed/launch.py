@@ -104,8 +104,10 @@ def check_reachable(address: str, what: str, timeout: float = 3.0) -> None:
 
 
 def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> int:
-    """Checks a launch before anything starts; returns the number of tasks."""
-    from distral.experiment import make_experiment
+    """Checks a launch before anything starts; returns the number of tasks. It reads the
+    tasks without building the algorithm: the launcher never imports rlax, whose
+    tensorflow_probability imports TensorFlow (seconds to load, seconds more at exit)."""
+    from distral.experiment import task_spec
 
     if len(config.seeds) != 1:
         raise ConfigError(
@@ -129,7 +131,7 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
             ) from None
         if ray_address is not None and ray_address != "auto":
             check_reachable(ray_address, "--ray-address")
-    return make_experiment(config).num_tasks
+    return int(task_spec(config)[1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -504,7 +506,10 @@ def launch(
     if backend == "ray":
         from distral.distributed.ray_workers import RayBackend
 
-        runner: Backend = RayBackend(config, run_dir, resume=resume, ray_address=ray_address)
+        num_slots = len(_slots(config, num_tasks))
+        runner: Backend = RayBackend(
+            config, run_dir, resume=resume, ray_address=ray_address, num_slots=num_slots
+        )
     else:
         runner = LocalBackend(config, run_dir, resume=resume)
     return Supervisor(runner, config, num_tasks, run_dir, log).run()

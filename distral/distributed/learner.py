@@ -423,4 +423,4 @@ def learner_main(
         actors_per_task=config.distributed.actors_per_task,
         reverb_address=address,
     )
-    return run.log.finish(summary)
+    return run.log.finish(summary, plot=run.learner.step >= budget)

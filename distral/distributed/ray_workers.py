@@ -83,13 +83,29 @@ def _ended(ref: ray.ObjectRef) -> tuple[Any, str]:
         return None, error_status(e)
 
 
+def cpu_shares(cluster_cpus: float, num_slots: int) -> tuple[float, float]:
+    """(the learner's, each actor or evaluator slot's) Ray CPU request. Ray schedules by
+    these numbers, so every process of the run must fit in the cluster's CPUs or a slot
+    waits forever (2 CPUs, 2 actors and the evaluator at 0.5 beside the learner's 1 left
+    the evaluator unscheduled). The learner gets up to one CPU, the slots share the rest,
+    at most half a CPU each."""
+    learner = min(1.0, cluster_cpus / 2)
+    return learner, min(0.5, (cluster_cpus - learner) / max(num_slots, 1))
+
+
 class RayBackend:
     """`launch.Backend` on Ray: this machine's Ray instance, or the cluster at `ray_address`."""
 
     what = "Ray actors"
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, *, resume: bool, ray_address: str | None
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        ray_address: str | None,
+        num_slots: int,
     ) -> None:
         self._started_here = not ray.is_initialized()
         if self._started_here:
@@ -99,6 +115,8 @@ class RayBackend:
                 log_to_driver=True,
                 configure_logging=False,
             )
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        self._learner_cpus, self._slot_cpus = cpu_shares(cpus, num_slots)
         self._config = config
         self._learner_args = (config, str(run_dir), resume)
         self._learner: Any = None
@@ -111,7 +129,7 @@ class RayBackend:
         node = ray.get_runtime_context().get_node_id()
         self._learner = RayWorker.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-            num_cpus=1,
+            num_cpus=self._learner_cpus,
         ).remote()
         self._learner_run = self._learner.run_learner.remote(*self._learner_args)
 
@@ -135,7 +153,7 @@ class RayBackend:
     def start_slot(self, slot: Slot, address: str, seed: int) -> None:
         if slot in self._workers:  # a failed task leaves its worker idle: free it
             ray.kill(self._workers[slot], no_restart=True)
-        worker = self._workers[slot] = RayWorker.options(num_cpus=0.5).remote()
+        worker = self._workers[slot] = RayWorker.options(num_cpus=self._slot_cpus).remote()
         if isinstance(slot, str):  # the evaluator
             self._runs[slot] = worker.run_evaluator.remote(self._config, address, seed)
         else:
