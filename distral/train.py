@@ -213,7 +213,7 @@ def run(
         start_log * steps_per_chunk,
         enabled=progress,
     )
-    logger = _ChunkLogger(trainer, bar)
+    logger = _ChunkLogger(trainer, bar, halt_on_nan=config.halt_on_nan)
     t0 = time.perf_counter()
     try:
         for log_step in range(start_log, config.num_log_steps):
@@ -255,9 +255,9 @@ def run(
 class _ChunkLogger:
     """The metrics rows of one compiled chunk, one per seed."""
 
-    def __init__(self, trainer: Trainer, progress: Progress) -> None:
+    def __init__(self, trainer: Trainer, progress: Progress, *, halt_on_nan: bool) -> None:
         self.trainer = trainer
-        self.guard = NanGuard(trainer.config.halt_on_nan, progress.write)
+        self.guard = NanGuard(halt_on_nan, progress.write)
         experiment = trainer.experiment
         self.monitor = CollapseMonitor(
             experiment.task_names,

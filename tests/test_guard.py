@@ -20,7 +20,7 @@ import pytest
 from distral import config as cfg
 from distral.checkpoint import Checkpoints
 from distral.guard import DivergenceError, NanGuard, non_finite
-from distral.train import run
+from distral.train import Trainer, run
 
 ROOT = Path(__file__).resolve().parents[1]
 DIVERGING = 1e38  # learning rate
@@ -54,28 +54,28 @@ def _config(**kw):
     return cfg.load_config(None, overrides={**small, **kw})
 
 
-def test_train_stops_at_a_nan_keeps_the_good_checkpoints_and_resumes(tmp_path):
+def test_train_stops_at_a_nan_keeps_the_good_checkpoints_resumes_or_only_warns(tmp_path, capsys):
+    """Two programs are compiled (a run's program depends on its learning rate, not on its
+    budget or `halt_on_nan`), and each serves two runs."""
+    good, bad = _config(), _config(learning_rate=DIVERGING)
+    trainer_good, trainer_bad = Trainer(good), Trainer(bad)
     out = tmp_path / "run"
-    good = _config(env_steps_per_task=160)  # 2 log rows of 80 steps, both checkpointed
-    run(good, out, progress=False)
-    bad = _config(learning_rate=DIVERGING)
+    run(_config(env_steps_per_task=160), out, progress=False, trainer=trainer_good)  # 2 rows
     with pytest.raises(
         DivergenceError, match=r"non-finite (loss|grad_norm)=nan at seed 0, log step 3"
     ):
-        run(bad, out, resume=True, progress=False)
-    checkpoints = Checkpoints(out / "checkpoints")
-    raw, step = checkpoints.restore_raw()
+        run(bad, out, resume=True, progress=False, trainer=trainer_bad)
+    raw, step = Checkpoints(out / "checkpoints").restore_raw()
     assert step == 2  # the NaN state of log step 3 was never written
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(raw["runner"]["train"]["params"]))
-    result = run(_config(), out, resume=True, progress=False)  # from the last good one
+    result = run(good, out, resume=True, progress=False, trainer=trainer_good)  # the last good
     assert math.isfinite(result.summary["final_mean_return"])
     steps = [int(r.split(",")[1]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [s for s in range(1, _config().num_log_steps + 1) for _ in (0, 1)]
+    assert steps == [s for s in range(1, good.num_log_steps + 1) for _ in (0, 1)]
 
-
-def test_train_with_halt_on_nan_false_warns_once_and_finishes(tmp_path, capsys):
-    config = _config(learning_rate=DIVERGING, halt_on_nan=False, env_steps_per_task=160)
-    result = run(config, tmp_path / "run", progress=True)
+    capsys.readouterr()
+    warn_only = _config(learning_rate=DIVERGING, halt_on_nan=False, env_steps_per_task=160)
+    result = run(warn_only, tmp_path / "warn", progress=True, trainer=trainer_bad)
     err = capsys.readouterr().err
     assert err.count("warning: non-finite") == 1 and "halt_on_nan: false" in err
     assert result.summary["env_steps_per_task"] == 160  # both rows ran, NaN and all
