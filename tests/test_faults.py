@@ -39,10 +39,10 @@ from launching import (
 from distral.distributed.launch import SHUTDOWN_SECONDS
 
 ONE_TASK = [*SMALL, "env.num_tasks=1"]
-# The launcher's own exit after its children are gone: the interpreter's teardown of the
-# TensorFlow its preflight imports takes 2-3 s (measured 2026-12-01), up to ~6 s with both
-# cores busy. (`distral launch` could skip it with os._exit once it has printed.)
-LAUNCHER_EXIT_SECONDS = 6.0
+# Ray's own shutdown (`ray.shutdown()` of the instance a launch started) after the run's
+# processes are gone: seconds more on a loaded machine. The local launcher imports no
+# TensorFlow (it reads the tasks without building the algorithm), so it has no such tail.
+RAY_SHUTDOWN_SECONDS = 10.0
 TMP_CHECKPOINT = re.compile(r"^(\d+)\.orbax-checkpoint-tmp-")
 
 
@@ -72,16 +72,18 @@ def _stop(launch: Launch, sig: int, *, group: bool) -> tuple[int, float, float]:
     return code, children_gone, launcher_gone
 
 
-def _assert_clean_stop(launch: Launch, out: Path, stop: tuple[int, float, float], port: int):
-    """Exit 130 with the resume line; every child gone within SHUTDOWN_SECONDS (the
-    launcher kills stragglers 1.5 s before), the launcher itself within
-    LAUNCHER_EXIT_SECONDS more; the port free; the summary and a checkpoint of the last
-    row written (the learner writes them before its plot, the last thing it does)."""
+def _assert_clean_stop(
+    launch: Launch, out: Path, stop: tuple[int, float, float], port: int, exit_tail: float = 0.0
+):
+    """Exit 130 with the resume line; every child and the launcher gone within
+    SHUTDOWN_SECONDS (the launcher kills stragglers 1.5 s before; `exit_tail` more for the
+    launcher on Ray); the port free; the summary and a checkpoint of the last row written
+    (a stopped learner draws no figure)."""
     code, children_gone, launcher_gone = stop
     timing = f"children {children_gone:.1f} s, launcher {launcher_gone:.1f} s\n{launch.tail()}"
     assert code == 130, launch.tail()
     assert children_gone < SHUTDOWN_SECONDS, timing
-    assert launcher_gone < SHUTDOWN_SECONDS + LAUNCHER_EXIT_SECONDS, timing
+    assert launcher_gone < SHUTDOWN_SECONDS + exit_tail, timing
     assert f"stopped; resume with: distral launch --resume {out}" in launch.lines
     assert port_free(port)
     assert (out / "summary.json").is_file()
@@ -329,4 +331,5 @@ def test_ctrl_c_on_a_ray_launch_stops_every_process(tmp_path, launches):
     launches.append(launch)
     port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
     assert wait_until(lambda: _ray_actor_workers(launch), 240)  # (among those timed)
-    _assert_clean_stop(launch, out, _stop(launch, signal.SIGINT, group=True), port)
+    stop = _stop(launch, signal.SIGINT, group=True)
+    _assert_clean_stop(launch, out, stop, port, exit_tail=RAY_SHUTDOWN_SECONDS)
