@@ -24,9 +24,10 @@ from distral.distributed.launch import Slot, slot_name
 from distral.distributed.learner import learner_main
 
 
-class Worker:
+class RayWorker:
     """What one Ray actor of a run does: the learner, an actor slot or the evaluator,
-    with its stop flag and the learner's reports (`RayWorker` is its Ray actor class)."""
+    with its stop flag and the learner's reports (`RemoteWorker` is its Ray actor class;
+    Ray names the worker processes after this class: "ray::RayWorker.run_actor")."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -59,7 +60,7 @@ class Worker:
 
 
 # Ray's stubs know neither `max_concurrency` nor the `.options` of a decorated class.
-RayWorker: Any = ray.remote(max_concurrency=4)(Worker)  # type: ignore[call-overload]
+RemoteWorker: Any = ray.remote(max_concurrency=4)(RayWorker)  # type: ignore[call-overload]
 
 
 def error_status(error: BaseException) -> str:
@@ -127,7 +128,7 @@ class RayBackend:
 
     def start_learner(self) -> None:
         node = ray.get_runtime_context().get_node_id()
-        self._learner = RayWorker.options(
+        self._learner = RemoteWorker.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
             num_cpus=self._learner_cpus,
         ).remote()
@@ -153,7 +154,7 @@ class RayBackend:
     def start_slot(self, slot: Slot, address: str, seed: int) -> None:
         if slot in self._workers:  # a failed task leaves its worker idle: free it
             ray.kill(self._workers[slot], no_restart=True)
-        worker = self._workers[slot] = RayWorker.options(num_cpus=self._slot_cpus).remote()
+        worker = self._workers[slot] = RemoteWorker.options(num_cpus=self._slot_cpus).remote()
         if isinstance(slot, str):  # the evaluator
             self._runs[slot] = worker.run_evaluator.remote(self._config, address, seed)
         else:
