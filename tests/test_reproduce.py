@@ -142,7 +142,7 @@ def test_cli_short_protocol_writes_every_file(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=540,  # below pytest-timeout's 600 s: this wait fails first, with its output
     )
     assert proc.returncode == 0, proc.stderr
     names = {"figure3.png", "pi0_corridor.png", "curves.csv", "summary.json", "README.md"}
