@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check distral tests benchmarks
 	$(BIN)/ruff format --check distral tests benchmarks
+	$(BIN)/mypy distral
 	$(BIN)/python -m pytest -n 2 --durations=10 tests
 
 lint: $(STAMP)

@@ -54,7 +54,7 @@ def _raw_child(config, task, steps, results) -> None:
 
 
 def _actor_child(config, address, task, steps, results) -> None:
-    from distral import workers
+    from distral.distributed import workers
 
     actor = workers.make_actor(config, address, task, seed=task)
     actor.run(max_steps=20)  # compile the policy, fill the pipes
@@ -89,12 +89,12 @@ def main() -> None:
     import jax
     import reverb
 
-    from distral import replay, workers
+    from distral.distributed import replay
     from distral.experiment import make_experiment
 
     raw = _run(_raw_child, lambda t: (config, t, args.steps), k)
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     address = f"localhost:{server.port}"
     params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
     replay.publish_params(reverb.Client(address), params, 0)

@@ -6,7 +6,7 @@ In one run, on the same machine and the same network (the distributed two-room p
       which includes compilation);
   (b) K actor processes writing unrolls to a Reverb server with a queue that never fills
       (no learner): env frames/s produced;
-  (c) the same K actors with Reverb writing switched off (`Actor(write=False)`): acting and
+  (c) the same K actors with a writer that drops every step (`DropWriter`): acting and
       stepping only.
 Reverb overhead = 1 - (b)/(c) (target: at most 30%).
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distral import workers
 from distral.config import load_config
+from distral.distributed import workers
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "two_room_distributed.yaml"
@@ -49,7 +49,7 @@ def _config(num_actors: int, learner_steps: int):
 
 
 def end_to_end(num_actors: int, learner_steps: int) -> tuple[float, float]:
-    from distral.launch import launch
+    from distral.distributed.launch import launch
 
     config = _config(num_actors, learner_steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,9 +65,29 @@ def end_to_end(num_actors: int, learner_steps: int) -> tuple[float, float]:
 # (b), (c) ACTORS ALONE
 
 
+class DropWriter:
+    """An `ExperienceWriter` that drops every step and episode: the actor without Reverb."""
+
+    def append(self, step, stop_event) -> bool:
+        return True
+
+    def episode(self, task_id, episode_return, length, params_step) -> None:
+        pass
+
+    def flush_unrolls(self, stop_event) -> None:
+        pass
+
+    def flush_episodes(self, stopping) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _actor_child(config, address, replica, write, warmup, steps, results, parent) -> None:
-    workers._die_with_parent(parent)
-    actor = workers.make_actor(config, address, 0, seed=replica, write=write)
+    workers.die_with_parent(parent)
+    writer = None if write else DropWriter()
+    actor = workers.make_actor(config, address, 0, seed=replica, writer=writer)
     actor.run(max_steps=warmup)  # compile and fill the pipes
     t0 = time.perf_counter()
     actor.run(max_steps=steps)
@@ -79,7 +99,7 @@ def actors_alone(num_actors: int, write: bool, steps: int) -> float:
     """Total env frames/s of `num_actors` processes, each timing `steps` actor steps."""
     import jax
 
-    from distral import replay
+    from distral.distributed import replay
     from distral.experiment import make_experiment
 
     config = _config(num_actors, 1)
@@ -89,7 +109,7 @@ def actors_alone(num_actors: int, write: bool, steps: int) -> float:
         config, distributed=dataclasses.replace(config.distributed, queue_size=total_items)
     )
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     address = f"localhost:{server.port}"
     import reverb
 

@@ -17,7 +17,6 @@ figure with one panel of learning curves per setting; and summary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from distral import compare, rundir
-from distral.plotting import mean_ci, pyplot, save_figure
+from distral.files import atomic_write, atomic_write_json
+from distral.plotting import plot_seed_curves, pyplot, save_figure
 
 TASK_ID_VARIANTS = ("a3c", "a3c_2col", "kl_1col", "kl_2col", "kl_ent_1col", "kl_ent_2col")
 MARGIN = compare.THRESHOLD_MARGIN  # "within 0.3 of the optimum"
@@ -107,10 +107,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         for ax, (layout, discount) in zip(axes.flat, settings, strict=False):
             for r in (r for r in rows if (r["layout"], r["discount"]) == (layout, discount)):
                 c = r["curves"]
-                ok = np.all(np.isfinite(c.y), axis=0)
-                mean, low, high = mean_ci(c.y[:, ok], axis=0)
-                (line,) = ax.plot(c.x[ok], mean, label=r["variant"], lw=1.2)
-                ax.fill_between(c.x[ok], low, high, color=line.get_color(), alpha=0.15, lw=0)
+                plot_seed_curves(ax, c.x, c.y, label=r["variant"], lw=1.2, band_alpha=0.15)
                 optimal = r["optimal"]
             ax.axhline(optimal, color="black", ls="--", lw=1, label="optimum")
             ax.axhline(optimal - MARGIN, color="grey", ls=":", lw=1, label="optimum - 0.3")
@@ -155,9 +152,9 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write(out / "table.md", table + footer)
+        atomic_write(out / "table.md", table + footer)
         csv_rows = [{k: r[k] for k in COLUMNS} for r in rows]
-        rundir.atomic_write(out / "table.csv", compare.csv_text(csv_rows, COLUMNS))
+        atomic_write(out / "table.csv", compare.csv_text(csv_rows, COLUMNS))
         summary = {
             "config": args.config,
             "sets": args.set,
@@ -165,7 +162,7 @@ def main() -> None:
             "rows": csv_rows,
             "minutes": minutes,
         }
-        rundir.atomic_write(out / "summary.json", json.dumps(compare.json_safe(summary), indent=1))
+        atomic_write_json(out / "summary.json", summary, indent=1)
         print(f"figure: {plot(rows, out / 'robustness.png')}")
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from distral.config import load_config
+from distral.core.variants import VARIANTS
 from distral.train import run
-from distral.variants import VARIANTS
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-from distral import learning
 from distral.config import load_config
 from distral.envs import two_room
 from distral.train import Trainer
@@ -57,7 +56,7 @@ def main() -> None:
     runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
 
     # (a) ENV ONLY
-    task_ids = trainer._task_ids(E)
+    task_ids = trainer.task_ids(E)
     step = jax.vmap(jax.vmap(two_room.step_auto_reset, (0, None, 0, 0, 0)), (0, None, 0, 0, 0))
 
     @jax.jit
@@ -76,20 +75,14 @@ def main() -> None:
     t_env = timed(env_only, runner.env_state, env_keys, repeats=args.repeats)
 
     # (b) LEARNER ONLY: K updates on a fixed batch of the trainer's shape.
-    _, batch, _, _ = jax.jit(jax.vmap(trainer._rollout))(runner)
+    _, batch, _, _ = jax.jit(jax.vmap(trainer.rollout))(runner)
 
     @jax.jit
     @jax.vmap
     def learner_only(state, batch):
         def one(state, _):
-            state, metrics = learning.update_step(
-                state,
-                batch,
-                network=trainer.network,
-                optimizer=trainer.optimizer,
-                config=trainer.loss_config,
-                task_grouped=True,
-            )
+            parts = trainer.experiment.parts
+            state, metrics = trainer.algorithm.update_step(state, batch, parts, task_grouped=True)
             return state, metrics["loss"]
 
         return jax.lax.scan(one, state, None, length=K)

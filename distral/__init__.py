@@ -11,31 +11,35 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from distral.variants import VARIANTS, Variant, VariantError, get_variant
+from distral.core.variants import VARIANTS, Variant, VariantError, get_variant
 
 _LAZY = {
     # losses
-    "LossConfig": "distral.losses",
-    "LossMetrics": "distral.losses",
-    "distral_loss": "distral.losses",
-    "regularised_reward": "distral.losses",
-    "n_step_returns": "distral.losses",
-    "distillation_loss": "distral.losses",
+    "LossConfig": "distral.core.losses",
+    "LossMetrics": "distral.core.losses",
+    "distral_loss": "distral.core.losses",
+    "regularised_reward": "distral.core.losses",
+    "n_step_returns": "distral.core.losses",
+    "distillation_loss": "distral.core.losses",
     # networks
-    "Torso": "distral.networks",
-    "NetworkOutput": "distral.networks",
-    "DistralNetwork": "distral.networks",
-    "make_network": "distral.networks",
-    "make_torso": "distral.networks",
-    "flax_torso": "distral.networks",
-    "haiku_torso": "distral.networks",
+    "Torso": "distral.core.networks",
+    "NetworkOutput": "distral.core.networks",
+    "DistralNetwork": "distral.core.networks",
+    "make_network": "distral.core.networks",
+    "make_torso": "distral.core.networks",
+    "flax_torso": "distral.core.networks",
+    "haiku_torso": "distral.core.networks",
     # learning
-    "Batch": "distral.learning",
-    "TrainingState": "distral.learning",
-    "build_network": "distral.learning",
-    "init_training_state": "distral.learning",
-    "make_optimizer": "distral.learning",
-    "update_step": "distral.learning",
+    "Batch": "distral.core.learning",
+    "TrainingState": "distral.core.learning",
+    "build_network": "distral.core.learning",
+    "init_training_state": "distral.core.learning",
+    "make_optimizer": "distral.core.learning",
+    "update_step": "distral.core.learning",
+    # algorithm families and finished runs
+    "Algorithm": "distral.core.algorithm",
+    "get_algorithm": "distral.core.algorithm",
+    "load_run": "distral.rundir",
     # configs and the single-process trainer
     "ConfigError": "distral.config",
     "TrainConfig": "distral.config",
@@ -44,10 +48,10 @@ _LAZY = {
     "Trainer": "distral.train",
     "run": "distral.train",
     # distributed components (Reverb)
-    "Learner": "distral.learner",
-    "Actor": "distral.actor",
-    "select_action": "distral.acting",
-    "select_action_pi0": "distral.acting",
+    "Learner": "distral.distributed.learner",
+    "Actor": "distral.distributed.actor",
+    "select_action": "distral.core.acting",
+    "select_action_pi0": "distral.core.acting",
     # the paper's Figure 3 (`distral.compare.compare` runs comparisons)
     "Figure3Config": "distral.config",
     "reproduce_two_room": "distral.reproduce",
@@ -60,5 +64,5 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "tabular":
-        return importlib.import_module("distral.tabular")
+        return importlib.import_module("distral.core.tabular")
     raise AttributeError(f"module 'distral' has no attribute {name!r}")

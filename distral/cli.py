@@ -10,12 +10,13 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from distral import __version__
-from distral.config import ConfigError, describe_fields
-from distral.variants import VARIANTS, VariantError, format_table, get_variant
+from distral.config import ConfigError, Figure3Config, TrainConfig, describe_fields
+from distral.core.variants import VARIANTS, VariantError, format_table, get_variant
 
 EXIT_USAGE = 2
 
@@ -64,32 +65,42 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _config_and_run_dir(
+    args: argparse.Namespace, command: str, seeds: list[int] | None, distributed: dict
+) -> tuple[Any, Path]:
+    """The config and run directory of `distral train` / `distral launch`: a run to resume
+    as it was configured (only `distributed` settings may change), or a new one from CONFIG
+    into a missing or empty directory. Errors are one line, before any file is written."""
     from distral.config import load_config, load_run_config
+    from distral.rundir import check_run_dir
 
+    seed_flag = "--seeds" if command == "train" else "--seed"
     if args.resume is not None:
-        if args.config is not None or args.set or args.variant or args.seeds or args.out:
+        if args.config is not None or args.set or args.variant or seeds or args.out:
             _fail(
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
-                "--variant, --seeds or --out with it"
+                f"--variant, {seed_flag} or --out with it"
             )
-        from distral.rundir import check_run_dir
-
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
-        config = load_run_config(run_dir)
-    else:
-        if args.config is None:
-            _fail("a CONFIG file is needed, e.g. experiments/two_room.yaml (or --resume DIR)")
-        overrides = {"variant": args.variant}
-        if args.seeds is not None:
-            overrides["seeds"] = list(_parse_seeds(args.seeds))
-        config = load_config(args.config, args.set, overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        from distral.rundir import check_run_dir
+        return load_run_config(run_dir, overrides={"distributed": distributed}), run_dir
+    if args.config is None:
+        preset = "two_room" if command == "train" else "two_room_distributed"
+        _fail(f"a CONFIG file is needed, e.g. experiments/{preset}.yaml (or --resume DIR)")
+    overrides: dict = {"variant": args.variant, "distributed": distributed}
+    if seeds:
+        overrides["seeds"] = seeds
+    config = load_config(args.config, args.set, overrides)
+    run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+    check_run_dir(run_dir, resume=False)
+    return config, run_dir
 
-        check_run_dir(run_dir, resume=False)
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
+    config, run_dir = _config_and_run_dir(args, "train", seeds, {})
     from distral.envs.two_room import LayoutError
+    from distral.guard import DivergenceError
     from distral.train import Trainer, run
 
     # Everything is checked and built before the first file is written.
@@ -109,6 +120,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: distral train --resume {run_dir}", file=sys.stderr)
         return 130
+    except DivergenceError as e:
+        print(f"distral train: error: {e}; resume from the last good one with: distral "
+              f"train --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        return 1
     _print_summary(result.summary)
     print(f"curves: {result.run_dir / 'curves.png'}")
     return 0
@@ -146,9 +161,6 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from distral.config import load_config, load_run_config
-    from distral.rundir import check_run_dir
-
     distributed = {
         k: v
         for k, v in (
@@ -157,29 +169,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    if args.resume is not None:
-        if args.config is not None or args.set or args.variant or args.seed is not None or args.out:
-            _fail(
-                "--resume DIR continues that run as configured: give no CONFIG, --set, "
-                "--variant, --seed or --out with it"
-            )
-        run_dir = Path(args.resume)
-        check_run_dir(run_dir, resume=True)
-        config = load_run_config(run_dir, overrides={"distributed": distributed})
-    else:
-        if args.config is None:
-            _fail(
-                "a CONFIG file is needed, e.g. experiments/two_room_distributed.yaml "
-                "(or --resume DIR)"
-            )
-        overrides: dict = {"variant": args.variant, "distributed": distributed}
-        if args.seed is not None:
-            overrides["seeds"] = [args.seed]
-        config = load_config(args.config, args.set, overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
-        check_run_dir(run_dir, resume=False)
+    seeds = [args.seed] if args.seed is not None else None
+    config, run_dir = _config_and_run_dir(args, "launch", seeds, distributed)
+    from distral.distributed.launch import LaunchError, launch
     from distral.envs.two_room import LayoutError
-    from distral.launch import LaunchError, launch
 
     d = config.distributed
     print(
@@ -213,15 +206,15 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
     import threading
 
     from distral.config import load_config
+    from distral.distributed.launch import check_port_free
     from distral.experiment import make_experiment
-    from distral.launch import check_port_free
 
     config = load_config(args.config, args.set)
     if not 1 <= args.port < 65536:
         _fail(f"--port {args.port} must lie in [1, 65535]")
     check_port_free(args.port)
-    from distral import replay
-    from distral.workers import make_replay_tables
+    from distral.distributed import replay
+    from distral.distributed.replay import make_replay_tables
 
     server = replay.start_server(make_replay_tables(make_experiment(config)), port=args.port)
     print(
@@ -332,163 +325,195 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """--set and --resume, shared by `train` and `launch`."""
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
-    p.add_argument("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def _arg(*flags: str, **options: Any) -> Argument:
+    """One `add_argument` call, as data: its flags and its keyword options."""
+    return flags, options
+
+
+def _set_arg(help: str | None) -> Argument:
+    return _arg("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+class _Command(NamedTuple):
+    """One subcommand: its `add_parser` texts, its arguments and the function it runs."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str
+    arguments: list[Argument]
+    fields: tuple[str, type] | None = None  # --help epilog: (heading, config class)
+
+
+_ONE_OF = f"one of: {', '.join(VARIANTS)}"
+_VARIANT = _arg("--variant", help=_ONE_OF)
+_RUN_OUT = _arg("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
+_RUN_SET = _set_arg("override a config field (repeatable)")
+_RESUME = _arg("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+_FIELDS = "config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. --set {})"
+_GRID_HELP = (
+    "hyperparameter grid, e.g. beta=10,30,100,lr=3e-4,1e-3,3e-3 (keys: config fields, lr = "
+    "learning_rate; beta applies to the Distral rows, entropy_cost to the A3C rows). Without "
+    "SPEC: beta=10,30,100 x lr = the config's learning_rate x 1/3, 1, 3; the A3C rows "
+    "entropy_cost=0.003,0.01,0.03 x the same learning rates"
+)
+
+_COMMANDS = (
+    _Command(
+        "variants",
+        _cmd_variants,
+        "list the seven algorithm variants, or resolve one with overrides",
+        "Without NAME: the seven variants of the paper (Table 1) and their parameters. With "
+        "NAME: that variant after the given overrides.",
+        [
+            _arg("name", nargs="?", help=_ONE_OF),
+            _arg("--alpha", type=float, help="KL share c_KL/(c_KL+c_Ent), in [0, 1]"),
+            _arg("--beta", type=float, help="inverse regularisation 1/(c_KL+c_Ent), > 0"),
+            _arg("--entropy-cost", type=float, help="A3C entropy-bonus cost, >= 0"),
+            _arg("--json", action="store_true", help="print JSON instead of a table"),
+        ],
+    ),
+    _Command(
+        "train",
+        _cmd_train,
+        "train a variant on a pure-JAX environment in one jitted program",
+        "The single-process trainer: rollouts and updates in one jit, seeds vmapped. Writes "
+        "config.yaml, metrics.csv, tb/, checkpoints/, curves.png and summary.json into the "
+        "run directory.",
+        [
+            _arg("config", nargs="?", help="YAML config, e.g. experiments/two_room.yaml"),
+            _VARIANT,
+            _arg("--seeds", help="comma-separated seeds run together, e.g. 0,1,2"),
+            _RUN_OUT,
+            _RUN_SET,
+            _RESUME,
+            _arg("--quiet", action="store_true", help="no progress bar"),
+        ],
+        (_FIELDS.format("env.num_tasks=4"), TrainConfig),
+    ),
+    _Command(
+        "launch",
+        _cmd_launch,
+        "the distributed run: Reverb server, actor processes, jitted learner",
+        "Starts a learner (with the Reverb server and the evaluator), actors (one task each) "
+        "and, with distributed.evaluator=process, an evaluator process; supervises them (dead "
+        "actors and evaluators are restarted; Ctrl-C stops everything and writes a "
+        "checkpoint) and writes the run directory of distral train.",
+        [
+            _arg(
+                "config", nargs="?", help="YAML config, e.g. experiments/two_room_distributed.yaml"
+            ),
+            _VARIANT,
+            _arg("--seed", type=int, help="the run's seed (one per launch)"),
+            _arg("--actors-per-task", type=int, metavar="K", help="actor processes per task"),
+            _arg("--backend", default="local", help="local (default) or ray"),
+            _arg("--ray-address", metavar="A", help="host:port of a Ray cluster (ray backend)"),
+            _arg("--max-learner-steps", type=int, metavar="N", help="stop after N learner steps"),
+            _RUN_OUT,
+            _RUN_SET,
+            _RESUME,
+        ],
+        (_FIELDS.format("distributed.batch_size=16"), TrainConfig),
+    ),
+    _Command(
+        "replay-server",
+        _cmd_replay_server,
+        "a standalone Reverb server with the tables of a config",
+        "Runs the Reverb tables of CONFIG on --port until Ctrl-C; point a launch at it with "
+        "--set distributed.replay_address=HOST:PORT.",
+        [
+            _arg("config", help="YAML config the tables are built for"),
+            _arg("--port", type=int, required=True, help="TCP port to listen on"),
+            _set_arg(None),
+        ],
+    ),
+    _Command(
+        "compare",
+        _cmd_compare,
+        "run variants x seeds (x a hyperparameter grid) and aggregate them",
+        "Runs each variant for N seeds through distral train (--mode train, pure-JAX "
+        "environments) or distral launch (--mode launch), into OUT/runs/; a re-run skips "
+        "finished runs and resumes stopped ones. Writes curves.png, table.md, table.csv and "
+        "summary.json (final return, AUC, env steps to a threshold, IQM with "
+        "stratified-bootstrap CIs, probability of improvement; rliable), and with --grid "
+        "grid.csv and robustness.png.",
+        [
+            _arg("config", help="YAML config, e.g. experiments/two_room.yaml"),
+            _arg(
+                "--variants", default="all", help="all (default) or comma-separated variant names"
+            ),
+            _arg("--seeds", type=int, default=5, metavar="N", help="seeds per run (default 5)"),
+            _arg("--grid", nargs="?", const="default", metavar="SPEC", help=_GRID_HELP),
+            _arg("--mode", default="train", help="train (default) or launch"),
+            _arg("--threshold", type=float, help="return threshold (default optimum - 0.3)"),
+            _arg("--out", help="output directory (default runs/compare-TIMESTAMP)"),
+            _set_arg("override a config field"),
+            _arg("--quiet", action="store_true", help="no progress bars"),
+        ],
+    ),
+    _Command(
+        "reproduce",
+        _cmd_reproduce,
+        "regenerate a figure of the paper (two-room: Figure 3)",
+        "two-room: the paper's Figure 3. Tabular Distral (alpha = 1, KL only) against "
+        "Separately (soft Q-learning per task, no pi_0) on the two-room tasks, all seeds in "
+        "one jitted program, plus pi_0 in the corridor. Writes figure3.png, "
+        "pi0_corridor.png, curves.csv, summary.json and README.md into --out.",
+        [
+            _arg("experiment", metavar="EXPERIMENT", help="two-room"),
+            _arg("--seeds", type=int, metavar="N", help="number of seeds (default 10)"),
+            _arg("--iterations", type=int, metavar="I", help="iterations (default 1000)"),
+            _arg("--out", help="output directory (default runs/reproduce-two-room-TIMESTAMP)"),
+            _set_arg("override a setting"),
+        ],
+        ("settings (--set KEY=VALUE)", Figure3Config),
+    ),
+    _Command(
+        "plot",
+        _cmd_plot,
+        "learning curves (mean and 95%% band over seeds) of one or more runs",
+        "Learning curves from run directories: mean over seeds with a 95%% confidence band, "
+        "and the optimal return.",
+        [
+            _arg("run_dirs", nargs="+", metavar="RUN_DIR"),
+            _arg("--out", help="output PNG (default RUN_DIR/COLUMN.png of the first run)"),
+            _arg("--column", default="mean_return", help="metrics.csv column to plot"),
+            _arg(
+                "--per-task",
+                action="store_true",
+                help="one panel per task (game) of the COLUMN_task_i columns: return (the "
+                "default here), eval_return, pi0_eval_return, kl",
+            ),
+        ],
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """`distral`'s parser: one subparser per `_COMMANDS` entry; errors are one line."""
     parser = _Parser(
         prog="distral",
         description="Distral: robust multitask RL (Teh et al., 2017) in JAX.",
     )
     parser.add_argument("--version", action="version", version=f"distral {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser(
-        "variants",
-        help="list the seven algorithm variants, or resolve one with overrides",
-        description="Without NAME: the seven variants of the paper (Table 1) and their "
-        "parameters. With NAME: that variant after the given overrides.",
-    )
-    p.add_argument("name", nargs="?", help=f"one of: {', '.join(VARIANTS)}")
-    p.add_argument("--alpha", type=float, help="KL share c_KL/(c_KL+c_Ent), in [0, 1]")
-    p.add_argument("--beta", type=float, help="inverse regularisation 1/(c_KL+c_Ent), > 0")
-    p.add_argument("--entropy-cost", type=float, help="A3C entropy-bonus cost, >= 0")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_variants)
-
-    p = sub.add_parser(
-        "train",
-        help="train a variant on a pure-JAX environment in one jitted program",
-        description="The single-process trainer: rollouts and updates in one jit, seeds "
-        "vmapped. Writes config.yaml, metrics.csv, tb/, checkpoints/, curves.png and "
-        "summary.json into the run directory.",
-        epilog="config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. "
-        "--set env.num_tasks=4):\n" + describe_fields(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("config", nargs="?", help="YAML config, e.g. experiments/two_room.yaml")
-    p.add_argument("--variant", help=f"one of: {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", help="comma-separated seeds run together, e.g. 0,1,2")
-    p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
-    _add_run_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "launch",
-        help="the distributed run: Reverb server, actor processes, jitted learner",
-        description="Starts a learner (with the Reverb server and the evaluator), actors "
-        "(one task each) and, with distributed.evaluator=process, an evaluator process; "
-        "supervises them (dead actors and evaluators are restarted; Ctrl-C stops everything "
-        "and writes a checkpoint) and writes the run directory of distral train.",
-        epilog="config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. "
-        "--set distributed.batch_size=16):\n" + describe_fields(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "config", nargs="?", help="YAML config, e.g. experiments/two_room_distributed.yaml"
-    )
-    p.add_argument("--variant", help=f"one of: {', '.join(VARIANTS)}")
-    p.add_argument("--seed", type=int, help="the run's seed (one per launch)")
-    p.add_argument("--actors-per-task", type=int, metavar="K", help="actor processes per task")
-    p.add_argument("--backend", default="local", help="local (default) or ray")
-    p.add_argument("--ray-address", metavar="A", help="host:port of a Ray cluster (ray backend)")
-    p.add_argument("--max-learner-steps", type=int, metavar="N", help="stop after N learner steps")
-    p.add_argument("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
-    _add_run_arguments(p)
-    p.set_defaults(func=_cmd_launch)
-
-    p = sub.add_parser(
-        "replay-server",
-        help="a standalone Reverb server with the tables of a config",
-        description="Runs the Reverb tables of CONFIG on --port until Ctrl-C; point a "
-        "launch at it with --set distributed.replay_address=HOST:PORT.",
-    )
-    p.add_argument("config", help="YAML config the tables are built for")
-    p.add_argument("--port", type=int, required=True, help="TCP port to listen on")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=_cmd_replay_server)
-
-    p = sub.add_parser(
-        "compare",
-        help="run variants x seeds (x a hyperparameter grid) and aggregate them",
-        description="Runs each variant for N seeds through distral train (--mode train, "
-        "pure-JAX environments) or distral launch (--mode launch), into OUT/runs/; a re-run "
-        "skips finished runs and resumes stopped ones. Writes curves.png, table.md, "
-        "table.csv and summary.json (final return, AUC, env steps to a threshold, IQM with "
-        "stratified-bootstrap CIs, probability of improvement; rliable), and with --grid "
-        "grid.csv and robustness.png.",
-    )
-    p.add_argument("config", help="YAML config, e.g. experiments/two_room.yaml")
-    p.add_argument(
-        "--variants", default="all", help="all (default) or comma-separated variant names"
-    )
-    p.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds per run (default 5)")
-    p.add_argument(
-        "--grid",
-        nargs="?",
-        const="default",
-        metavar="SPEC",
-        help="hyperparameter grid, e.g. beta=10,30,100,lr=3e-4,1e-3,3e-3 (keys: config "
-        "fields, lr = learning_rate; beta applies to the Distral rows, entropy_cost to the "
-        "A3C rows). Without SPEC: beta=10,30,100 x lr = the config's learning_rate x 1/3, "
-        "1, 3; the A3C rows entropy_cost=0.003,0.01,0.03 x the same learning rates",
-    )
-    p.add_argument("--mode", default="train", help="train (default) or launch")
-    p.add_argument("--threshold", type=float, help="return threshold (default optimum - 0.3)")
-    p.add_argument("--out", help="output directory (default runs/compare-TIMESTAMP)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_compare)
-
-    from distral.config import Figure3Config
-
-    p = sub.add_parser(
-        "reproduce",
-        help="regenerate a figure of the paper (two-room: Figure 3)",
-        description="two-room: the paper's Figure 3. Tabular Distral (alpha = 1, KL only) "
-        "against Separately (soft Q-learning per task, no pi_0) on the two-room tasks, all "
-        "seeds in one jitted program, plus pi_0 in the corridor. Writes figure3.png, "
-        "pi0_corridor.png, curves.csv, summary.json and README.md into --out.",
-        epilog="settings (--set KEY=VALUE):\n" + describe_fields(Figure3Config),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("experiment", metavar="EXPERIMENT", help="two-room")
-    p.add_argument("--seeds", type=int, metavar="N", help="number of seeds (default 10)")
-    p.add_argument("--iterations", type=int, metavar="I", help="iterations (default 1000)")
-    p.add_argument("--out", help="output directory (default runs/reproduce-two-room-TIMESTAMP)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
-    )
-    p.set_defaults(func=_cmd_reproduce)
-
-    p = sub.add_parser(
-        "plot",
-        help="learning curves (mean and 95%% band over seeds) of one or more runs",
-        description="Learning curves from run directories: mean over seeds with a 95%% "
-        "confidence band, and the optimal return.",
-    )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="output PNG (default RUN_DIR/COLUMN.png of the first run)")
-    p.add_argument("--column", default="mean_return", help="metrics.csv column to plot")
-    p.add_argument(
-        "--per-task",
-        action="store_true",
-        help="one panel per task (game) of the COLUMN_task_i columns: return (the default "
-        "here), eval_return, pi0_eval_return, kl",
-    )
-    p.set_defaults(func=_cmd_plot)
+    for command in _COMMANDS:
+        layout: dict[str, Any] = {}
+        if command.fields is not None:  # the field list keeps its own line breaks
+            heading, cls = command.fields
+            layout = dict(
+                epilog=f"{heading}:\n" + describe_fields(cls),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        p = sub.add_parser(
+            command.name, help=command.help, description=command.description, **layout
+        )
+        for flags, options in command.arguments:
+            p.add_argument(*flags, **options)
+        p.set_defaults(func=command.run)
     return parser
 
 

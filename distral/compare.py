@@ -6,14 +6,15 @@ the same command skips finished runs and resumes stopped ones, so a sweep surviv
 Then it aggregates the pi_i evaluation return (`eval_return`, mean over tasks, of each log
 row) per variant:
 
-- final return: the last row's value per seed; mean and a 95% percentile-bootstrap CI of
-  the mean over seeds (`bootstrap_ci`);
+- final return: the last row's value per seed; mean and its 95% CI over seeds;
 - AUC: the mean of the curve over training (trapezoid area / env-step range), per seed;
 - env steps to reach the threshold (default: optimum - 0.3), mean over the seeds that reach
   it, and how many do;
-- IQM of the final per-task returns (runs x tasks) with stratified-bootstrap CIs, and the
-  probability of improvement between variants: rliable (Agarwal et al., 2021,
-  arXiv:2108.13264).
+- IQM of the final per-task returns (runs x tasks) with its 95% CI, and the probability
+  of improvement between variants: rliable (Agarwal et al., 2021, arXiv:2108.13264).
+
+Every CI, in the tables and the figures, is rliable's stratified bootstrap over seeds
+(`distral.stats`: 95%, `CI_REPS` resamples, seeded).
 
 With `--grid` every variant runs on each setting of the grid (the paper's robustness
 protocol, Teh et al., 2017, arXiv:1707.04175, Section 4.2: 3 values of beta x 3 learning
@@ -30,7 +31,6 @@ import itertools
 import json
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,9 +38,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
-from distral.plotting import PlotError, mean_ci, pyplot, read_metrics, save_figure
-from distral.rundir import atomic_write
-from distral.variants import VARIANTS, get_variant
+from distral.core.variants import VARIANTS, get_variant
+from distral.files import atomic_write, json_safe
+from distral.plotting import PlotError, plot_seed_curves, pyplot, read_metrics, save_figure
+from distral.stats import CI_REPS, CI_SEED, interval_estimates, mean_ci
 
 #: The default robustness grid's fixed axes. beta: the Distral rows' default is 30
 #: (variants.py); entropy cost around A3C's 0.01 (Mnih et al. 2016). The learning-rate axis
@@ -50,7 +51,6 @@ DEFAULT_GRID = "beta=10,30,100,entropy_cost=0.003,0.01,0.03"
 LEARNING_RATE_FACTORS = (1 / 3, 1.0, 3.0)
 _ALIASES = {"lr": "learning_rate"}
 THRESHOLD_MARGIN = 0.3  # default threshold: optimum - 0.3 (issue 3's learning bar)
-BOOTSTRAP_REPS = 2000
 
 
 class CompareError(ConfigError):
@@ -220,7 +220,7 @@ def execute(
 
                 run(spec.config, run_dir, resume=state == "resume", progress=progress)
             else:
-                from distral.launch import launch
+                from distral.distributed.launch import launch
 
                 launch(_seed_config(spec.config, i), run_dir, resume=state == "resume")
             print(f"compare: {label}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -268,20 +268,6 @@ def read_curves(run_dirs: Sequence[Path], column: str = "eval_return") -> Curves
     return Curves(x, y, np.stack(finals), optimal)
 
 
-def bootstrap_ci(
-    values: np.ndarray, *, reps: int = BOOTSTRAP_REPS, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of 1-D `values` (resampling with replacement)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 1:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(reps, values.size))
-    means = values[idx].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
 def auc(x: np.ndarray, y: np.ndarray) -> float:
     """Area under y(x) divided by the x range: the curve's mean over training."""
     ok = np.isfinite(y)
@@ -299,22 +285,19 @@ def steps_to_threshold(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
     return float(x[hits[0]]) if hits.size else math.nan
 
 
-def iqm_with_ci(scores: dict[str, np.ndarray], reps: int = BOOTSTRAP_REPS, seed: int = 0):
-    """rliable's IQM and stratified-bootstrap 95% CI per method; scores [runs, tasks]."""
-    from rliable import library as rly
+def iqm_with_ci(
+    scores: dict[str, np.ndarray], reps: int = CI_REPS, seed: int = CI_SEED
+) -> dict[str, tuple[float, float, float]]:
+    """rliable's IQM and its 95% CI (`stats.interval_estimates`) per method.
+
+    `scores`: method -> final per-task returns [runs, tasks].
+    """
     from rliable import metrics
 
-    with warnings.catch_warnings():  # arch warns about the RandomState that rliable passes
-        warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            scores,
-            lambda s: np.array([metrics.aggregate_iqm(s)]),
-            reps=reps,
-            random_state=np.random.RandomState(seed),  # rliable takes the legacy generator
-        )
-    return {
-        k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores
-    }
+    est = interval_estimates(
+        scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps, seed=seed
+    )
+    return {k: (float(e.point[0]), float(e.low[0]), float(e.high[0])) for k, e in est.items()}
 
 
 def probability_of_improvement(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -337,11 +320,11 @@ def summarise_curves(curves: Curves, threshold: float) -> dict[str, Any]:
     )
     aucs = np.array([auc(curves.x, row) for row in curves.y])
     steps = np.array([steps_to_threshold(curves.x, row, threshold) for row in curves.y])
-    low, high = bootstrap_ci(finals)
+    mean, low, high = (float(v) for v in mean_ci(finals))
     reached = np.isfinite(steps)
     return {
         "seeds": len(finals),
-        "final_return_mean": float(finals.mean()),
+        "final_return_mean": mean,
         "final_return_ci_low": low,
         "final_return_ci_high": high,
         "final_return_per_seed": finals.tolist(),
@@ -383,8 +366,8 @@ def aggregate(specs: Sequence[RunSpec], threshold: float | None) -> Aggregate:
         point, low, high = iqm[name]
         rows.append({**row, "iqm": point, "iqm_ci_low": low, "iqm_ci_high": high})
     poi = probability_of_improvement(scores) if len(scores) > 1 else {}
-    curves = {name: c for name, (_, c) in best.items()}
-    return Aggregate(rows, grid_rows, curves, poi, optimal, threshold)
+    best_curves = {name: c for name, (_, c) in best.items()}
+    return Aggregate(rows, grid_rows, best_curves, poi, optimal, threshold)
 
 
 # OUTPUTS
@@ -440,8 +423,9 @@ def table_markdown(agg: Aggregate, grid: bool) -> str:
     lines += [
         "",
         f"Final return and AUC: pi_i evaluation return averaged over tasks; optimum "
-        f"{_num(agg.optimal)}; threshold {_num(agg.threshold)}. CIs: percentile bootstrap over "
-        "seeds (final return), stratified bootstrap over seeds x tasks (IQM, rliable).",
+        f"{_num(agg.optimal)}; threshold {_num(agg.threshold)}. 95% CIs: rliable's stratified "
+        f"bootstrap over seeds ({CI_REPS:,} resamples) of the mean (final return) and of the "
+        "IQM over seeds x tasks.",
     ]
     if agg.poi:
         names = list(agg.poi)
@@ -463,10 +447,7 @@ def plot_curves(agg: Aggregate, out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     try:
         for name, c in agg.curves.items():
-            ok = np.all(np.isfinite(c.y), axis=0)
-            mean, low, high = mean_ci(c.y[:, ok], axis=0)
-            (line,) = ax.plot(c.x[ok], mean, label=name)
-            ax.fill_between(c.x[ok], low, high, color=line.get_color(), alpha=0.2, lw=0)
+            plot_seed_curves(ax, c.x, c.y, label=name, band_alpha=0.2)
         if math.isfinite(agg.optimal):
             ax.axhline(agg.optimal, color="black", ls="--", lw=1, label="optimal")
         ax.set_xlabel("env steps per task")
@@ -506,17 +487,6 @@ def plot_robustness(agg: Aggregate, out: Path) -> Path:
         return save_figure(fig, out)
     finally:
         plt.close(fig)
-
-
-def json_safe(x: Any) -> Any:
-    """`x` with every non-finite float replaced by None (JSON has no NaN or inf)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    return x
 
 
 def write_outputs(

@@ -20,7 +20,10 @@ from typing import Any
 import yaml
 
 from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
-from distral.variants import VARIANTS, VariantError, get_variant
+from distral.core.variants import VARIANTS, VariantError, get_variant
+
+# The algorithm families (`distral.algorithms` maps each name to its parts).
+ALGORITHMS = ("distral",)
 
 
 class ConfigError(ValueError):
@@ -30,6 +33,11 @@ class ConfigError(ValueError):
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name}={value!r} must be >= 1")
+
+
+def _all_positive(config: Any, names: Sequence[str], prefix: str = "") -> None:
+    for name in names:
+        _positive(f"{prefix}{name}", getattr(config, name))
 
 
 def _choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -146,7 +154,8 @@ ENV_NAMES = ("two_room", "minatar", "atari")
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-    """`distral launch` only: actors, the Reverb queue and the learner's batch."""
+    """`distral launch` only: actors, the Reverb queue and the learner's batch (the
+    IMPALA layout, Espeholt et al. 2018, arXiv:1802.01561)."""
 
     actors_per_task: int = _f(1, "actor processes per task (each steps its own envs)")
     envs_per_actor: int = _f(16, "environments each actor steps in a batch (B)")
@@ -179,16 +188,8 @@ class DistributedConfig:
 
     def __post_init__(self) -> None:
         _choice("distributed.evaluator", self.evaluator, ("learner", "process"))
-        for name in (
-            "actors_per_task",
-            "envs_per_actor",
-            "batch_size",
-            "queue_size",
-            "refresh_every",
-            "refresh_lag",
-            "publish_every",
-        ):
-            _positive(f"distributed.{name}", getattr(self, name))
+        counts = "actors_per_task envs_per_actor batch_size queue_size refresh_every refresh_lag"
+        _all_positive(self, [*counts.split(), "publish_every"], prefix="distributed.")
         if self.max_learner_steps is not None:
             _positive("distributed.max_learner_steps", self.max_learner_steps)
         if not 0 <= self.port < 65536:
@@ -210,7 +211,11 @@ class TrainConfig:
     """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
     section adds the processes' settings; everything else means the same in both)."""
 
-    variant: str = _f("kl_ent_2col", f"algorithm; one of {', '.join(VARIANTS)}")
+    algorithm: str = _f(
+        "distral",
+        f"algorithm family; one of {', '.join(ALGORITHMS)} (README, 'Adding an algorithm')",
+    )
+    variant: str = _f("kl_ent_2col", f"the family's variant; distral: one of {', '.join(VARIANTS)}")
     alpha: float | None = _f(None, "override of alpha (KL+ent variants), in [0, 1]")
     beta: float | None = _f(None, "override of beta (Distral variants), > 0")
     entropy_cost: float | None = _f(None, "override of the A3C entropy-bonus cost, >= 0")
@@ -255,6 +260,11 @@ class TrainConfig:
         "goal; a game's random score) is reported collapsed (collapsed_tasks column, a "
         "warning); 0 turns it off",
     )
+    halt_on_nan: bool = _f(
+        True,
+        "stop at the first non-finite loss, gradient norm or parameter (a one-line error "
+        "naming the step; no checkpoint of it is written); false: warn once and go on",
+    )
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
@@ -263,6 +273,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        _choice("algorithm", self.algorithm, ALGORITHMS)
         try:
             get_variant(
                 self.variant, alpha=self.alpha, beta=self.beta, entropy_cost=self.entropy_cost
@@ -283,16 +294,9 @@ class TrainConfig:
         _choice("returns", self.returns, ("nstep", "vtrace"))
         _choice("task_column_output", self.task_column_output, ("logits", "f"))
         _choice("regulariser", self.regulariser, ("expected", "sampled"))
-        for name in (
-            "num_envs_per_task",
-            "unroll_length",
-            "env_steps_per_task",
-            "log_every",
-            "eval_episodes_per_task",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            _positive(name, getattr(self, name))
+        counts = "num_envs_per_task unroll_length env_steps_per_task log_every"
+        _all_positive(self, [*counts.split(), "eval_episodes_per_task", "checkpoint_every"])
+        _positive("keep_checkpoints", self.keep_checkpoints)
         if self.hidden_sizes and min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
         if not 0.0 <= self.discount <= 1.0:
@@ -392,7 +396,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(
             _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
@@ -556,7 +560,7 @@ def describe_fields(cls: type = TrainConfig, prefix: str = "") -> str:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             lines.append(f"  {prefix}{f.name}:  {f.metadata['help']}")
             lines.append(describe_fields(tp, prefix=f"{prefix}{f.name}."))
             continue

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral.envs import two_room
-from distral.experiment import Experiment, _seed32
+from distral.experiment import Experiment, seed32
 
 Array = jax.Array
 EvaluationFn = Callable[[Any, Array], tuple[Array, Array]]
@@ -33,6 +33,7 @@ def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
     """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
     N, E = experiment.num_tasks, episodes
     env_params, network = experiment.env_params, experiment.network
+    assert env_params is not None, "evaluation runs the pure-JAX two_room"
     max_steps = experiment.config.env.step_limit
     task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
     reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
@@ -97,14 +98,14 @@ class GameEvaluator:
         seed: int,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        from distral import acting
+        from distral.core import acting
 
         self._should_stop = should_stop or (lambda: False)
         self._experiment = experiment
         self._seed = seed
         self._limit = experiment.config.env.step_limit
         self._envs = [
-            [experiment.make_env(task, _seed32(seed, task, e, 1)) for e in range(episodes)]
+            [experiment.make_env(task, seed32(seed, task, e, 1)) for e in range(episodes)]
             for task in range(experiment.num_tasks)
         ]  # fmt: skip
         self._select = {False: acting.select_action, True: acting.select_action_pi0}

@@ -1,4 +1,4 @@
-"""What a run configuration builds: the tasks, the variant, the network and the optimiser.
+"""What a run configuration builds: the tasks, and its algorithm's network and optimiser.
 
 `distral train` (one jitted program) and `distral launch` (learner, actors and evaluator in
 separate processes) build their parts from the same `TrainConfig` through `make_experiment`,
@@ -8,20 +8,20 @@ so the two paths train the same network with the same loss (DESIGN.md section 3)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dm_env
 import numpy as np
-import optax
 from dm_env import specs
 
-from distral import learning
 from distral.config import ConfigError, TrainConfig
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
-from distral.losses import LossConfig
-from distral.networks import DistralNetwork, make_torso
-from distral.variants import Variant, get_variant
+
+if TYPE_CHECKING:  # the algorithm is imported when built: `task_spec` stays light
+    from distral.core.algorithm import Algorithm, Parts
+    from distral.core.networks import DistralNetwork
+    from distral.core.variants import Variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,21 +29,29 @@ class Experiment:
     """The resolved parts of one configuration (no state, no processes, no files)."""
 
     config: TrainConfig
+    algorithm: Algorithm  # the family (`config.algorithm`)
+    parts: Parts  # what the family built: network, optimizer, learner config, variant
     env_params: two_room.TwoRoomParams | None  # None for the game environments
-    variant: Variant
     num_tasks: int
     obs_size: int  # two_room's vector size; for images the product of obs_shape
-    network: DistralNetwork
-    optimizer: optax.GradientTransformation
-    loss_config: LossConfig
     optimal_returns: np.ndarray  # [N] exact optimal return per task (NaN for games)
     floor_returns: np.ndarray  # [N] no-goal return (two_room) or random score (games)
     observation_spec: specs.Array  # one environment's observation (no batch axis)
     task_names: tuple[str, ...]  # "goal (r, c)" or the game
 
     @property
+    def network(self) -> DistralNetwork:
+        """The algorithm's network (`parts.network`): what runners, actors and probes run."""
+        return self.parts.network
+
+    @property
     def obs_shape(self) -> tuple[int, ...]:
         return tuple(self.observation_spec.shape)
+
+    @property
+    def variant(self) -> Variant:
+        """The resolved variant (`parts.variant`): the row of the seven and its coefficients."""
+        return self.parts.variant
 
     def make_vector_env(self, task_id: int, num_envs: int, seed: int) -> VectorEnv:
         """`num_envs` environments of task `task_id` for an actor (auto-resetting)."""
@@ -57,12 +65,12 @@ class Experiment:
             return AtariVectorEnv(
                 self.task_names[task_id],
                 num_envs,
-                _seed32(seed),
+                seed32(seed),
                 num_threads=env.ale_threads,
                 **self._game_kwargs(),
             )
         # One 32-bit seed per environment from (seed, b): the games' generators take 32 bits.
-        seeds = [_seed32(seed, b) for b in range(num_envs)]
+        seeds = [seed32(seed, b) for b in range(num_envs)]
         return DmEnvVector([self.make_env(task_id, s) for s in seeds])
 
     def make_env(self, task_id: int, seed: int) -> dm_env.Environment:
@@ -103,12 +111,12 @@ class Experiment:
         return jax.eval_shape(self.network.init, jax.random.PRNGKey(0), self.example_obs)
 
 
-def _seed32(*entropy: int) -> int:
+def seed32(*entropy: int) -> int:
     """A 32-bit seed derived from `entropy` (numpy's SeedSequence)."""
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
 
-def _tasks(config: TrainConfig):
+def task_spec(config: TrainConfig):
     """(env_params, num_tasks, num_actions, observation spec, optimal returns, floor
     returns, task names). The floor is what `distral.collapse` compares a task's return
     with: never reaching the goal (two_room: -0.1 for every one of max_steps steps), or the
@@ -148,44 +156,21 @@ def _tasks(config: TrainConfig):
     return None, len(games), module.NUM_ACTIONS, module.observation_spec(), optimal, floor, games
 
 
-def make_experiment(config: TrainConfig, *, returns: str | None = None) -> Experiment:
-    """Builds the parts of `config`; `returns` overrides `config.returns` (nstep | vtrace)."""
-    env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = _tasks(config)
-    variant = get_variant(
-        config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
-    )
-    network = learning.build_network(
-        variant,
-        num_tasks=num_tasks,
-        num_actions=num_actions,
-        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
-        task_columns=config.task_columns,
-        task_column_output=config.task_column_output,
-    )
-    loss_config = LossConfig.from_variant(
-        variant,
-        discount=config.discount,
-        returns=returns or config.returns,
-        n_step=config.n_step,
-        value_cost=config.value_cost,
-        regulariser=config.regulariser,
-    )
+def make_experiment(config: TrainConfig) -> Experiment:
+    """Builds the parts of `config`: its tasks, and its algorithm family's network,
+    optimiser and learner configuration (`distral.core.algorithm`)."""
+    from distral.core.algorithm import get_algorithm
+
+    env_params, num_tasks, num_actions, obs_spec, optimal, floor, names = task_spec(config)
+    algorithm = get_algorithm(config.algorithm)
+    parts = algorithm.build(config, num_tasks, num_actions)
     return Experiment(
         config=config,
+        algorithm=algorithm,
+        parts=parts,
         env_params=env_params,
-        variant=variant,
         num_tasks=num_tasks,
         obs_size=int(np.prod(obs_spec.shape)),
-        network=network,
-        optimizer=learning.make_optimizer(
-            config.learning_rate,
-            config.max_grad_norm,
-            # Only beside task columns: h alone (a3c_multitask) is the whole policy.
-            distilled_lr_scale=(
-                config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
-            ),
-        ),
-        loss_config=loss_config,
         optimal_returns=optimal,
         floor_returns=floor,
         observation_spec=obs_spec,

@@ -6,8 +6,9 @@ Reads what `distral train` writes into a run directory:
     summary.json   {"variant", "seeds", "final_mean_return", "optimal_mean_return", ...};
                    absent if the run was interrupted (then config.yaml gives the variant)
 
-and draws the mean over seeds with a 95% Student-t confidence band of that mean. No JAX
-here, and matplotlib and scipy are imported on first use, so importing this module is fast.
+and draws the mean over seeds with a 95% confidence band of that mean (`distral.stats`:
+rliable's stratified bootstrap over seeds). No JAX here, and matplotlib and rliable are
+imported on first use, so importing this module is fast.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from distral.files import atomic_output
+from distral.stats import mean_ci
 
 Metrics = dict[str, np.ndarray]
 
@@ -69,31 +71,16 @@ def read_metrics(run_dir: str | Path) -> Metrics:
     return {name: table[:, j] for j, name in enumerate(header)}
 
 
-def mean_ci(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of `samples` along `axis` and its 95% Student-t interval (the mean when n = 1).
-
-    mean +- t_{0.975, n-1} * sd / sqrt(n), with n = samples.shape[axis]; no NaN handling.
-    """
-    samples = np.asarray(samples, dtype=float)
-    n = samples.shape[axis]
-    mean = samples.mean(axis=axis)
-    if n < 2:
-        return mean, mean.copy(), mean.copy()
-    from scipy import stats  # here, not at the top: keeps `import distral.plotting` fast
-
-    half = stats.t.ppf(0.975, n - 1) * samples.std(axis=axis, ddof=1) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def learning_curve(
     metrics: Metrics, column: str = "mean_return", x: str = "env_steps_per_task"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Mean over seeds of `column` at each value of `x`, with a 95% CI of that mean.
 
-    The band is mean +- t_{0.975, n-1} * sd / sqrt(n) over the n seeds that have a finite
-    value at that x (the mean itself when n = 1). NaNs are ignored per point; an x where no
-    seed has a value is left out. If a resumed run logged the same x twice for one seed,
-    the later row wins. Returns (x [K], mean [K], low [K], high [K], number of seeds).
+    The band is `stats.mean_ci` over the seeds that have a finite value at that x (the mean
+    itself when one has). NaNs are ignored per point; an x where no seed has a value is left
+    out. If a resumed run logged the same x twice for one seed, the later row wins. The
+    points with the same seeds are bootstrapped together (one call per set of seeds).
+    Returns (x [K], mean [K], low [K], high [K], number of seeds).
     """
     for name in ("seed", x, column):
         if name not in metrics:
@@ -102,21 +89,20 @@ def learning_curve(
     for s, xv, v in zip(metrics["seed"], metrics[x], metrics[column], strict=True):
         if not math.isnan(xv):
             latest[(s, xv)] = v
-    by_x: dict[float, list[float]] = {}
-    seeds = set()
+    by_x: dict[float, dict[float, float]] = {}  # x -> seed -> value
     for (s, xv), v in latest.items():
         if not math.isnan(v):
-            by_x.setdefault(xv, []).append(v)
-            seeds.add(s)
+            by_x.setdefault(xv, {})[s] = v
     xs = sorted(by_x)
-    mean, low, high = [], [], []
-    for xv in xs:
-        m, lo, hi = mean_ci(np.asarray(by_x[xv]))
-        mean.append(float(m))
-        low.append(float(lo))
-        high.append(float(hi))
-    arrays = (np.asarray(a, dtype=float) for a in (xs, mean, low, high))
-    return (*arrays, len(seeds))
+    groups: dict[tuple[float, ...], list[int]] = {}  # the seeds present -> their points
+    for k, xv in enumerate(xs):
+        groups.setdefault(tuple(sorted(by_x[xv])), []).append(k)
+    mean, low, high = (np.zeros(len(xs)) for _ in range(3))
+    for seeds, points in groups.items():
+        samples = np.array([[by_x[xs[k]][s] for k in points] for s in seeds])
+        mean[points], low[points], high[points] = mean_ci(samples)
+    n_seeds = len({s for values in by_x.values() for s in values})
+    return np.asarray(xs, dtype=float), mean, low, high, n_seeds
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
@@ -169,14 +155,38 @@ def pyplot() -> Any:
     return plt
 
 
+def plot_band(
+    ax: Any,
+    x: np.ndarray,
+    ci: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    label: str | None = None,
+    lw: float | None = None,
+    band_alpha: float = 0.25,
+) -> Any:
+    """The mean line of `ci` = (mean, low, high) over `x`, and the band in its colour."""
+    mean, low, high = ci
+    (line,) = ax.plot(x, mean, label=label, lw=lw)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=band_alpha, linewidth=0)
+    return line
+
+
+def plot_seed_curves(ax: Any, x: np.ndarray, y: np.ndarray, **style: Any) -> Any:
+    """Mean over seeds of the curves y [seeds, K] on x [K], with its 95% CI band.
+
+    Only the points where every seed has a value are drawn; `style` goes to `plot_band`.
+    """
+    ok = np.all(np.isfinite(y), axis=0)
+    return plot_band(ax, x[ok], mean_ci(y[:, ok], axis=0), **style)
+
+
 def _draw(ax: Any, metrics: Metrics, column: str, label: str | None = None) -> bool:
     """Mean line and CI band of `column` on `ax`; False (and a note) if it has no data."""
     if column in metrics:
         x, mean, low, high, _ = learning_curve(metrics, column)
     else:
         x = mean = low = high = np.zeros(0)
-    (line,) = ax.plot(x, mean, label=label)
-    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+    plot_band(ax, x, (mean, low, high), label=label)
     if x.size == 0:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="grey")
         ax.set_xticks([])
@@ -189,18 +199,8 @@ def _draw(ax: Any, metrics: Metrics, column: str, label: str | None = None) -> b
 def save_figure(fig: Any, out: str | Path) -> Path:
     """Writes the PNG to a temporary file beside `out`, then renames it into place."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a PNG is for everyone
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     return out
 
 

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from distral import tabular
 from distral.config import ConfigError, Figure3Config
+from distral.core import tabular
 from distral.envs import two_room
 
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -167,7 +167,7 @@ def summarise(
     config: Figure3Config, params: two_room.TwoRoomParams, run: Figure3Run, wall: float
 ) -> dict[str, Any]:
     """summary.json's content: curves with 95% CIs, the corridor policy and the checks."""
-    from distral.plotting import mean_ci
+    from distral.stats import mean_ci
 
     optimal = float(np.mean(two_room.optimal_returns(params)))
     iterations = list(range(1, config.iterations + 1))
@@ -266,8 +266,8 @@ def write_outputs(
     summary: dict[str, Any],
 ) -> None:
     """figure3.png, pi0_corridor.png, curves.csv, summary.json and README.md in `out`."""
+    from distral.files import atomic_write
     from distral.plotting import pyplot, save_figure
-    from distral.rundir import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     log_pi0 = run.log_pi0[ARMS.index("distral")]

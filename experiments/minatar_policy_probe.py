@@ -19,30 +19,22 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from distral import acting, learning
-from distral.config import load_run_config
-from distral.experiment import make_experiment
-from distral.workers import restore_checkpoint
+from distral.core import acting
+from distral.rundir import load_run
 
 
 def probe(run_dir: Path, game_name: str, episodes: int) -> None:
-    config = load_run_config(run_dir)
-    experiment = make_experiment(config)
-    state = learning.init_training_state(
-        jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs
-    )
-    manager = ocp.CheckpointManager(run_dir.absolute() / "checkpoints")
-    state, frames, _, _ = restore_checkpoint(manager, state, experiment.num_tasks)
+    run = load_run(run_dir)
+    experiment = run.experiment
     task = experiment.task_names.index(game_name)
-    column = experiment.network.task_params(state.params, task)
+    column = experiment.network.task_params(run.params, task)
     key = jax.random.PRNGKey(1)
-    print(f"{run_dir}: beta {experiment.variant.beta}, {int(frames[task]):,} env steps per game")
+    steps_done = int(run.metrics["env_steps_per_task"][-1])
+    print(f"{run_dir}: beta {experiment.variant.beta}, {steps_done:,} env steps per game")
     actions = experiment.network.num_actions
     for episode in range(episodes):
         env = experiment.make_env(task, 100 + episode)
-        game = env._env.env  # the MinAtar game (Seaquest: sub_y == 0 is the surface row)
         ts = env.reset()
         total, steps, surface, entropy = 0.0, 0, 0, 0.0
         counts = np.zeros(actions, int)
@@ -59,7 +51,7 @@ def probe(run_dir: Path, game_name: str, episodes: int) -> None:
             ts = env.step(a)
             total += float(ts.reward)
             steps += 1
-            surface += int(getattr(game, "sub_y", 1) == 0)
+            surface += int(getattr(env.game_state, "sub_y", 1) == 0)  # Seaquest's surface row
         line = (
             f"  episode {episode}: return {total:.0f}, length {steps}, entropy "
             f"{entropy / steps:.2f}, actions {np.round(counts / steps, 2).tolist()}"

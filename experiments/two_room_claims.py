@@ -1,9 +1,10 @@
 """The paper's speed claims as paired per-seed differences, from `distral compare` run dirs.
 
 For each pair of variants (A, B) and each directory set, prints the mean over seeds of
-AUC(A) - AUC(B) and of steps-to-threshold(A) - steps(B), with 95% percentile-bootstrap CIs
-over seeds (2,000 resamples, seed 0) and how many seeds A wins on; seed s of A is paired
-with seed s of B.
+AUC(A) - AUC(B) and of steps-to-threshold(A) - steps(B), with 95% CIs and how many seeds A
+wins on; seed s of A is paired with seed s of B. The CI is `distral.stats.mean_ci` of the
+per-seed differences, rliable's bootstrap over seeds like every CI of distral: resampling
+the differences (not A's and B's seeds separately) keeps each seed's pair together.
 
     .venv/bin/python experiments/two_room_claims.py NAME=RUNS_DIR [NAME=RUNS_DIR ...]
         [--out FILE.md]
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distral import compare
+from distral.stats import mean_ci
 
 PAIRS = (
     ("kl_2col", "kl_1col"),
@@ -32,16 +34,15 @@ PAIRS = (
     ("kl_2col", "kl_ent_2col"),
     ("kl_1col", "kl_ent_1col"),
 )
-REPS = 2000
 
 
-def paired(d: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean of the paired differences `d` and its 95% percentile-bootstrap CI."""
-    means = rng.choice(d, (REPS, len(d))).mean(axis=1)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def paired(d: np.ndarray) -> tuple[float, float, float]:
+    """Mean of the paired differences `d` [seeds] and its 95% CI over seeds."""
+    mean, low, high = mean_ci(d)
+    return float(mean), float(low), float(high)
 
 
-def table(runs: Path, rng: np.random.Generator) -> list[str]:
+def table(runs: Path) -> list[str]:
     names = sorted({v for pair in PAIRS for v in pair})
     auc, steps = {}, {}
     for v in names:
@@ -61,9 +62,9 @@ def table(runs: Path, rng: np.random.Generator) -> list[str]:
             )
     for a, b in PAIRS:
         d = auc[a] - auc[b]
-        m, lo, hi = paired(d, rng)
+        m, lo, hi = paired(d)
         s = steps[a] - steps[b]  # NaN (never reached) propagates: shown as n/a
-        sm, slo, shi = paired(s, rng) if np.all(np.isfinite(s)) else (np.nan,) * 3
+        sm, slo, shi = paired(s) if np.all(np.isfinite(s)) else (np.nan,) * 3
         lines.append(
             f"| {a} - {b} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | {int(np.sum(d > 0))}/{len(d)} | "
             + (
@@ -80,11 +81,10 @@ def main() -> None:
     parser.add_argument("sets", nargs="+", metavar="NAME=RUNS_DIR")
     parser.add_argument("--out", help="also write the tables here (markdown)")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
     lines = []
     for item in args.sets:
         name, _, path = item.partition("=")
-        lines += [f"### {name}", "", *table(Path(path), rng), ""]
+        lines += [f"### {name}", "", *table(Path(path)), ""]
     text = "\n".join(lines)
     print(text)
     if args.out:

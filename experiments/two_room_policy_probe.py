@@ -19,26 +19,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from distral.config import load_run_config
+from distral.config import ConfigError
 from distral.envs import two_room
-from distral.train import Trainer, restore_runner
+from distral.rundir import load_run
 
 ARROWS = "^v<>"  # two_room's actions: up, down, left, right
 
 
 def probe(run_dir: Path, seed: int | None, episodes: int) -> None:
-    config = load_run_config(run_dir)
-    seed = config.seeds[0] if seed is None else seed
-    if seed not in config.seeds:
-        raise SystemExit(f"--seed {seed} is not a seed of {run_dir} (seeds: {config.seeds})")
-    trainer = Trainer(config)
-    runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in config.seeds]))
-    manager = ocp.CheckpointManager(run_dir.absolute() / "checkpoints")
-    runner, _, log_step = restore_runner(manager, runner)
-    params = jax.tree.map(lambda x: x[config.seeds.index(seed)], runner.train.params)
-    env, network, tasks = trainer.env_params, trainer.network, trainer.num_tasks
+    try:
+        run = load_run(run_dir, seed)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    experiment, params, seed, log_step = run.experiment, run.params, run.seed, run.log_step
+    env, network, tasks = experiment.env_params, experiment.network, experiment.num_tasks
     cells = jnp.arange(two_room.num_free_cells(env))
 
     def start(cell: jax.Array, task: int) -> two_room.EnvState:
@@ -68,7 +63,7 @@ def probe(run_dir: Path, seed: int | None, episodes: int) -> None:
         jax.vmap(lambda c, t: logits(two_room.observation(env, start(c, t)), t), (0, None)),
         static_argnums=1,
     )
-    print(f"{run_dir}: {config.variant}, seed {seed}, checkpoint at log step {log_step}")
+    print(f"{run_dir}: {run.config.variant}, seed {seed}, checkpoint at log step {log_step}")
     keys = jax.random.split(jax.random.PRNGKey(1), episodes)
     walls, free = np.asarray(env.walls), np.asarray(env.free_cells)
     for task in range(tasks):
@@ -84,7 +79,7 @@ def probe(run_dir: Path, seed: int | None, episodes: int) -> None:
         failing = int(np.sum(reached[starts].mean(1) < 0.5))
         print(
             f"task {task}: mean return {ret[starts].mean():.2f} over the start cells (optimum "
-            f"{trainer.optimal_returns[task]:.2f}), {failing} failing"
+            f"{experiment.optimal_returns[task]:.2f}), {failing} failing"
             f" start cells, pi_i entropy {entropy.mean():.2f} at the first step"
         )
         print("\n".join("".join(row) for row in rows))

@@ -1,5 +1,6 @@
 """Tests of the actor side: vector envs, acting, and the Actor on a real Reverb server."""
 
+import functools
 import threading
 
 import dm_env
@@ -10,11 +11,12 @@ import pytest
 import reverb
 from dm_env import specs
 
-from distral import acting, replay
-from distral.actor import Actor
+from distral.core import acting
+from distral.core.networks import make_network, make_torso
+from distral.distributed import replay
+from distral.distributed.actor import Actor, ReplayWriter, VariableClient
 from distral.envs import two_room
 from distral.envs.vector import DmEnvVector, TwoRoomVectorEnv, VectorEnv
-from distral.networks import make_network, make_torso
 
 # A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
 pytestmark = pytest.mark.timeout(60)
@@ -193,31 +195,62 @@ def test_select_action_samples_the_task_and_distilled_policies(network):
         np.testing.assert_array_equal(single[0], mixed[0])
         single0 = acting.select_action_pi0(params, obs, jnp.int32(i), key, network=network)
         np.testing.assert_allclose(single0[1], out.distilled_logits, rtol=1e-6)
-    # Sampling follows the logits: a near one-hot policy picks its action.
+    # Sampling follows the logits: near one-hot policies pick their actions, pi_0 (h peaked
+    # on 1) its own and pi_i (h + f_i, f_i peaked three times as high on 3) the task's.
     peaked = jax.tree.map(lambda x: x, params)
-    peaked["tasks"]["policy"]["b"] = peaked["tasks"]["policy"]["b"].at[:, 3].set(1e4)
-    action, _ = acting.select_action(peaked, obs, task_id, key, network=network)
-    np.testing.assert_array_equal(action, 3)
+    peaked["distilled"]["policy"]["b"] = peaked["distilled"]["policy"]["b"].at[1].set(1e4)
+    peaked["tasks"]["policy"]["b"] = peaked["tasks"]["policy"]["b"].at[:, 3].set(3e4)
+    for task in (task_id, jnp.int32(2)):
+        action, _ = acting.select_action(peaked, obs, task, key, network=network)
+        np.testing.assert_array_equal(action, 3)
+        action0, _ = acting.select_action_pi0(peaked, obs, task, key, network=network)
+        np.testing.assert_array_equal(action0, 1)
 
 
 # ACTOR
 
 
-def make_actor(network, client, unroll_length, refresh_every, write=True, refresh_lag=1):
+def make_actor(network, client, unroll_length, refresh_every, writer=None, refresh_lag=1):
     env = DmEnvVector([FakeEnv(b, n) for b, n in enumerate(LENGTHS)])
+    variables = VariableClient(
+        client,
+        init_params(network),
+        refresh_every=refresh_every,
+        refresh_lag=refresh_lag,
+        select=functools.partial(network.task_params, task_id=TASK),
+    )
     return Actor(
         env,
         TASK,
         network,
-        client,
-        unroll_length=unroll_length,
-        refresh_every=refresh_every,
-        refresh_lag=refresh_lag,
+        variables,
+        ReplayWriter(client, unroll_length) if writer is None else writer,
         seed=0,
-        params_template=init_params(network),
         first_fetch_timeout=30,
-        write=write,
     )
+
+
+class ListWriter:
+    """An `ExperienceWriter` that keeps everything in lists (no Reverb)."""
+
+    def __init__(self):
+        self.steps, self.episodes, self.flushes = [], [], 0
+
+    def append(self, step, stop_event):
+        self.steps.append(step)
+        return True
+
+    def episode(self, task_id, episode_return, length, params_step):
+        self.episodes.append((task_id, episode_return, length, params_step))
+
+    def flush_unrolls(self, stop_event):
+        self.flushes += 1
+
+    def flush_episodes(self, stopping):
+        pass
+
+    def close(self):
+        pass
 
 
 @pytest.mark.parametrize("first_run", [None, 5])
@@ -253,15 +286,30 @@ def test_actor_writes_the_env_stream_as_overlapping_unrolls(network, server_and_
     actor.close()
 
 
-def test_actor_without_writing_acts_but_sends_nothing(network, server_and_client):
-    """`write=False` (benchmarks/distributed.py): same acting and stepping, no Reverb writes."""
+def test_actor_hands_every_step_to_its_writer_and_nothing_to_reverb(network, server_and_client):
+    """Another writer (benchmarks/distributed.py drops everything): the same acting and
+    stepping, every step and episode reach that writer, and nothing is written to Reverb."""
     client = server_and_client(4, max_queue_size=100)
-    replay.publish_params(client, init_params(network), 3)
-    actor = make_actor(network, client, 4, refresh_every=100, write=False)
+    params = init_params(network, seed=2)
+    replay.publish_params(client, params, 3)
+    writer = ListWriter()
+    actor = make_actor(network, client, 4, refresh_every=100, writer=writer)
     actor.run(max_steps=13)
-    assert actor.num_steps == 13 and actor.params_step == 3
+    assert actor.num_steps == 13 and actor.params_step == 3 and writer.flushes == 1
     assert replay.table_size(client, replay.TRAJECTORIES) == 0
     assert replay.drain_episodes(client) == []
+    ref_obs, ref_r, ref_d, ref_episodes = reference_stream(13)
+    for name, ref in (("observation", ref_obs), ("reward", ref_r), ("discount", ref_d)):
+        np.testing.assert_array_equal([s[name] for s in writer.steps], ref)
+    assert {int(s["params_step"]) for s in writer.steps} == {3}
+    assert {int(s["task_id"]) for s in writer.steps} == {TASK}
+    obs = jnp.asarray(ref_obs.reshape(-1, 3))
+    logits = network.apply(params, obs, jnp.full(obs.shape[0], TASK)).logits
+    np.testing.assert_allclose(
+        np.concatenate([s["behaviour_logits"] for s in writer.steps]), logits, rtol=1e-5, atol=1e-6
+    )
+    assert [(t, r, n) for t, r, n, _ in writer.episodes] == ref_episodes
+    assert actor.num_episodes == len(ref_episodes) > 0
 
 
 def test_actor_refreshes_params_and_blocks_on_a_full_queue(network, server_and_client):

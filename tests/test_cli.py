@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from distral.variants import VARIANTS
+from distral.core.variants import VARIANTS
 
 
 def run(*args):

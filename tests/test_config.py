@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distral import config as cfg
-from distral.variants import VARIANTS
+from distral.core.variants import VARIANTS
 
 
 def test_defaults_and_overrides_compose(tmp_path):
@@ -32,7 +32,7 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["bogus=1"], "unknown config key 'bogus'; valid keys: variant, alpha,"),
+        (["bogus=1"], "unknown config key 'bogus'; valid keys: algorithm, variant, alpha,"),
         (["env.bogus=1"], "unknown config key 'env.bogus'; valid keys: env.name,"),
         (["unroll_length=2.5"], "unroll_length=2.5 must be of type int"),
         (["unroll_length=true"], "unroll_length=True must be of type int"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from distral.envs import atari, minatar
+from distral.envs.timesteps import step_timestep
 from distral.envs.vector import DmEnvVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,21 @@ def test_atari_vector_env_seeds_sticky_actions_and_checks_input():
 # MINATAR
 
 
+def test_step_timestep_game_over_beats_the_time_limit():
+    obs = np.zeros(2, np.float32)
+    kinds = [
+        step_timestep(1.5, obs, game_over=over, t=t, max_steps=3)
+        for over, t in ((False, 2), (False, 3), (True, 3), (True, 1))
+    ]
+    assert [(k.step_type, k.discount) for k in kinds] == [
+        (dm_env.StepType.MID, 1.0),
+        (dm_env.StepType.LAST, 1.0),  # truncated at the limit: bootstrap from the state
+        (dm_env.StepType.LAST, 0.0),  # a game over on the last step is a termination
+        (dm_env.StepType.LAST, 0.0),
+    ]
+    assert all(k.reward == np.float32(1.5) and k.reward.dtype == np.float32 for k in kinds)
+
+
 def test_minatar_names_shapes_and_shared_actions():
     assert minatar.canonical_game("SpaceInvaders") == "space_invaders"
     with pytest.raises(minatar.GameError, match="did you mean breakout"):
@@ -179,14 +195,29 @@ def test_minatar_episode_determinism_and_truncation():
 
 
 def test_game_envs_run_in_the_actor_vector_env():
-    envs = DmEnvVector([minatar.MinAtarEnv("asterix", seed=s) for s in range(3)])
+    """DmEnvVector over real games against the same-seeded envs stepped one by one: same
+    frames and rewards, discount 0 and a fresh episode's frame at every LAST step (the
+    12-step limit forces two resets in 30 steps)."""
+    seeds = (0, 1)
+    envs = DmEnvVector([minatar.MinAtarEnv("asterix", seed=s, max_steps=12) for s in seeds])
+    refs = [minatar.MinAtarEnv("asterix", seed=s, max_steps=12) for s in seeds]
     obs = envs.reset(0)
-    assert obs.shape == (3, 10, 10, 10)
-    obs, reward, _, done = envs.step(np.zeros(3, np.int64))
-    assert obs.shape == (3, 10, 10, 10) and reward.shape == (3,) and done.dtype == bool
-    envs = DmEnvVector([atari.AtariEnv("pong", seed=s) for s in range(2)])
-    assert envs.reset(0).shape == (2, 84, 84, 4)
-    assert isinstance(atari.AtariEnv("pong").reset(), dm_env.TimeStep)
+    np.testing.assert_array_equal(obs, [ref.reset().observation for ref in refs])
+    rng, resets = np.random.default_rng(0), 0
+    for _ in range(30):
+        actions = rng.integers(0, 6, size=len(seeds))
+        obs, reward, discount, done = envs.step(actions)
+        for b, (ref, action) in enumerate(zip(refs, actions, strict=True)):
+            ts = ref.step(int(action))
+            assert reward[b] == ts.reward and done[b] == ts.last()
+            assert discount[b] == (0.0 if ts.last() else ts.discount)
+            if ts.last():
+                ts, resets = ref.reset(), resets + 1
+            np.testing.assert_array_equal(obs[b], ts.observation)
+    assert resets == 2 * len(seeds)
+    envs = DmEnvVector([atari.AtariEnv("pong", seed=s) for s in seeds])
+    want = [atari.AtariEnv("pong", seed=s).reset().observation for s in seeds]
+    np.testing.assert_array_equal(envs.reset(0), want)
 
 
 # CONFIG, EXPERIMENT AND A DISTRIBUTED RUN
@@ -270,7 +301,7 @@ def test_distributed_run_on_two_atari_games(tmp_path):
         _cli("launch", "atari_4games.yaml", out, "--max-learner-steps", "10", sets=sets),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=540,  # below pytest-timeout's 600 s: this wait fails first, with its output
         cwd=ROOT,
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -301,9 +332,9 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     import jax
 
     from distral.config import load_config
+    from distral.core.learning import init_training_state
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
-    from distral.learning import init_training_state
 
     config = load_config(
         ROOT / "experiments" / "minatar_5games.yaml",
@@ -311,7 +342,10 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     )
     experiment = make_experiment(config)
     state = init_training_state(
-        jax.random.PRNGKey(0), experiment.network, experiment.optimizer, experiment.example_obs
+        jax.random.PRNGKey(0),
+        experiment.network,
+        experiment.parts.optimizer,
+        experiment.example_obs,
     )
     pi_i, pi_0 = make_evaluator(experiment, 2, seed=0)(state.params, 1)
     # An untrained policy: Breakout scores a few bricks at most; 300 steps of Freeway
@@ -347,10 +381,11 @@ def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):
         "eval_episodes_per_task=8",
         "checkpoint_every=1",
     ]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a chatty child can never block on it
     proc = subprocess.Popen(
         _cli("launch", "minatar_5games.yaml", out, sets=sets),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log.open("w"),
         text=True,
         cwd=ROOT,
         start_new_session=True,
@@ -363,7 +398,7 @@ def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
                 break  # a first row: the next evaluation has started or is about to
             time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(1.0)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
@@ -373,7 +408,7 @@ def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    stderr = proc.stderr.read()
+    stderr = log.read_text()
     assert code == 130, stderr[-3000:]
     assert stop_seconds < 10.0
     assert "did not stop in time" not in stderr

@@ -1,4 +1,6 @@
-"""`distral launch` with real processes and a real Reverb server: end to end, faults, bad input.
+"""`distral launch` with real processes and a real Reverb server: end to end, the Ray
+backend, the evaluator process, the supervisor, bad input. Faults (signals, killed
+processes, interrupted checkpoints) are in tests/test_faults.py.
 
 Each test starts the CLI as a subprocess in its own session (as a user's terminal would)
 and reads the PIDs the launcher logs, so it can kill a child or check that none remains.
@@ -6,8 +8,8 @@ and reads the PIDs the launcher logs, so it can kill a child or check that none 
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 import os
 import re
 import signal
@@ -20,128 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "experiments" / "two_room_distributed.yaml"
-
-# Small and fast: 2 tasks (2 actors), short unrolls, small batches.
-SMALL = [
-    "env.num_tasks=2",
-    "unroll_length=10",
-    "distributed.envs_per_actor=8",
-    "distributed.batch_size=2",
-    "distributed.queue_size=4",
-    "distributed.refresh_every=10",
-    "log_every=10",
-    "checkpoint_every=1",
-    "eval_episodes_per_task=8",
-]
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
-class Launch:
-    """`distral launch ...` in its own session; stderr collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distral.cli", "launch", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self.stdout = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 240.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for line in self.lines[seen:]:
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            seen = len(self.lines)
-            if self.proc.poll() is not None and seen == len(self.lines):
-                time.sleep(0.2)  # the reader may still be draining
-                if not any(re.search(pattern, x) for x in self.lines):
-                    break
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not seen; stderr:\n" + "\n".join(self.lines[-40:]))
-
-    def pids(self) -> list[int]:
-        return [int(m.group(1)) for x in self.lines if (m := re.search(r": pid (\d+)$", x))]
-
-    def finish(self, timeout: float = 300.0) -> int:
-        self.proc.wait(timeout=timeout)  # stdout is short (a summary table): no pipe stall
-        self._reader.join(timeout=10)
-        assert self.proc.stdout is not None
-        self.stdout = self.proc.stdout.read()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead too
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET6) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "bound"
-        try:
-            s.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
-def _kill_and_await_restart(launch: Launch, slot: str) -> int:
-    """SIGKILLs the child the launcher logs as `slot` ("actor task 1 replica 0",
-    "evaluator") 2 s after the actors started; returns its restart's (new) PID."""
-    victim = int(launch.wait_for(rf"{slot}: pid (\d+)").group(1))
-    launch.wait_for(r"actors started")
-    time.sleep(2.0)
-    os.kill(victim, signal.SIGKILL)
-    launch.wait_for(rf"{slot} died \(exit code -9\); restart 1/3")
-    return int(launch.wait_for(rf"{slot}: pid (?!{victim}\b)(\d+)").group(1))
-
-
-@pytest.fixture
-def launches():
-    started: list[Launch] = []
-    yield started
-    for launch in started:
-        launch.kill()
-
+from launching import (
+    PRESET,
+    ROOT,
+    SMALL,
+    Launch,
+    alive,
+    kill_and_await_restart,
+    metrics_rows,
+    port_free,
+    sets,
+)
 
 # ----------------------------------------------------------------------------------------
 # BAD INPUT: one line, exit code 2, nothing started or written
@@ -230,11 +121,11 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
         "kl_ent_2col",
         "--max-learner-steps",
         "1500",
-        *_sets(settings),
+        *sets(settings),
     )
     launches.append(launch)
-    assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-20:])
-    rows = _rows(out)
+    assert launch.finish(timeout=540) == 0, "\n".join(launch.lines[-20:])
+    rows = metrics_rows(out)
     curve = "; ".join(
         f"{r['updates']}: {float(r['return_task_0']):.2f} {float(r['return_task_1']):.2f}"
         f" H={float(r['entropy']):.2f} lag={float(r['parameter_lag_mean']):.1f}"
@@ -261,76 +152,7 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
     for name in ("config.yaml", "curves.png"):
         assert (out / name).is_file()
     assert list((out / "tb").glob("seed_0/events.*"))
-    assert not [p for p in launch.pids() if _alive(p)]
-
-
-def test_ctrl_c_stops_every_process_and_writes_a_checkpoint(tmp_path, launches):
-    out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), *_sets(SMALL))
-    launches.append(launch)
-    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
-    launch.wait_for(r"2 actors started")
-    pids = launch.pids()
-    assert len(pids) == 3 and all(_alive(p) for p in pids)
-    time.sleep(3.0)  # let it learn a little
-    t0 = time.monotonic()
-    os.killpg(launch.proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
-    code = launch.finish(timeout=30)
-    stop_seconds = time.monotonic() - t0
-    assert code == 130, "\n".join(launch.lines[-20:])
-    assert stop_seconds < 10.0
-    assert not [p for p in pids if _alive(p)]
-    assert _port_free(port)
-    assert any((out / "checkpoints").iterdir())
-    assert (out / "summary.json").is_file()
-    assert any("resume with: distral launch --resume" in x for x in launch.lines)
-
-
-def test_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
-    out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "150", *_sets(SMALL))
-    launches.append(launch)
-    _kill_and_await_restart(launch, "actor task 1 replica 0")
-    code = launch.finish()
-    assert code == 0, "\n".join(launch.lines[-20:])
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["learner_steps"] == 150
-    assert not [p for p in launch.pids() if _alive(p)]
-
-
-def test_dead_learner_stops_the_run_and_resume_continues(tmp_path, launches):
-    out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "100000", *_sets(SMALL))
-    launches.append(launch)
-    learner = int(launch.wait_for(r"learner: pid (\d+)").group(1))
-    launch.wait_for(r"2 actors started")
-    ckpt = out / "checkpoints"
-    deadline = time.monotonic() + 180
-
-    def saved_steps() -> list[int]:  # finished checkpoints (orbax renames tmp dirs when done)
-        return [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()]
-
-    while time.monotonic() < deadline and len(saved_steps()) < 3:
-        time.sleep(0.2)
-    os.kill(learner, signal.SIGKILL)
-    code = launch.finish(timeout=60)
-    assert code == 1
-    assert any("the learner died" in x and "--resume" in x for x in launch.lines)
-    assert not [p for p in launch.pids() if _alive(p)]
-    saved = max(saved_steps())
-    rows = [r for r in _rows(out) if int(r["log_step"]) <= saved]
-    step_at_checkpoint = int(rows[-1]["updates"])
-
-    resumed = Launch("--resume", str(out), "--max-learner-steps", str(step_at_checkpoint + 30))
-    launches.append(resumed)
-    start = int(resumed.wait_for(r"learner at step (\d+)").group(1))
-    assert start == step_at_checkpoint
-    assert resumed.finish() == 0, "\n".join(resumed.lines[-20:])
-    rows = _rows(out)
-    log_steps = [int(r["log_step"]) for r in rows]
-    assert log_steps == list(range(1, len(rows) + 1))  # cut back to the checkpoint, appended
-    assert int(rows[-1]["updates"]) == step_at_checkpoint + 30
-    assert json.loads((out / "summary.json").read_text())["learner_steps"] == start + 30
+    assert not [p for p in launch.pids() if alive(p)]
 
 
 def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, launches):
@@ -344,19 +166,56 @@ def test_ray_backend_runs_the_same_workers_on_a_local_ray_instance(tmp_path, lau
         str(out),
         "--max-learner-steps",
         "30",
-        *_sets([*SMALL, "distributed.evaluator=process"]),
+        *sets([*SMALL, "distributed.evaluator=process"]),
     )
     launches.append(launch)
-    assert launch.finish(timeout=600) == 0, "\n".join(launch.lines[-30:])
+    assert launch.finish(timeout=540) == 0, "\n".join(launch.lines[-30:])
     assert any("2 Ray actors started (1 per task) and the evaluator" in x for x in launch.lines)
-    assert not any("evaluator ended" in x for x in launch.lines)  # it never died
+    assert not any(" died " in x for x in launch.lines)  # no slot died, the evaluator neither
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner_steps"] == 30
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert [int(r["updates"]) for r in rows] == [10, 20, 30]
     assert rows[-1]["eval_learner_step"] == "30"
     assert all(int(r["episodes"]) >= 0 for r in rows)
     assert (out / "curves.png").is_file()
+
+
+def test_ray_status_names_the_worker_error_or_why_it_died():
+    """What the Ray backend puts in a dead slot's or learner's message, from real Ray
+    errors: the worker's own exception (first line), or why its process died."""
+    ray = pytest.importorskip("ray")
+    from distral.distributed.ray_workers import error_status
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+
+        @ray.remote
+        def fails() -> None:
+            raise ValueError("no Reverb server answers at x:1\nsecond line")
+
+        @ray.remote
+        class Sleeper:
+            def pid(self) -> int:
+                return os.getpid()
+
+            def sleep(self) -> None:
+                time.sleep(120)
+
+        with pytest.raises(ray.exceptions.RayTaskError) as failed:
+            ray.get(fails.remote(), timeout=120)
+        assert error_status(failed.value) == "ValueError: no Reverb server answers at x:1"
+        sleeper = Sleeper.remote()
+        pid = ray.get(sleeper.pid.remote(), timeout=120)
+        sleeping = sleeper.sleep.remote()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ray.exceptions.RayActorError) as died:
+            ray.get(sleeping, timeout=120)
+        status = error_status(died.value)
+    finally:
+        ray.shutdown()
+    assert status.startswith("ActorDiedError: ") and "\n" not in status, status
+    assert status != "ActorDiedError: The actor died unexpectedly before finishing this task."
 
 
 def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
@@ -372,7 +231,7 @@ def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
             str(PRESET),
             "--port",
             str(port),
-            *_sets(SMALL),
+            *sets(SMALL),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -390,7 +249,7 @@ def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
             str(out),
             "--max-learner-steps",
             "20",
-            *_sets([*SMALL, f"distributed.replay_address=localhost:{port}"]),
+            *sets([*SMALL, f"distributed.replay_address=localhost:{port}"]),
         )
         launches.append(launch)
         assert launch.finish() == 0, "\n".join(launch.lines[-20:])
@@ -400,7 +259,7 @@ def test_standalone_replay_server_serves_a_launch(tmp_path, launches):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
-    assert _port_free(port)
+    assert port_free(port)
 
 
 # ----------------------------------------------------------------------------------------
@@ -415,19 +274,23 @@ def test_evaluator_evaluates_new_parameters_once_per_log_every_steps():
     import jax
     import reverb
 
-    from distral import learning, replay, workers
     from distral.config import load_config
+    from distral.core import learning
+    from distral.distributed import replay, workers
     from distral.evaluator import make_evaluator
     from distral.experiment import make_experiment
 
     config = load_config(PRESET, [*SMALL, "log_every=5", "distributed.evaluator=process"])
     experiment = make_experiment(config)
-    server = replay.start_server(workers.make_replay_tables(experiment))
+    server = replay.start_server(replay.make_replay_tables(experiment))
     client = reverb.Client(replay.server_address(server))
     stop = threading.Event()
     params = [
         learning.init_training_state(
-            jax.random.PRNGKey(k), experiment.network, experiment.optimizer, experiment.example_obs
+            jax.random.PRNGKey(k),
+            experiment.network,
+            experiment.parts.optimizer,
+            experiment.example_obs,
         ).params
         for k in range(3)
     ]
@@ -472,12 +335,12 @@ def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path,
     learner's evaluation of the final parameters; no child survives the run."""
     out = tmp_path / "run"
     settings = [*SMALL, "distributed.evaluator=process"]
-    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "200", *_sets(settings))
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "200", *sets(settings))
     launches.append(launch)
     launch.wait_for(r"2 actors started \(1 per task\) and the evaluator")
-    _kill_and_await_restart(launch, "evaluator")
+    kill_and_await_restart(launch, "evaluator")
     assert launch.finish() == 0, "\n".join(launch.lines[-20:])
-    rows = _rows(out)
+    rows = metrics_rows(out)
     assert [int(r["updates"]) for r in rows] == list(range(10, 201, 10))
     evaluated = [r for r in rows[:-1] if r["eval_learner_step"] not in ("", "nan")]
     assert len(evaluated) >= 3, [r["eval_learner_step"] for r in rows]
@@ -490,4 +353,134 @@ def test_evaluator_process_is_supervised_and_its_results_fill_the_rows(tmp_path,
     assert int(float(last["eval_learner_step"])) == 200
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_mean_return"] == pytest.approx(float(last["eval_return"]))
-    assert not [p for p in launch.pids() if _alive(p)]
+    assert not [p for p in launch.pids() if alive(p)]
+
+
+# ----------------------------------------------------------------------------------------
+# THE SUPERVISOR, with stand-in processes (spawned, real; no JAX, no Reverb)
+# ----------------------------------------------------------------------------------------
+# The stand-ins take the arguments of `workers.learner_process` / `actor_process`. The
+# learner's "address" is a directory where each actor records its task and seed.
+
+
+def _stand_in_learner(config, run_dir, resume, stop, reports, parent):
+    """Ready at once; then, by max_learner_steps: 1, it spends its budget after 1 s (asks
+    everyone to stop, reports its summary); 2, it dies with exit code 5 after 5 s; else
+    it runs until the stop event."""
+    reports.put(("ready", run_dir, 7))
+    budget = config.distributed.max_learner_steps
+    deadline = time.monotonic() + {1: 1.0, 2: 5.0}.get(budget, math.inf)
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if budget == 1:
+        stop.set()
+    if stop.is_set():
+        reports.put(("done", {"learner_steps": budget}))
+        return
+    os._exit(5)
+
+
+def _stand_in_actor(config, address, task, seed, stop, parent):
+    """Records (task, seed); task 0 dies with exit code 3 after 0.3 s, the others run
+    until the stop event."""
+    with (Path(address) / "seeds.txt").open("a") as fh:
+        fh.write(f"{task} {seed}\n")
+    if task == 0:
+        time.sleep(0.3)
+        os._exit(3)
+    while not stop.is_set():
+        time.sleep(0.01)
+
+
+def _supervise(tmp_path, settings):
+    from distral.config import load_config
+    from distral.distributed.launch import LocalBackend, Supervisor
+
+    config = load_config(PRESET, ["env.num_tasks=2", *settings])
+    backend = LocalBackend(
+        config, tmp_path, resume=False, learner=_stand_in_learner, actor=_stand_in_actor
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(backend, config, 2, tmp_path, log=lines.append)
+    return supervisor, lines
+
+
+def _seeds(tmp_path: Path) -> dict[int, list[int]]:
+    seeds: dict[int, list[int]] = {}
+    for line in (tmp_path / "seeds.txt").read_text().splitlines():
+        task, seed = map(int, line.split())
+        seeds.setdefault(task, []).append(seed)
+    return seeds
+
+
+def test_supervisor_restarts_a_dying_slot_with_new_seeds_then_stops_the_run(tmp_path):
+    from distral.distributed.launch import LaunchError
+    from distral.distributed.workers import actor_seed
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=2", "distributed.max_learner_steps=100"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        "actor task 0 replica 0 died 3 times (exit code 3); stopping the run; "
+        f"resume with: distral launch --resume {tmp_path}"
+    )
+    restarts = [x for x in lines if " died " in x]
+    assert restarts == [
+        "actor task 0 replica 0 died (exit code 3); restart 1/2",
+        "actor task 0 replica 0 died (exit code 3); restart 2/2",
+    ]
+    assert supervisor.restarts == {(0, 0): 3}
+    assert lines[1] == f"Reverb server at {tmp_path}; learner at step 7; run directory {tmp_path}"
+    assert "2 actors started (1 per task)" in lines
+    # A new seed per attempt for the dying slot, one for the other; every child is gone.
+    assert _seeds(tmp_path) == {
+        0: [actor_seed(0, 0, 0, k) for k in range(3)],
+        1: [actor_seed(0, 1, 0, 0)],
+    }
+    assert len(set(_seeds(tmp_path)[0])) == 3
+    pids = [int(m.group(1)) for x in lines if (m := re.search(r": pid (\d+)$", x))]
+    assert len(pids) == 5 and not [p for p in pids if alive(p)]
+
+
+def test_supervisor_stops_the_run_when_the_learner_dies(tmp_path):
+    from distral.distributed.launch import LaunchError
+
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=2"]
+    )
+    with pytest.raises(LaunchError) as error:
+        supervisor.run()
+    assert str(error.value) == (
+        f"the learner died (exit code 5); resume with: distral launch --resume {tmp_path}"
+    )
+    # Task 0's actor died every 0.3 s plus a spawn (about 1 s) during the learner's 5 s.
+    n = supervisor.restarts[(0, 0)]
+    assert 1 <= n <= 17 and (1, 0) not in supervisor.restarts
+    assert [x for x in lines if " died " in x] == [
+        f"actor task 0 replica 0 died (exit code 3); restart {k}/100" for k in range(1, n + 1)
+    ]
+
+
+def test_supervisor_returns_the_summary_of_a_learner_that_spent_its_budget(tmp_path):
+    supervisor, lines = _supervise(
+        tmp_path, ["distributed.max_actor_restarts=100", "distributed.max_learner_steps=1"]
+    )
+    assert supervisor.run() == {"learner_steps": 1}
+    assert not any("did not stop in time" in x for x in lines)
+
+
+def test_ray_cpu_requests_fit_the_cluster():
+    """Ray schedules by CPU requests: the learner and every slot must fit, or a slot waits
+    for ever (the evaluator did, at 0.5 CPU beside 2 actors and the learner on 2 CPUs)."""
+    pytest.importorskip("ray")
+    from distral.distributed.ray_workers import cpu_shares
+
+    assert cpu_shares(2.0, 3) == (1.0, pytest.approx(1 / 3))  # 2 actors + the evaluator
+    assert cpu_shares(2.0, 9) == (1.0, pytest.approx(1 / 9))  # the 8-task preset
+    assert cpu_shares(64.0, 9) == (1.0, 0.5)  # a cluster: at most half a CPU each
+    assert cpu_shares(1.0, 2) == (0.5, 0.25)
+    for cpus, slots in [(2.0, 3), (2.0, 9), (1.0, 2), (3.0, 17)]:
+        learner, each = cpu_shares(cpus, slots)
+        assert learner + slots * each <= cpus + 1e-9

@@ -1,4 +1,4 @@
-"""update_step: it trains, with a flax torso and with a user's Haiku torso."""
+"""update_step: it trains (flax and Haiku torsos), and its loss matches tests/reference.py."""
 
 import functools
 
@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
-from distral import learning, losses, networks
 from distral.config import TrainConfig
+from distral.core import learning, losses, networks
+from distral.core.variants import get_variant
 from distral.experiment import make_experiment
-from distral.variants import get_variant
 
 N_TASKS, A, OBS, T, B = 2, 3, 4, 4, 16
 
@@ -157,7 +158,7 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     grads_seq = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), params) for k in keys]
     plain = _adam_updates(learning.make_optimizer(1e-3), params, grads_seq)
-    ours = _adam_updates(experiment.optimizer, params, grads_seq)
+    ours = _adam_updates(experiment.parts.optimizer, params, grads_seq)
     factor = 0.25 if scaled else 1.0
     for p, o in zip(plain, ours, strict=True):
         for name in p:
@@ -240,3 +241,79 @@ def test_task_column_output_logits_or_f():
         learning.build_network(
             variant, num_tasks=2, num_actions=A, torso=torso, task_column_output="x"
         )
+
+
+# THE LOSS OF A LINEAR NETWORK AGAINST THE PLAIN-PYTHON REFERENCE (tests/reference.py)
+
+
+def _linear_case(task_ids, task_column_output="logits", seed=0):
+    """A kl_ent_2col linear network (torso = identity) with O(1) random parameters and a
+    hand-made V-trace batch of T=3 steps whose importance weights straddle the clips."""
+    variant = get_variant("kl_ent_2col", beta=4.0)
+    network = learning.build_network(
+        variant,
+        num_tasks=3,
+        num_actions=A,
+        torso=networks.make_torso("mlp", hidden_sizes=()),
+        task_column_output=task_column_output,
+    )
+    config = losses.LossConfig.from_variant(
+        variant, discount=0.9, returns="vtrace", clip_rho=1.5, clip_pg_rho=2.0
+    )
+    rng = np.random.default_rng(seed)
+    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, OBS)))
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    T1, Bb = 4, len(task_ids)
+    discount = np.ones((T1, Bb), np.float32)
+    discount[1, 0] = 0.0  # an episode ends inside the first unroll
+    batch = learning.Batch(
+        observation=jnp.asarray(rng.normal(size=(T1, Bb, OBS)), jnp.float32),
+        action=jnp.asarray(rng.integers(0, A, size=(T1, Bb)), jnp.int32),
+        reward=jnp.asarray(rng.normal(size=(T1, Bb)), jnp.float32),
+        discount=jnp.asarray(discount),
+        behaviour_logits=jnp.asarray(2.0 * rng.normal(size=(T1, Bb, A)), jnp.float32),
+        task_id=jnp.asarray(task_ids, jnp.int32),
+    )
+    return network, config, params, batch
+
+
+@pytest.mark.parametrize(
+    "task_ids, grouped, column_output",
+    [
+        ([0, 2, 0, 2, 2], False, "logits"),  # task 1 absent: NaN per-task metrics
+        ([0, 2, 0, 2, 2], False, "f"),  # the network multiplies the column by beta = 4
+        ([0, 0, 1, 1, 2, 2], True, "logits"),  # the trainer's task-major layout
+    ],
+)
+def test_batch_loss_of_a_linear_network_matches_the_python_reference(
+    task_ids, grouped, column_output
+):
+    """Loss, its policy and value terms, and kl / entropy / logit spread per task, from
+    the parameters by hand: logits alpha h + s f_i with s = beta under 'f' (1 under
+    'logits'), the behaviour logits of step t weighting the action of step t, V-trace
+    with rho-bar 1.5 and the policy-gradient clip 2."""
+    network, config, params, batch = _linear_case(task_ids, column_output)
+    loss, m = learning.batch_loss(params, batch, network, config, grouped)
+    want, per_unroll = reference.linear_2col_vtrace_loss(
+        params,
+        batch,
+        alpha=0.5,
+        beta=4.0,
+        column_scale=4.0 if column_output == "f" else 1.0,
+        gamma=0.9,
+        clip_rho=1.5,
+        clip_pg_rho=2.0,
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
+    np.testing.assert_allclose(m["policy_loss"], per_unroll["policy"].mean(), rtol=1e-4)
+    np.testing.assert_allclose(m["value_loss"], per_unroll["value"].mean(), rtol=1e-4)
+    task = np.asarray(task_ids)
+    for name in ("kl", "entropy", "logit_spread"):
+        got = np.asarray(m[f"{name}_per_task"])
+        for i in range(3):
+            if (task == i).any():
+                want_i = np.asarray(per_unroll[name])[task == i].mean()
+                np.testing.assert_allclose(got[i], want_i, rtol=1e-4, err_msg=f"{name} {i}")
+            else:
+                assert np.isnan(got[i]), name
+    np.testing.assert_array_equal(m["unrolls_per_task"], np.bincount(task, minlength=3))

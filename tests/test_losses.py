@@ -7,48 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import enable_x64
+from reference import py_n_step_returns, py_vtrace
 
-from distral import losses
-from distral.variants import get_variant
-
-# PLAIN-PYTHON REFERENCES
-
-
-def py_n_step_returns(r, d, v_next, n):
-    """G_t = sum_{k<n} (prod d) r_{t+k} + (prod d) v(s_{t+n}); truncated at the end."""
-    T = len(r)
-    out = []
-    for t in range(T):
-        g, scale = 0.0, 1.0
-        k = 0
-        while k < n and t + k < T:
-            g += scale * r[t + k]
-            scale *= d[t + k]
-            k += 1
-        g += scale * v_next[t + k - 1]
-        out.append(g)
-    return np.array(out)
-
-
-def py_vtrace(v_tm1, v_t, r, d, rho, clip_rho=1.0, clip_pg_rho=1.0):
-    """IMPALA's V-trace targets and policy-gradient advantages (Espeholt et al., eq. 1)."""
-    T = len(r)
-    values = [*v_tm1, v_t[-1]]  # V(x_0..x_T)
-    vs = []
-    for s in range(T):
-        total = values[s]
-        c_prod = 1.0
-        disc = 1.0
-        for t in range(s, T):
-            rho_bar = min(clip_rho, rho[t])
-            delta = rho_bar * (r[t] + d[t] * values[t + 1] - values[t])
-            total += disc * c_prod * delta
-            c_prod *= min(1.0, rho[t])
-            disc *= d[t]
-        vs.append(total)
-    vs_next = [*vs[1:], values[T]]
-    adv = [min(clip_pg_rho, rho[t]) * (r[t] + d[t] * vs_next[t] - values[t]) for t in range(T)]
-    return np.array(vs), np.array(adv)
+from distral.core import losses
+from distral.core.variants import get_variant
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, None])
@@ -65,21 +27,36 @@ def test_n_step_returns_match_python_loop(n, jit):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("clip_rho, clip_pg_rho", [(1.0, 1.0), (1.5, 2.0), (2.0, 0.5)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_vtrace_matches_python_loop(jit):
+def test_distral_loss_vtrace_terms_match_the_python_loop(clip_rho, clip_pg_rho, jit):
+    """A3C rows with V-trace: the value term is 0.5 mean (v_s - V(x_s))^2 and the policy
+    term -mean log pi(a_s) rho_pg (r_s + g v_{s+1} - V(x_s)), from the plain-Python sum of
+    IMPALA's eq. 1, with the importance weight of step s from the behaviour logits of
+    step s and both clips taken from the config."""
     rng = np.random.default_rng(1)
-    T = 9
-    v_all = rng.normal(size=T + 1).astype(np.float32)
+    T, A = 9, 3
+    logits = rng.normal(size=(T + 1, A)).astype(np.float32)
+    mu = (2.0 * rng.normal(size=(T, A))).astype(np.float32)  # rho on both sides of 0.5..2
+    v = rng.normal(size=T + 1).astype(np.float32)
+    a = rng.integers(0, A, size=T)
     r = rng.normal(size=T).astype(np.float32)
-    d = (0.95 * (rng.uniform(size=T) > 0.25)).astype(np.float32)
-    rho = np.exp(rng.normal(size=T)).astype(np.float32)  # both sides of the clip
-    import rlax
-
-    fn = jax.jit(rlax.vtrace_td_error_and_advantage) if jit else rlax.vtrace_td_error_and_advantage
-    out = fn(jnp.asarray(v_all[:-1]), jnp.asarray(v_all[1:]), r, d, rho)
-    want_vs, want_adv = py_vtrace(v_all[:-1], v_all[1:], r, d, rho)
-    np.testing.assert_allclose(out.errors + v_all[:-1], want_vs, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.pg_advantage, want_adv, rtol=1e-5, atol=1e-5)
+    d = (rng.uniform(size=T) > 0.25).astype(np.float32)
+    log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))  # noqa: E731
+    lp, lmu = log_softmax(logits[:-1])[np.arange(T), a], log_softmax(mu)[np.arange(T), a]
+    rho = np.exp(lp - lmu)
+    assert (rho < 0.5).any() and (rho > 2.0).any() and ((rho > 1.0) & (rho < 1.5)).any()
+    vs, adv = py_vtrace(v[:-1], v[1:], r, 0.95 * d, rho, clip_rho, clip_pg_rho)
+    cfg = losses.LossConfig(
+        discount=0.95, returns="vtrace", clip_rho=clip_rho, clip_pg_rho=clip_pg_rho
+    )
+    fn = jax.jit(losses.distral_loss, static_argnames="config") if jit else losses.distral_loss
+    loss, m = fn(logits, np.zeros_like(logits), v, a, r, d, mu, config=cfg)
+    np.testing.assert_allclose(m.value_loss, 0.5 * np.mean((vs - v[:-1]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(m.policy_loss, -np.mean(lp * adv), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loss, -np.mean(lp * adv) + 0.25 * np.mean((vs - v[:-1]) ** 2), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_distral_loss_vtrace_uses_the_reference_targets():
@@ -321,31 +298,27 @@ def test_sampled_regulariser_also_gives_the_exact_gradient(name):
             np.testing.assert_allclose(-HORIZON * grad_loss[key], grad_J[key], rtol=1e-5, atol=1e-5)
 
 
-def test_dropping_the_stop_gradient_breaks_the_exact_gradient():
-    """The check above can fail: a distillation term without sg[pi_i] gives another gradient."""
-    variant = get_variant("kl_2col", beta=2.0)
-    P, R, mu = _tiny_mdp()
-    with enable_x64():
-        rng = np.random.default_rng(11)
-        params = {
-            "h": jnp.asarray(rng.normal(size=(S, A))),
-            "f": jnp.asarray(rng.normal(size=(N_TASKS, S, A))),
-        }
-        original = losses.distillation_loss
-
-        def no_stop_gradient(logits_t, distilled_logits_t, alpha, beta):
-            pi_t = jax.nn.softmax(logits_t)
-            return -(alpha / beta) * jnp.mean(
-                jnp.sum(pi_t * jax.nn.log_softmax(distilled_logits_t), -1)
-            )
-
-        losses.distillation_loss = no_stop_gradient
-        try:
-            grad_loss = _enumerated_loss_gradient(params, variant, P, R, mu)
-        finally:
-            losses.distillation_loss = original
-        grad_J = jax.grad(_exact_objective)(params, variant, P, R, mu)
-        assert float(jnp.abs(-HORIZON * grad_loss["h"] - grad_J["h"]).max()) > 1e-3
+@pytest.mark.parametrize("regulariser", ["expected", "sampled"])
+def test_h_gets_only_the_distillation_gradient_and_pi_i_none_from_it(regulariser):
+    """The stop-gradients of the real loss: d loss / d h is (alpha/beta)(pi_0 - pi_i)/T at
+    s_0..s_{T-1} and 0 at s_T (pi_0 enters the regularised reward as a constant), and the
+    distillation term sends nothing to pi_i's logits."""
+    u = _random_unroll(6)
+    cfg = losses.LossConfig(
+        alpha=0.5, beta=4.0, distill=True, discount=0.9, regulariser=regulariser
+    )
+    grad_h = jax.grad(
+        lambda h: losses.distral_loss(**{**u, "distilled_logits_t": h}, config=cfg)[0]
+    )
+    got = np.asarray(grad_h(u["distilled_logits_t"]))
+    lg, h = np.asarray(u["logits_t"], np.float64), np.asarray(u["distilled_logits_t"], np.float64)
+    p = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
+    p0 = np.exp(h) / np.exp(h).sum(-1, keepdims=True)
+    T = len(u["a_t"])
+    np.testing.assert_allclose(got[:-1], (0.5 / 4.0) * (p0 - p)[:-1] / T, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got[-1], 0.0)
+    to_pi = jax.grad(losses.distillation_loss)(u["logits_t"], u["distilled_logits_t"], 0.5, 4.0)
+    np.testing.assert_array_equal(to_pi, 0.0)
 
 
 # THE ASSEMBLED LOSS
@@ -364,45 +337,63 @@ def _random_unroll(seed, T=5, A=4):
     )
 
 
-def test_distral_loss_metrics_by_hand_and_jit():
+def _softmax64(x):
+    x = np.asarray(x, np.float64)
+    return np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("n_step", [None, 2])
+def test_distral_loss_terms_and_metrics_by_hand_and_jit(n_step):
+    """Every term from the unroll by hand: returns of the regularised reward bootstrapped
+    from V(s_{t+n}) (n-step, or the unroll's end), through an episode end."""
     u = _random_unroll(4)
-    cfg = losses.LossConfig(alpha=0.5, beta=4.0, distill=True, discount=0.9)
+    u["discount_t"] = u["discount_t"].at[2].set(0.0)
+    cfg = losses.LossConfig(alpha=0.5, beta=4.0, distill=True, discount=0.9, n_step=n_step)
     loss, m = losses.distral_loss(**u, config=cfg)
     loss_jit, _ = jax.jit(losses.distral_loss, static_argnames="config")(**u, config=cfg)
     np.testing.assert_allclose(loss, loss_jit, rtol=1e-5)
 
-    lg, h = (
-        np.asarray(u["logits_t"][:-1], np.float64),
-        np.asarray(u["distilled_logits_t"][:-1], np.float64),
-    )
-    p = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
-    p0 = np.exp(h) / np.exp(h).sum(-1, keepdims=True)
+    T = len(u["a_t"])
+    lg = np.asarray(u["logits_t"][:-1], np.float64)
+    p, p0 = _softmax64(lg), _softmax64(u["distilled_logits_t"][:-1])
     np.testing.assert_allclose(m.kl, np.mean(np.sum(p * np.log(p / p0), -1)), rtol=1e-5)
     np.testing.assert_allclose(m.entropy, np.mean(-np.sum(p * np.log(p), -1)), rtol=1e-5)
     np.testing.assert_allclose(
         m.distilled_entropy, np.mean(-np.sum(p0 * np.log(p0), -1)), rtol=1e-5
     )
-    np.testing.assert_allclose(
-        m.distill_loss, -(0.5 / 4.0) * np.mean(np.sum(p * np.log(p0), -1)), rtol=1e-5
-    )
+    distill = -(0.5 / 4.0) * np.mean(np.sum(p * np.log(p0), -1))
+    np.testing.assert_allclose(m.distill_loss, distill, rtol=1e-5)
     expected = np.sum(p * (0.5 * np.log(p0) - np.log(p)), -1) / 4.0
     np.testing.assert_allclose(m.regulariser_loss, -np.mean(expected), rtol=1e-5)
     np.testing.assert_allclose(m.logit_spread, np.mean(lg.max(-1) - lg.min(-1)), rtol=1e-5)
+
+    v, r, d = (np.asarray(u[k], np.float64) for k in ("v_t", "r_t", "discount_t"))
+    returns = py_n_step_returns(r + expected, 0.9 * d, v[1:], n_step or T)
+    advantage = returns - v[:-1]
+    log_pi_a = np.log(p[np.arange(T), np.asarray(u["a_t"])])
+    policy, value = -np.mean(log_pi_a * advantage), 0.5 * np.mean(advantage**2)
+    np.testing.assert_allclose(m.policy_loss, policy, rtol=1e-5)
+    np.testing.assert_allclose(m.value_loss, value, rtol=1e-5)
     np.testing.assert_allclose(
-        loss,
-        m.policy_loss + 0.5 * m.value_loss + m.distill_loss + m.regulariser_loss,
-        rtol=1e-5,
+        loss, policy + 0.5 * value + distill - np.mean(expected), rtol=1e-5, atol=1e-6
     )
 
 
 def test_a3c_loss_has_entropy_bonus_and_no_distillation():
+    """A3C: n-step returns of the environment reward alone and an entropy bonus of 0.1."""
     u = _random_unroll(5)
     cfg = losses.LossConfig.from_variant(get_variant("a3c", entropy_cost=0.1), discount=0.9)
     loss, m = losses.distral_loss(**u, config=cfg)
     assert float(m.distill_loss) == 0.0
-    np.testing.assert_allclose(m.regularised_reward, np.mean(u["r_t"]), rtol=1e-6)
+    T = len(u["a_t"])
+    p = _softmax64(u["logits_t"][:-1])
+    v, r, d = (np.asarray(u[k], np.float64) for k in ("v_t", "r_t", "discount_t"))
+    advantage = py_n_step_returns(r, 0.9 * d, v[1:], T) - v[:-1]
+    policy = -np.mean(np.log(p[np.arange(T), np.asarray(u["a_t"])]) * advantage)
+    entropy = np.mean(-np.sum(p * np.log(p), -1))
+    np.testing.assert_allclose(m.regularised_reward, np.mean(r), rtol=1e-6)
     np.testing.assert_allclose(
-        loss, m.policy_loss + 0.5 * m.value_loss - 0.1 * m.entropy, rtol=1e-5
+        loss, policy + 0.25 * np.mean(advantage**2) - 0.1 * entropy, rtol=1e-5
     )
 
 

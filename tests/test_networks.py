@@ -1,12 +1,13 @@
 """Tests for distral.networks: shapes, the 2col formula, task selection and isolation."""
 
+import flax.linen as nn
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral import networks
+from distral.core import networks
 
 NUM_TASKS = 3
 NUM_ACTIONS = 4
@@ -246,6 +247,67 @@ def test_task_columns_are_initialised_differently_and_policies_near_uniform():
     np.testing.assert_allclose(probs, 1.0 / NUM_ACTIONS, atol=0.02)
 
 
+def _head_by_hand(key, in_dim, out_dim, scale):
+    init = nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+    return {"w": init(key, (in_dim, out_dim), jnp.float32), "b": jnp.zeros((out_dim,))}
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _init_by_hand(architecture, task_columns, torso, key, obs):
+    """The documented key schedule, one split at a time: (h, tasks) = split(key); h splits
+    into (torso, policy); 'separate' splits the tasks key into N columns of (torso, policy,
+    value); 'shared_torso' into (torso, policy, value) with N heads per head key; 'shared'
+    splits it into N value heads on h's features. Policy heads scale 1e-4, value heads 1."""
+    dim, num = HIDDEN[-1], NUM_TASKS
+    distilled_key, tasks_key = jax.random.split(key)
+    params = {}
+    if architecture != "independent":
+        torso_key, policy_key = jax.random.split(distilled_key)
+        params["distilled"] = {
+            "torso": torso.init(torso_key, obs),
+            "policy": _head_by_hand(policy_key, dim, NUM_ACTIONS, 1e-4),
+        }
+    if architecture == "shared":
+        keys = jax.random.split(tasks_key, num)
+        params["values"] = _stack([_head_by_hand(k, dim, 1, 1.0) for k in keys])
+        return params
+    if task_columns == "separate":
+        columns = []
+        for column_key in jax.random.split(tasks_key, num):
+            torso_key, policy_key, value_key = jax.random.split(column_key, 3)
+            columns.append(
+                {
+                    "torso": torso.init(torso_key, obs),
+                    "policy": _head_by_hand(policy_key, dim, NUM_ACTIONS, 1e-4),
+                    "value": _head_by_hand(value_key, dim, 1, 1.0),
+                }
+            )
+        params["tasks"] = _stack(columns)
+        return params
+    torso_key, policy_key, value_key = jax.random.split(tasks_key, 3)
+    policy_keys, value_keys = jax.random.split(policy_key, num), jax.random.split(value_key, num)
+    params["tasks"] = {
+        "torso": torso.init(torso_key, obs),
+        "policy": _stack([_head_by_hand(k, dim, NUM_ACTIONS, 1e-4) for k in policy_keys]),
+        "value": _stack([_head_by_hand(k, dim, 1, 1.0) for k in value_keys]),
+    }
+    return params
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_init_follows_the_documented_key_schedule(architecture, task_columns):
+    """Pins how init consumes PRNG keys, so a restructuring cannot silently change runs."""
+    _, params, torso = _build(architecture, task_columns)
+    want = _init_by_hand(architecture, task_columns, torso, jax.random.PRNGKey(42), _obs())
+    assert jax.tree.structure(params) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+
+
 def test_nature_cnn_shape_and_uint8_scaling():
     torso = networks.make_torso("nature_cnn")
     pixels = jax.random.randint(jax.random.PRNGKey(0), (2, 84, 84, 4), 0, 256).astype(jnp.uint8)
@@ -258,15 +320,44 @@ def test_nature_cnn_shape_and_uint8_scaling():
     assert not np.allclose(features, apply(params, pixels.astype(jnp.float32)))
 
 
-def test_impala_resnet_shape():
+def _lax_impala(params, x):
+    """The IMPALA ResNet written with lax primitives: per stage a 3x3 conv, a 3x3 max-pool
+    of stride 2 and two residual blocks x + conv(relu(conv(relu(x)))); then relu, flatten
+    and a relu Dense layer."""
+
+    def conv(p, y):
+        out = jax.lax.conv_general_dilated(
+            y, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return out + p["bias"]
+
+    block = 0
+    for stage in range(3):
+        x = conv(params[f"Conv_{stage}"], x)
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+        for _ in range(2):
+            p = params[f"_ResidualBlock_{block}"]
+            x = x + conv(p["Conv_1"], jax.nn.relu(conv(p["Conv_0"], jax.nn.relu(x))))
+            block += 1
+    x = jax.nn.relu(x).reshape((x.shape[0], -1))
+    return jax.nn.relu(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+
+
+def test_impala_resnet_against_lax_by_hand():
+    """12x12 pixels pool to 6, 3, 2: 2 * 2 * 32 features into the 256-unit layer; uint8
+    pixels enter as x / 255."""
     torso = networks.make_torso("impala_resnet")
-    pixels = jnp.zeros((2, 84, 84, 4), jnp.uint8).at[:, 10:30].set(200)
-    params = jax.jit(torso.init)(jax.random.PRNGKey(0), pixels)
+    pixels = jax.random.randint(jax.random.PRNGKey(0), (2, 12, 12, 3), 0, 256).astype(jnp.uint8)
+    params = torso.init(jax.random.PRNGKey(1), pixels)
+    params = jax.tree_util.tree_map_with_path(  # non-zero biases
+        lambda path, x: x + 0.05 if path[-1].key == "bias" else x, params
+    )
+    assert params["Dense_0"]["kernel"].shape == (2 * 2 * 32, 256)
     features = jax.jit(torso.apply)(params, pixels)
+    want = jax.jit(_lax_impala)(params, pixels.astype(jnp.float32) / 255.0)
     assert features.shape == (2, 256)
-    convs = [k for k in params if k.startswith("Conv")]
-    assert len(convs) == 3  # One per stage; the residual convs live in the blocks.
-    assert bool(jnp.any(features > 0))
+    np.testing.assert_allclose(features, want, rtol=1e-4, atol=1e-5)
+    assert 0.2 < float(jnp.mean(want > 0)) < 1.0  # relu both active and cut
 
 
 def test_unknown_names_raise_with_choices():
@@ -292,16 +383,35 @@ def _haiku_mlp(obs):
     return x
 
 
-def test_haiku_torso_in_2col_under_jit():
+def _numpy_haiku_mlp(torso_params, obs):
+    """`_haiku_mlp` by hand: Haiku names its layers linear, linear_1, ..."""
+    x = np.asarray(obs, np.float64).reshape(obs.shape[0], -1)
+    for i in range(len(HIDDEN)):
+        layer = torso_params["linear" if i == 0 else f"linear_{i}"]
+        x = np.maximum(x @ np.asarray(layer["w"]) + np.asarray(layer["b"]), 0.0)
+    return x
+
+
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_haiku_torso_in_2col_under_jit_by_hand(task_columns):
+    """A Haiku torso in every column: logits alpha h + beta f_i and V_i from the Haiku
+    parameters by hand (stacked on a task axis for separate columns)."""
+    alpha, beta = 0.5, 3.0
     torso = networks.haiku_torso(hk.transform(_haiku_mlp))
-    net, params, _ = _build("2col", torso=torso)
-    out = jax.jit(net.apply)(params, _obs(9), TASK_ID)
-    assert out.logits.shape == (BATCH, NUM_ACTIONS)
-    assert np.all(np.isfinite(out.logits))
-    rows = jax.jit(net.apply_tasks)(params, _obs(9, (NUM_TASKS, BATCH, *OBS_SHAPE)))
-    assert rows.value.shape == (NUM_TASKS, BATCH)
-    # Haiku's stacked params carry the task axis too.
-    assert params["tasks"]["torso"]["linear"]["w"].shape[0] == NUM_TASKS
+    net, params, _ = _build("2col", task_columns, alpha=alpha, beta=beta, torso=torso)
+    obs = np.asarray(_obs(9))
+    out = jax.jit(net.apply)(params, obs, TASK_ID)
+    d, tasks = params["distilled"], params["tasks"]
+    head = lambda x, p: x @ np.asarray(p["w"]) + np.asarray(p["b"])  # noqa: E731
+    h = head(_numpy_haiku_mlp(d["torso"], obs), d["policy"])
+    for b, i in enumerate(TASK_ID):
+        tp = tasks["torso"] if task_columns == "shared_torso" else _slice_task(tasks["torso"], i)
+        features = _numpy_haiku_mlp(tp, obs[b : b + 1])
+        f = head(features, _slice_task(tasks["policy"], i))[0]
+        v = head(features, _slice_task(tasks["value"], i))[0, 0]
+        np.testing.assert_allclose(out.logits[b], alpha * h[b] + beta * f, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.value[b], v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.distilled_logits, h, rtol=1e-4, atol=1e-6)
 
 
 def test_haiku_torso_matches_flax_mlp_with_copied_weights():

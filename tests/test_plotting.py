@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from distral import plotting
+from distral import plotting, stats
 from distral.plotting import PlotError, learning_curve, plot_run, plot_runs, read_metrics
 
 N_TASKS = 2
@@ -29,8 +28,6 @@ COLUMNS = [
     *(f"kl_task_{i}" for i in range(N_TASKS)),
     "note",  # an unknown, non-numeric column: must not break reading
 ]
-# t_{0.975, 2}, from a t table (scipy.stats.t.ppf(0.975, 2) = 4.302652729749462).
-T_975_DF2 = 4.302652729749462
 
 
 def _row(seed, step, mean_return, pi0=float("nan")):
@@ -84,22 +81,16 @@ THREE_SEEDS = {100: [1.0, 2.0, 4.0], 200: [3.0, 5.0, 10.0]}
 THREE_SEED_ROWS = [_row(s, x, v[s]) for x, v in THREE_SEEDS.items() for s in range(3)]
 
 
-def _hand_ci(values):
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = T_975_DF2 * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def test_learning_curve_three_seeds_matches_hand_ci(tmp_path):
+def test_learning_curve_three_seeds_is_the_ci_of_the_seeds_matrix(tmp_path):
+    # The band is distral.stats' CI (tested against a plain bootstrap in test_stats.py) of
+    # the [seeds, points] matrix the rows hold: one resample of the seeds per point.
     run = _make_run(tmp_path, "run", THREE_SEED_ROWS)
     x, mean, low, high, n_seeds = learning_curve(read_metrics(run))
     assert n_seeds == 3
     np.testing.assert_array_equal(x, [100.0, 200.0])
-    for k, values in enumerate(THREE_SEEDS.values()):
-        want = _hand_ci(values)
-        np.testing.assert_allclose((mean[k], low[k], high[k]), want, rtol=1e-12)
+    want = stats.mean_ci(np.array(list(THREE_SEEDS.values())).T)
+    np.testing.assert_array_equal(np.stack([mean, low, high]), np.stack(want))
+    np.testing.assert_allclose(mean, [7 / 3, 6.0])
     assert np.all(low < mean) and np.all(mean < high)
 
 
@@ -127,10 +118,10 @@ def test_learning_curve_ignores_nans_per_point(tmp_path):
     x, mean, low, high, n_seeds = learning_curve(metrics)
     assert n_seeds == 3
     np.testing.assert_array_equal(x, [200.0, 300.0])
-    t_975_df1 = 12.706204736174694  # t_{0.975, 1}
-    half = t_975_df1 * math.sqrt(2.0) / math.sqrt(2)  # sd of {2, 4} is sqrt(2)
-    np.testing.assert_allclose((mean[0], low[0], high[0]), (3.0, 3.0 - half, 3.0 + half))
-    np.testing.assert_allclose((mean[1], low[1], high[1]), _hand_ci([1.0, 2.0, 4.0]))
+    # Two values: resampled means 2, 3, 4 with probability 1/4, 1/2, 1/4 -> CI [2, 4].
+    assert (mean[0], low[0], high[0]) == (3.0, 2.0, 4.0)
+    want = stats.mean_ci(np.array([1.0, 2.0, 4.0]))
+    assert (mean[1], low[1], high[1]) == tuple(float(v) for v in want)
     assert np.all(low <= mean) and np.all(mean <= high)
 
 

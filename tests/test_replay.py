@@ -5,7 +5,7 @@ import pytest
 import reverb
 from dm_env import specs
 
-from distral import replay
+from distral.distributed import replay
 
 # A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
 pytestmark = pytest.mark.timeout(60)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.experimental import enable_x64
 
-from distral import tabular
+from distral.core import tabular
 
 S, A, GAMMA = 5, 3, 0.9
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral import losses, networks
-from distral.learning import build_network
-from distral.variants import VARIANTS, VariantError, get_variant
+from distral.core import losses, networks
+from distral.core.learning import build_network
+from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # name: (architecture, alpha, distill, entropy bonus in the loss)
 PAPER_TABLE = {
@@ -18,6 +18,18 @@ PAPER_TABLE = {
     "kl_2col": ("2col", 1.0, True, False),
     "kl_ent_1col": ("1col", 0.5, True, False),
     "kl_ent_2col": ("2col", 0.5, True, False),
+}
+
+# name: (c_KL, c_Ent, LossConfig alpha, LossConfig beta) at the default beta = 30, by hand:
+# c_KL = alpha / beta and c_Ent = (1 - alpha) / beta; the A3C rows have neither.
+COSTS = {
+    "a3c": (0.0, 0.0, 0.0, 1.0),
+    "a3c_multitask": (0.0, 0.0, 0.0, 1.0),
+    "a3c_2col": (0.0, 0.0, 0.0, 1.0),
+    "kl_1col": (1 / 30, 0.0, 1.0, 30.0),
+    "kl_2col": (1 / 30, 0.0, 1.0, 30.0),
+    "kl_ent_1col": (1 / 60, 1 / 60, 0.5, 30.0),
+    "kl_ent_2col": (1 / 60, 1 / 60, 0.5, 30.0),
 }
 
 
@@ -31,41 +43,69 @@ def test_the_seven_names_and_their_table():
             distill,
             bonus,
         )
+        c_kl, c_ent, cfg_alpha, cfg_beta = COSTS[name]
+        assert (v.c_kl, v.c_ent) == pytest.approx((c_kl, c_ent), rel=1e-12), name
         cfg = losses.LossConfig.from_variant(v)
-        assert cfg.distill == distill
-        assert (cfg.entropy_cost > 0) == bonus
-        if distill:
-            # alpha = c_KL / (c_KL + c_Ent) and beta = 1 / (c_KL + c_Ent).
-            assert v.c_kl / (v.c_kl + v.c_ent) == pytest.approx(v.alpha)
-            assert 1.0 / (v.c_kl + v.c_ent) == pytest.approx(v.beta)
+        assert (cfg.alpha, cfg.beta, cfg.distill) == (cfg_alpha, cfg_beta, distill), name
+        assert cfg.entropy_cost == (0.01 if bonus else 0.0), name
 
 
+# name: pi_i's logits (a, b) in a h + b f_i as the paper writes them, beta = 4 where the
+# variant takes one; task_column_output='logits' puts beta inside the column (b = 1).
+LOGIT_MIX = {
+    "a3c": (0.0, 1.0),
+    "a3c_2col": (1.0, 1.0),
+    "kl_1col": (0.0, 1.0),
+    "kl_ent_1col": (0.0, 1.0),
+    "kl_2col": (1.0, 4.0),
+    "kl_ent_2col": (0.5, 4.0),
+}
+
+
+@pytest.mark.parametrize("column_output", ["f", "logits"])
 @pytest.mark.parametrize("name", list(PAPER_TABLE))
-def test_each_name_builds_its_architecture(name):
+def test_each_name_builds_its_network_by_hand(name, column_output):
+    """A linear network (torso = identity): h = x W_0 + b_0, f_i = x W_i + b_i and
+    V_i = x U_i + c_i written out from the parameters, and pi_i's logits mixed as the
+    paper's table says, with beta = 4 multiplying the task column under 'f'."""
     v = get_variant(name, beta=4.0) if VARIANTS[name].beta_overridable else get_variant(name)
     net = build_network(
-        v, num_tasks=3, num_actions=4, torso=networks.make_torso("mlp", hidden_sizes=(8,))
+        v,
+        num_tasks=3,
+        num_actions=4,
+        torso=networks.make_torso("mlp", hidden_sizes=()),
+        task_column_output=column_output,
     )
-    assert net.architecture == v.architecture
-    obs = jax.random.normal(jax.random.PRNGKey(0), (5, 6))
-    params = net.init(jax.random.PRNGKey(1), obs)
-    tid = jnp.array([0, 1, 2, 0, 1])
-    out = net.apply(params, obs, tid)
-    if v.architecture == "2col":
-        # logits = a h + b f_i with (a, b) = (alpha, beta) for Distral, (1, 1) for a3c_2col.
-        a, b = (v.alpha, v.beta) if v.distill else (1.0, 1.0)
-        no_h = jax.tree_util.tree_map(jnp.zeros_like, params["distilled"]["policy"])
-        out_f = net.apply(
-            {**params, "distilled": {**params["distilled"], "policy": no_h}}, obs, tid
-        )
-        np.testing.assert_allclose(
-            out.logits, a * out.distilled_logits + out_f.logits, rtol=1e-5, atol=1e-6
-        )
-        assert b == v.mix[1]
-    if v.architecture == "shared":
-        np.testing.assert_allclose(out.logits, out.distilled_logits)
-    if v.architecture == "1col":
-        assert not np.allclose(out.logits, out.distilled_logits)
+    assert net.architecture == PAPER_TABLE[name][0]
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(5, 6))
+    params = net.init(jax.random.PRNGKey(1), jnp.zeros((1, 6)))
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    tid = np.array([0, 1, 2, 0, 1])
+    out = net.apply(params, jnp.asarray(obs, jnp.float32), jnp.asarray(tid))
+
+    def head(p, i=None):
+        w, b = (np.asarray(p["w"]), np.asarray(p["b"])) if i is None else (p["w"][i], p["b"][i])
+        return obs @ np.asarray(w) + np.asarray(b)
+
+    if name == "a3c_multitask":  # pi_i = pi_0 = h, one value head per task on the input
+        h = head(params["distilled"]["policy"])
+        values = params["values"]
+        want_value = [head(values, i)[k, 0] for k, i in enumerate(tid)]
+        np.testing.assert_allclose(out.logits, h, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.distilled_logits, h, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.value, want_value, rtol=1e-5, atol=1e-5)
+        return
+    tasks = params["tasks"]
+    h = np.zeros((5, 4)) if name == "a3c" else head(params["distilled"]["policy"])
+    f = np.stack([head(tasks["policy"], i)[k] for k, i in enumerate(tid)])
+    want_value = [head(tasks["value"], i)[k, 0] for k, i in enumerate(tid)]
+    a, b = LOGIT_MIX[name]
+    if column_output == "logits" and net.architecture == "2col":
+        b = 1.0
+    np.testing.assert_allclose(out.logits, a * h + b * f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.distilled_logits, h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.value, want_value, rtol=1e-5, atol=1e-5)
 
 
 def test_a3c_2col_with_h_at_zero_is_a3c():

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
 import dm_env
 import numpy as np
 from dm_env import specs
+
+from distral.envs.timesteps import step_timestep
 
 NUM_ACTIONS = 18
 FRAME_SKIP = 4
@@ -91,6 +94,16 @@ def all_games() -> list[str]:
     return list(roms.get_all_rom_ids())
 
 
+def _rom_path(game: str) -> Path:
+    """The ROM file of a game named as `canonical_game` returns it (so one that ships)."""
+    from ale_py import roms
+
+    path = roms.get_rom_path(game)
+    if path is None:
+        raise GameError(f"ale-py has no ROM for {game!r}")
+    return path
+
+
 def canonical_game(name: str) -> str:
     """'SpaceInvaders', 'space invaders' or 'space_invaders' -> 'space_invaders'."""
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip()).lower()
@@ -143,7 +156,7 @@ class AtariEnv(dm_env.Environment):
         noop_max: int = NOOP_MAX,
         max_steps: int = MAX_STEPS,
     ) -> None:
-        from ale_py import ALEInterface, LoggerMode, roms
+        from ale_py import ALEInterface, LoggerMode
 
         if max_steps < 1 or noop_max < 0:
             raise ValueError(f"max_steps={max_steps} must be >= 1 and noop_max={noop_max} >= 0")
@@ -153,7 +166,7 @@ class AtariEnv(dm_env.Environment):
         ale.setInt("random_seed", int(seed) % (2**31))
         ale.setFloat("repeat_action_probability", float(sticky_action_prob))
         ale.setInt("frame_skip", 1)  # we skip (and max-pool) ourselves
-        ale.loadROM(roms.get_rom_path(self.game))
+        ale.loadROM(_rom_path(self.game))
         self._actions = ale.getLegalActionSet()  # the full 18 actions, in ALE's order
         self._rng = np.random.default_rng(seed)
         self._noop_max = int(noop_max)
@@ -205,13 +218,11 @@ class AtariEnv(dm_env.Environment):
                 break
         self._t += 1
         obs = self._push_frame()
-        if ale.game_over():
-            self._needs_reset = True
-            return dm_env.termination(np.float32(reward), obs)
-        if self._t >= self._max_steps:
-            self._needs_reset = True
-            return dm_env.truncation(np.float32(reward), obs)
-        return dm_env.transition(np.float32(reward), obs)
+        timestep = step_timestep(
+            reward, obs, game_over=ale.game_over(), t=self._t, max_steps=self._max_steps
+        )
+        self._needs_reset = timestep.last()
+        return timestep
 
     @property
     def frame_number(self) -> int:
@@ -248,7 +259,6 @@ class AtariVectorEnv:
         max_steps: int = MAX_STEPS,
         num_threads: int = 1,
     ) -> None:
-        from ale_py import roms
         from ale_py._ale_py import ALEVectorInterface
 
         if num_envs < 1 or num_threads < 1 or max_steps < 1 or noop_max < 0:
@@ -261,7 +271,7 @@ class AtariVectorEnv:
         self.num_actions = NUM_ACTIONS
         self._seed = seed
         self._ale = ALEVectorInterface(
-            rom_path=roms.get_rom_path(self.game),
+            rom_path=_rom_path(self.game),
             num_envs=self.num_envs,
             frame_skip=FRAME_SKIP,
             stack_num=STACK,
@@ -310,5 +320,6 @@ class AtariVectorEnv:
         out = self._obs(obs), reward.astype(np.float32), (~done).astype(np.float32), done
         order = np.asarray(info["env_id"])  # ALE returns env order here; put it in order
         if not np.array_equal(order, np.arange(self.num_envs)):
-            out = tuple(x[np.argsort(order)] for x in out)
-        return out  # type: ignore[return-value]
+            by_env = np.argsort(order)
+            return out[0][by_env], out[1][by_env], out[2][by_env], out[3][by_env]
+        return out

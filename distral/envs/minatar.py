@@ -15,10 +15,13 @@ Environments import no learning code.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import dm_env
 import numpy as np
 from dm_env import specs
+
+from distral.envs.timesteps import step_timestep
 
 #: The five MinAtar games, by their package names.
 GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
@@ -83,6 +86,11 @@ class MinAtarEnv(dm_env.Environment):
         self._t = 0
         self._needs_reset = True
 
+    @property
+    def game_state(self) -> Any:
+        """MinAtar's game object of the running episode (read it, e.g. Seaquest's `sub_y`)."""
+        return self._env.env
+
     def _observation(self) -> np.ndarray:
         obs = np.zeros((GRID, GRID, NUM_CHANNELS), np.float32)
         obs[..., : self._channels] = self._env.state()
@@ -100,13 +108,11 @@ class MinAtarEnv(dm_env.Environment):
         reward, terminal = self._env.act(int(action))
         self._t += 1
         obs = self._observation()
-        if terminal:
-            self._needs_reset = True
-            return dm_env.termination(np.float32(reward), obs)
-        if self._t >= self._max_steps:
-            self._needs_reset = True
-            return dm_env.truncation(np.float32(reward), obs)
-        return dm_env.transition(np.float32(reward), obs)
+        timestep = step_timestep(
+            reward, obs, game_over=bool(terminal), t=self._t, max_steps=self._max_steps
+        )
+        self._needs_reset = timestep.last()
+        return timestep
 
     def observation_spec(self) -> specs.BoundedArray:
         return observation_spec()

@@ -41,14 +41,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import chex
 import dm_env
 import jax
 import jax.numpy as jnp
 import numpy as np
 from dm_env import specs
 
-Array = chex.Array
+Array = jax.Array
 
 LAYOUTS: tuple[str, ...] = ("default", "distral_public")
 NUM_ACTIONS = 4
@@ -176,7 +175,7 @@ def make_params(
     corridor = free & padded[:-2, 1:-1] & padded[2:, 1:-1]
 
     if goals is not None:
-        goal_list = [tuple(int(x) for x in g) for g in goals]
+        goal_list: Sequence[tuple[int, ...]] = [tuple(int(x) for x in g) for g in goals]
         if not goal_list:
             raise LayoutError("goals is empty: give at least one (row, col)")
         for g in goal_list:

@@ -24,7 +24,7 @@ learner step of the parameters that acted. No pickle: parameters travel as array
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -33,7 +33,7 @@ import reverb
 import tensorflow as tf
 from dm_env import specs
 
-from distral.learning import Batch
+from distral.core.learning import Batch
 
 TRAJECTORIES = "trajectories"
 VARIABLES = "variables"
@@ -143,6 +143,23 @@ def make_tables(
         log(EPISODES, EPISODE_SIGNATURE),
         log(EVALUATIONS, evaluation_signature(num_tasks)),
     ]
+
+
+def make_replay_tables(experiment: Any) -> list:
+    """The Reverb tables of a configuration (signatures from its environment spec)."""
+    config = experiment.config
+    d = config.distributed
+    obs_spec = experiment.observation_spec
+    signature = unroll_signature(
+        obs_spec, experiment.network.num_actions, config.unroll_length, d.envs_per_actor
+    )
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
+    return make_tables(
+        signature,
+        max_queue_size=d.queue_size,
+        variables_signature=variables_signature(params),
+        num_tasks=experiment.num_tasks,
+    )
 
 
 def start_server(tables: list[reverb.Table], port: int | None = None) -> reverb.Server:
@@ -348,8 +365,9 @@ class VariableSource:
         self._client = client
         leaves, self._treedef = jax.tree.flatten(params_template)
         self._shapes = [np.shape(x) for x in leaves]
-        self._samples = None  # opened once published: the size-1 table is never empty again
-        self._steps = None  # the same for `variables_step`
+        # Opened once published: the size-1 tables are never empty again.
+        self._samples: Iterator[Any] | None = None  # of `variables`
+        self._steps: Iterator[Any] | None = None  # of `variables_step`
         self._latest: tuple[Any, int] | None = None
 
     def fetch(
@@ -375,7 +393,7 @@ class VariableSource:
             self._samples = self._client.sample(
                 VARIABLES, num_samples=1 << 62, emit_timesteps=False
             )
-        elif allow_stale and self._latest is not None:
+        elif allow_stale and self._latest is not None and self._steps is not None:
             newest = int(next(self._steps).data[0][0])
             held = self._latest[1]
             # Nothing new (as of the previous fetch), or newer but not by enough; a step
@@ -402,7 +420,7 @@ class VariableSource:
 
 
 class SampledBatch(NamedTuple):
-    batch: Batch  # time-major [T+1, items * B_env, ...]; task_id [items * B_env]
+    batch: Batch[np.ndarray]  # time-major [T+1, items * B_env, ...]; task_id [items * B_env]
     params_step: np.ndarray  # [items] int64: oldest learner step that acted in each item
 
 

@@ -13,7 +13,7 @@ This module is pure data and validation: no JAX, no files.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, TypedDict
 
 Architecture = Literal["independent", "shared", "1col", "2col"]
 
@@ -78,17 +78,33 @@ class Variant:
         return (1.0 - self.alpha) / self.beta
 
 
+class _Regulariser(TypedDict):
+    """The `Variant` fields of the pi_0 regulariser."""
+
+    alpha: float | None
+    beta: float | None
+    distill: bool
+    alpha_overridable: bool
+    beta_overridable: bool
+
+
+_NO_REGULARISER: _Regulariser = {
+    "alpha": None,
+    "beta": None,
+    "distill": False,
+    "alpha_overridable": False,
+    "beta_overridable": False,
+}
+
+
 def _a3c(name: str, architecture: Architecture, description: str) -> Variant:
+    """An A3C row: no pi_0 regulariser (alpha and beta have no meaning), the entropy bonus."""
     return Variant(
         name=name,
         architecture=architecture,
-        alpha=None,
-        beta=None,
-        distill=False,
         entropy_cost=DEFAULT_ENTROPY_COST,
         description=description,
-        alpha_overridable=False,
-        beta_overridable=False,
+        **_NO_REGULARISER,
     )
 
 
@@ -121,6 +137,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in _TABLE}
 """The seven variants under their public names, with default coefficients."""
 
 
+class _Overrides(TypedDict, total=False):
+    """The `Variant` fields that `get_variant` may override."""
+
+    alpha: float
+    beta: float
+    entropy_cost: float
+
+
 def get_variant(
     name: str,
     *,
@@ -137,7 +161,7 @@ def get_variant(
     if name not in VARIANTS:
         raise VariantError(f"unknown variant {name!r}; valid choices: {', '.join(VARIANTS)}")
     variant = VARIANTS[name]
-    changes: dict[str, float] = {}
+    changes: _Overrides = {}
     if alpha is not None:
         if not 0.0 <= alpha <= 1.0:
             raise VariantError(f"alpha={alpha!r} is outside [0, 1]")

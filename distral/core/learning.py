@@ -14,18 +14,18 @@ next unroll (consecutive unrolls overlap by one step) and are not used.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
-import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from distral.losses import LossConfig, distral_loss
-from distral.networks import DistralNetwork, NetworkOutput, Torso, make_network
-from distral.variants import Variant
+from distral.core.losses import LossConfig, distral_loss
+from distral.core.networks import DistralNetwork, NetworkOutput, Torso, make_network
+from distral.core.variants import Variant
 
-Array = chex.Array
+Array = jax.Array
 Params = Any
 
 
@@ -36,15 +36,19 @@ class TrainingState(NamedTuple):
     rng: Array
 
 
-class Batch(NamedTuple):
-    """B unrolls of T+1 steps, time-major."""
+ArrayT = TypeVar("ArrayT", jax.Array, np.ndarray)
 
-    observation: Array  # [T+1, B, *obs]
-    action: Array  # [T+1, B] int
-    reward: Array  # [T+1, B]
-    discount: Array  # [T+1, B]
-    behaviour_logits: Array  # [T+1, B, A]
-    task_id: Array  # [B] int
+
+class Batch(NamedTuple, Generic[ArrayT]):
+    """B unrolls of T+1 steps, time-major: `Batch[np.ndarray]` as sampled from replay,
+    `Batch[jax.Array]` inside the jitted update (`update_step` takes either)."""
+
+    observation: ArrayT  # [T+1, B, *obs]
+    action: ArrayT  # [T+1, B] int
+    reward: ArrayT  # [T+1, B]
+    discount: ArrayT  # [T+1, B]
+    behaviour_logits: ArrayT  # [T+1, B, A]
+    task_id: ArrayT  # [B] int
 
 
 TASK_COLUMN_OUTPUTS = ("logits", "f")
@@ -77,14 +81,14 @@ def build_network(
     alpha, beta = variant.mix
     if task_column_output == "logits":
         beta = 1.0
+    sizes = {"num_tasks": num_tasks, "num_actions": num_actions}
     return make_network(
         variant.architecture,
-        num_tasks=num_tasks,
-        num_actions=num_actions,
         torso=torso,
         task_columns=task_columns,
         alpha=alpha,
         beta=beta,
+        **sizes,
     )
 
 
@@ -133,7 +137,7 @@ def _apply_grouped(params: Params, network: DistralNetwork, obs: Array) -> Netwo
 
 def batch_loss(
     params: Params,
-    batch: Batch,
+    batch: Batch[Array],
     network: DistralNetwork,
     config: LossConfig,
     task_grouped: bool = False,

@@ -34,16 +34,18 @@ the objective's gradient (tests/test_losses.py proves it by exact enumeration).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import chex
 import jax
 import jax.numpy as jnp
 import rlax
 
-from distral.variants import Variant
+from distral.core.variants import Variant
 
-Array = chex.Array
+# rlax annotates its results as chex.Array, a union with numpy arrays and scalars; on jax
+# inputs they are jax.Array, which the casts below record.
+Array = jax.Array
 ReturnsKind = Literal["nstep", "vtrace"]
 RegulariserKind = Literal["expected", "sampled"]
 
@@ -160,8 +162,8 @@ def n_step_returns(r_t: Array, discount_t: Array, v_t: Array, n: int | None = No
     """
     chex.assert_rank([r_t, discount_t, v_t], 1)
     if n is None or n >= r_t.shape[0]:
-        return rlax.lambda_returns(r_t, discount_t, v_t, lambda_=1.0)
-    return rlax.n_step_bootstrapped_returns(r_t, discount_t, v_t, n)
+        return cast(Array, rlax.lambda_returns(r_t, discount_t, v_t, lambda_=1.0))
+    return cast(Array, rlax.n_step_bootstrapped_returns(r_t, discount_t, v_t, n))
 
 
 def distillation_loss(
@@ -181,16 +183,60 @@ def distillation_loss(
 
 
 def kl_divergence(logits_t: Array, distilled_logits_t: Array) -> Array:
-    """KL(pi_i || pi_0) per step, from logits [..., A]."""
+    """KL(pi_i || pi_0) per step, from logits [..., A].
+
+    Kept here rather than `distrax.Softmax(...).kl_divergence` (what
+    `rlax.categorical_kl_divergence` calls): distrax log-softmaxes the logits twice, which
+    moves the logged KL by 1-2 float32 ulps (BUILD_NOTES.md, "rlax/distrax for KL").
+    """
     log_pi = jax.nn.log_softmax(logits_t)
     log_pi0 = jax.nn.log_softmax(distilled_logits_t)
     return jnp.sum(jnp.exp(log_pi) * (log_pi - log_pi0), axis=-1)
 
 
 def entropy(logits_t: Array) -> Array:
-    """Entropy per step, from logits [..., A]."""
+    """Entropy per step, from logits [..., A].
+
+    As `rlax.softmax().entropy` up to 1-2 float32 ulps (distrax log-softmaxes twice); this
+    one keeps the logged entropy of earlier runs bit for bit (see `kl_divergence`).
+    """
     log_pi = jax.nn.log_softmax(logits_t)
     return -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1)
+
+
+def value_errors_and_advantages(
+    v_t: Array,
+    r_t: Array,
+    discount_t: Array,
+    log_pi_a_t: Array,
+    behaviour_logits_t: Array,
+    a_t: Array,
+    config: LossConfig,
+) -> tuple[Array, Array]:
+    """Value errors (target - V(s_t)) and policy-gradient advantages of one unroll, [T] each.
+
+    'vtrace': IMPALA's off-policy targets, with importance weights pi_i / mu from the
+    (stop-gradiented) log pi_i(a_t|s_t) and the behaviour logits; 'nstep': bootstrapped
+    returns (`n_step_returns`), for which the advantage is the value error. `v_t` holds
+    V(s_0..s_T); `discount_t` is the total discount (the config's times the environment's).
+    """
+    chex.assert_rank([v_t, r_t, discount_t, log_pi_a_t], 1)
+    v_tm1, v_boot = v_t[:-1], v_t[1:]
+    if config.returns == "vtrace":
+        log_mu_a = rlax.batched_index(jax.nn.log_softmax(behaviour_logits_t), a_t)
+        rho_tm1 = jnp.exp(jax.lax.stop_gradient(log_pi_a_t) - log_mu_a)
+        vtrace = rlax.vtrace_td_error_and_advantage(
+            v_tm1,
+            v_boot,
+            r_t,
+            discount_t,
+            rho_tm1,
+            clip_rho_threshold=config.clip_rho,
+            clip_pg_rho_threshold=config.clip_pg_rho,
+        )
+        return vtrace.errors, vtrace.pg_advantage
+    targets = jax.lax.stop_gradient(n_step_returns(r_t, discount_t, v_boot, config.n_step))
+    return targets - v_tm1, targets - v_tm1
 
 
 def distral_loss(
@@ -227,48 +273,31 @@ def distral_loss(
     if logits_t.shape[0] != a_t.shape[0] + 1:
         raise ValueError(f"logits_t has {logits_t.shape[0]} steps, expected T+1={a_t.shape[0] + 1}")
 
-    pi_logits = logits_t[:-1]
-    log_pi_a = rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t)
-    log_pi0_a = rlax.batched_index(jax.nn.log_softmax(distilled_logits_t[:-1]), a_t)
+    # REWARDS AND RETURNS
+    pi_logits, h_logits = logits_t[:-1], distilled_logits_t[:-1]
+    log_pi_a = cast(Array, rlax.batched_index(jax.nn.log_softmax(pi_logits), a_t))
     own_t = jnp.zeros_like(r_t)  # step t's expected regulariser, with its gradient
     if config.distill and config.regulariser == "expected":
-        own_t = expected_regulariser(pi_logits, distilled_logits_t[:-1], config.alpha, config.beta)
+        own_t = expected_regulariser(pi_logits, h_logits, config.alpha, config.beta)
         rewards = r_t + jax.lax.stop_gradient(own_t)
     elif config.distill:
+        log_pi0_a = cast(Array, rlax.batched_index(jax.nn.log_softmax(h_logits), a_t))
         rewards = regularised_reward(r_t, log_pi0_a, log_pi_a, config.alpha, config.beta)
     else:
         rewards = r_t
-    discounts = config.discount * discount_t
-    v_tm1, v_boot = v_t[:-1], v_t[1:]
-
-    # RETURNS AND ADVANTAGES
-    if config.returns == "vtrace":
-        log_mu_a = rlax.batched_index(jax.nn.log_softmax(behaviour_logits_t), a_t)
-        rho_tm1 = jnp.exp(jax.lax.stop_gradient(log_pi_a) - log_mu_a)
-        vtrace = rlax.vtrace_td_error_and_advantage(
-            v_tm1,
-            v_boot,
-            rewards,
-            discounts,
-            rho_tm1,
-            clip_rho_threshold=config.clip_rho,
-            clip_pg_rho_threshold=config.clip_pg_rho,
-        )
-        value_errors, advantages = vtrace.errors, vtrace.pg_advantage
-    else:
-        targets = jax.lax.stop_gradient(n_step_returns(rewards, discounts, v_boot, config.n_step))
-        value_errors = targets - v_tm1
-        advantages = targets - v_tm1
+    value_errors, advantages = value_errors_and_advantages(
+        v_t, rewards, config.discount * discount_t, log_pi_a, behaviour_logits_t, a_t, config
+    )
 
     # TERMS
     weights = jnp.ones_like(r_t)
-    policy_loss = rlax.policy_gradient_loss(pi_logits, a_t, advantages, weights)
+    policy_loss = cast(Array, rlax.policy_gradient_loss(pi_logits, a_t, advantages, weights))
     value_loss = 0.5 * jnp.mean(jnp.square(value_errors))
     if config.distill:
-        distill = distillation_loss(pi_logits, distilled_logits_t[:-1], config.alpha, config.beta)
+        distill = distillation_loss(pi_logits, h_logits, config.alpha, config.beta)
     else:
         distill = jnp.zeros(())
-    entropy_loss = rlax.entropy_loss(pi_logits, weights)  # -mean entropy.
+    entropy_loss = cast(Array, rlax.entropy_loss(pi_logits, weights))  # -mean entropy.
     regulariser_loss = -jnp.mean(own_t)
     loss = policy_loss + config.value_cost * value_loss + distill + regulariser_loss
     if config.entropy_cost:
@@ -279,9 +308,9 @@ def distral_loss(
         value_loss=value_loss,
         distill_loss=distill,
         entropy_loss=entropy_loss,
-        kl=jnp.mean(kl_divergence(pi_logits, distilled_logits_t[:-1])),
+        kl=jnp.mean(kl_divergence(pi_logits, h_logits)),
         entropy=jnp.mean(entropy(pi_logits)),
-        distilled_entropy=jnp.mean(entropy(distilled_logits_t[:-1])),
+        distilled_entropy=jnp.mean(entropy(h_logits)),
         regularised_reward=jnp.mean(rewards),
         regulariser=jnp.mean(rewards - r_t),
         regulariser_loss=regulariser_loss,

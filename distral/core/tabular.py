@@ -19,14 +19,15 @@ Every function is pure and unbatched; integer sizes (`num_rollouts`, `length`, `
 `num_actions`) must be static under `jax.jit`. Only `random_mdp` is jitted here.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, Unpack
 
 import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
-Array = chex.Array
+Array = jax.Array
 Scalar = chex.Numeric
 
 
@@ -84,12 +85,12 @@ class _RolloutCarry(NamedTuple):
 
 
 def make_mdp(
-    transitions: Array,
-    rewards: Array,
-    initial: Array,
+    transitions: ArrayLike,
+    rewards: ArrayLike,
+    initial: ArrayLike,
     discount: Scalar,
-    terminal: Array | None = None,
-    next_state: Array | None = None,
+    terminal: ArrayLike | None = None,
+    next_state: ArrayLike | None = None,
 ) -> TabularMDP:
     """Builds one task, checking shapes; `terminal` defaults to all-False.
 
@@ -268,7 +269,7 @@ def distil_from_counts(
 ) -> Array:
     """pi_0 proportional to prior_counts + discounted state-action counts of all rollouts."""
     counts = discounted_counts(transitions, discount, num_states, num_actions)
-    return counts_to_log_policy(prior_counts + counts)
+    return counts_to_log_policy(counts + prior_counts)
 
 
 # SAMPLE-BASED SOFT Q-LEARNING
@@ -397,8 +398,8 @@ def distral_iteration(
     per_task = jax.vmap(discounted_counts, in_axes=(0, 0, None, None))(
         batch, mdps.discount, num_states, num_actions
     )
-    counts = (counts_decay * state.counts + jnp.sum(per_task, axis=0)).astype(state.counts.dtype)
-    log_pi0 = counts_to_log_policy(prior_counts + counts).astype(state.log_pi0.dtype)
+    counts = (state.counts * counts_decay + jnp.sum(per_task, axis=0)).astype(state.counts.dtype)
+    log_pi0 = counts_to_log_policy(counts + prior_counts).astype(state.log_pi0.dtype)
     distilled = DistralState(q=q, log_pi0=log_pi0, counts=counts)
     new_state = jax.tree_util.tree_map(
         lambda kept, new: jnp.where(separately, kept, new), state._replace(q=q), distilled
@@ -406,24 +407,24 @@ def distral_iteration(
     return new_state, metrics
 
 
+class SolverOptions(TypedDict, total=False):
+    """`soft_value_iteration`'s keyword options, passed on by `exact_distral_iteration`."""
+
+    num_iterations: int
+    tol: float | None
+
+
 def exact_distral_iteration(
-    log_pi0: Array,
-    mdps: TabularMDP,
-    alpha: Scalar,
-    beta: Scalar,
-    *,
-    num_iterations: int = 10_000,
-    tol: float | None = None,
+    log_pi0: Array, mdps: TabularMDP, alpha: Scalar, beta: Scalar, **solver: Unpack[SolverOptions]
 ) -> ExactDistralStep:
     """Exact coordinate ascent on J: soft VI per task under pi_0, then `distil_exact`.
 
-    The returned objective is J(pis, new pi_0), so it never decreases from one call to the next.
+    `solver` goes to each task's `soft_value_iteration` (its defaults when empty). The
+    returned objective is J(pis, new pi_0), so it never decreases from one call to the next.
     """
 
     def solve(mdp: TabularMDP) -> Array:
-        return soft_value_iteration(
-            mdp, log_pi0, alpha, beta, num_iterations=num_iterations, tol=tol
-        ).pi
+        return soft_value_iteration(mdp, log_pi0, alpha, beta, **solver).pi
 
     pis = jax.vmap(solve)(mdps)
     new_log_pi0 = distil_exact(jax.vmap(discounted_occupancy)(mdps, pis))

@@ -14,9 +14,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from distral.networks import DistralNetwork, Params
+from distral.core.networks import DistralNetwork, Params
 
-Array = chex.Array
+Array = jax.Array
 
 
 def _sample(logits: Array, key: Array) -> tuple[Array, Array]:

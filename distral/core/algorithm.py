@@ -1,0 +1,145 @@
+"""What an algorithm family gives the runners, and the families there are.
+
+`distral train` (one jitted program), `distral launch` (actors, Reverb, a learner),
+`distral compare` and `distral plot` run any family named by the config key `algorithm`.
+A family is plain functions and data, in the roles of Acme's JAX agents (networks,
+learning, acting, replay) and without generic builders:
+
+- `build(config, num_tasks, num_actions)` -> `Parts`: its network, optimiser, learner
+  configuration (static, hashable) and resolved variant;
+- `init_state(key, parts, example_obs)` -> its learner state (a NamedTuple whose `params`
+  are the network's parameters: what actors fetch and checkpoints hold);
+- `update_step(state, batch, parts, task_grouped)` -> (state, metrics): one jitted
+  learner step; `task_grouped` tells the single-process runner's batch layout (task-major
+  rows) so the step may run each task's column on its own rows only;
+- `select_action(params, obs, task_id, key, parts)` -> (action, extras): the actor's
+  acting function; the extras are what the actor writes beside the action;
+- `replay_item` and `replay_table`: what actors write and how the learner samples it;
+- `metrics`: the scalar metrics `update_step` reports, and `per_task_metrics`, those it
+  also reports per task (NAME_per_task, [N]).
+
+The Distral family (Teh et al., 2017, arXiv:1707.04175) is the worked example: seven
+variants (`distral.core.variants`), unrolls of T+1 steps in a FIFO queue, V-trace or
+n-step targets. Nothing here imports Reverb, TensorFlow or Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from distral.core import acting, learning
+from distral.core.losses import LossConfig, LossMetrics
+from distral.core.networks import make_torso
+from distral.core.variants import Variant, get_variant
+
+REPLAY_ITEMS = ("unroll",)  # T+1 steps of one environment (IMPALA); more with new families
+REPLAY_TABLES = ("queue",)  # FIFO, each item sampled once (on-policy with lag)
+
+
+class Parts(NamedTuple):
+    """What a family builds from a configuration (all hashable: static jit arguments)."""
+
+    network: Any
+    optimizer: optax.GradientTransformation
+    learner_config: Any
+    variant: Any
+
+
+class Algorithm(NamedTuple):
+    """An algorithm family: see the module docstring for each role."""
+
+    name: str
+    build: Callable[[Any, int, int], Parts]
+    init_state: Callable[[jax.Array, Parts, Any], Any]
+    update_step: Callable[..., tuple[Any, dict[str, jax.Array]]]
+    select_action: Callable[..., tuple[jax.Array, jax.Array]]
+    replay_item: str
+    replay_table: str
+    metrics: tuple[str, ...]
+    per_task_metrics: tuple[str, ...]
+
+
+# DISTRAL
+
+
+def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
+    """The network, optimiser and loss of a `TrainConfig` with `algorithm: distral`."""
+    variant: Variant = get_variant(
+        config.variant, alpha=config.alpha, beta=config.beta, entropy_cost=config.entropy_cost
+    )
+    network = learning.build_network(
+        variant,
+        num_tasks=num_tasks,
+        num_actions=num_actions,
+        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        task_columns=config.task_columns,
+        task_column_output=config.task_column_output,
+    )
+    optimizer = learning.make_optimizer(
+        config.learning_rate,
+        config.max_grad_norm,
+        # Only beside task columns: h alone (a3c_multitask) is the whole policy.
+        distilled_lr_scale=(
+            config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
+        ),
+    )
+    loss_config = LossConfig.from_variant(
+        variant,
+        discount=config.discount,
+        returns=config.returns,
+        n_step=config.n_step,
+        value_cost=config.value_cost,
+        regulariser=config.regulariser,
+    )
+    return Parts(network, optimizer, loss_config, variant)
+
+
+def _distral_init(key: jax.Array, parts: Parts, example_obs: Any) -> learning.TrainingState:
+    return learning.init_training_state(key, parts.network, parts.optimizer, example_obs)
+
+
+def _distral_update(
+    state: learning.TrainingState, batch: learning.Batch, parts: Parts, task_grouped: bool = False
+) -> tuple[learning.TrainingState, dict[str, jax.Array]]:
+    static = {"network": parts.network, "optimizer": parts.optimizer}
+    config = parts.learner_config
+    return learning.update_step(state, batch, config=config, task_grouped=task_grouped, **static)
+
+
+def _distral_act(
+    params: Any, obs: jax.Array, task_id: jax.Array, key: jax.Array, parts: Parts
+) -> tuple[jax.Array, jax.Array]:
+    """pi_i's action and its logits (the behaviour policy V-trace corrects for)."""
+    return acting.select_action(params, obs, task_id, key, network=parts.network)
+
+
+DISTRAL = Algorithm(
+    name="distral",
+    build=build_distral,
+    init_state=_distral_init,
+    update_step=_distral_update,
+    select_action=_distral_act,
+    replay_item="unroll",
+    replay_table="queue",
+    metrics=(
+        "loss",
+        *LossMetrics._fields,
+        "grad_norm",
+        "grad_norm_distilled",
+        "grad_norm_tasks",
+    ),
+    per_task_metrics=learning.PER_TASK_METRICS,
+)
+
+ALGORITHMS: dict[str, Algorithm] = {DISTRAL.name: DISTRAL}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The family named `name` (a config's `algorithm`)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm={name!r}; valid choices: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]

@@ -1,0 +1,336 @@
+"""Faults of a real run, with real processes: signals to the launcher, killed children, a
+killed launcher, a checkpoint cut short, an actor slot out of restarts, Ctrl-C in
+`distral train`, and the same on the Ray backend.
+
+The launcher's promise (`distral.distributed.launch`): on Ctrl-C or SIGTERM every child
+is gone within SHUTDOWN_SECONDS (10 s) of the signal, after a last log row and checkpoint;
+exit code 130; `--resume` continues from that checkpoint. Each stop is timed from the
+signal to the last process of the launch gone (its children's children included), and the
+launcher's own exit is bounded separately (LAUNCHER_EXIT_SECONDS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from launching import (
+    PRESET,
+    SMALL,
+    Launch,
+    alive,
+    cmdline,
+    descendants,
+    kill_and_await_restart,
+    metrics_rows,
+    port_free,
+    saved_steps,
+    sets,
+    still_running,
+    wait_until,
+)
+
+from distral.distributed.launch import SHUTDOWN_SECONDS
+
+ONE_TASK = [*SMALL, "env.num_tasks=1"]
+# Ray's own shutdown (`ray.shutdown()` of the instance a launch started) after the run's
+# processes are gone: seconds more on a loaded machine. The local launcher imports no
+# TensorFlow (it reads the tasks without building the algorithm), so it has no such tail.
+RAY_SHUTDOWN_SECONDS = 10.0
+TMP_CHECKPOINT = re.compile(r"^(\d+)\.orbax-checkpoint-tmp-")
+
+
+def _stop(launch: Launch, sig: int, *, group: bool) -> tuple[int, float, float]:
+    """Sends `sig` to the launcher (or its whole process group, as a terminal's Ctrl-C
+    does) once it has written a first metrics row (its jitted steps and evaluation are
+    compiled: what remains of a stop is a row, a checkpoint, the summary and the plot).
+    Returns (exit code, seconds from the signal to the last of its children gone, to the
+    launcher gone). Multiprocessing's resource tracker counts with the launcher: it exits
+    when the launcher does."""
+    launch.wait_for(r"actors started")
+    out = Path(launch.wait_for(r"run directory (\S+)$").group(1))
+    assert wait_until(lambda: (out / "metrics.csv").is_file() and metrics_rows(out), 240)
+    processes = descendants(launch.proc.pid)
+    children = {p: t for p, t in processes.items() if "resource_tracker" not in cmdline(p)}
+    assert len(children) >= 2  # the learner and an actor, or a Ray instance
+    t0 = time.monotonic()
+    if group:
+        os.killpg(launch.proc.pid, sig)
+    else:
+        os.kill(launch.proc.pid, sig)
+    wait_until(lambda: not still_running(children), 60, poll=0.02)
+    children_gone = time.monotonic() - t0
+    code = launch.finish(timeout=60)
+    launcher_gone = time.monotonic() - t0
+    assert wait_until(lambda: not still_running(processes), 10)
+    return code, children_gone, launcher_gone
+
+
+def _assert_clean_stop(
+    launch: Launch, out: Path, stop: tuple[int, float, float], port: int, exit_tail: float = 0.0
+):
+    """Exit 130 with the resume line; every child and the launcher gone within
+    SHUTDOWN_SECONDS (the launcher kills stragglers 1.5 s before; `exit_tail` more for the
+    launcher on Ray); the port free; the summary and a checkpoint of the last row written
+    (a stopped learner draws no figure)."""
+    code, children_gone, launcher_gone = stop
+    timing = f"children {children_gone:.1f} s, launcher {launcher_gone:.1f} s\n{launch.tail()}"
+    assert code == 130, launch.tail()
+    assert children_gone < SHUTDOWN_SECONDS, timing
+    assert launcher_gone < SHUTDOWN_SECONDS + exit_tail, timing
+    assert f"stopped; resume with: distral launch --resume {out}" in launch.lines
+    assert port_free(port)
+    assert (out / "summary.json").is_file()
+    assert saved_steps(out)[-1] == len(metrics_rows(out))  # the last row's checkpoint
+
+
+# ----------------------------------------------------------------------------------------
+# LOCAL BACKEND
+# ----------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_every_process_and_writes_a_checkpoint(tmp_path, launches):
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), *sets(SMALL))
+    launches.append(launch)
+    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+    launch.wait_for(r"2 actors started")
+    pids = launch.pids()
+    assert len(pids) == 3 and all(alive(p) for p in pids)
+    _assert_clean_stop(launch, out, _stop(launch, signal.SIGINT, group=True), port)
+    assert not [p for p in pids if alive(p)]
+
+
+def test_killed_launcher_takes_its_children_with_it(tmp_path, launches):
+    """SIGKILL of the launcher alone: its children (learner, actors, multiprocessing's
+    resource tracker) die with it (PR_SET_PDEATHSIG), and the Reverb port is free."""
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), *sets(ONE_TASK))
+    launches.append(launch)
+    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+    launch.wait_for(r"1 actors started")
+    processes = descendants(launch.proc.pid)
+    assert set(launch.pids()) <= set(processes) and len(launch.pids()) == 2
+    os.kill(launch.proc.pid, signal.SIGKILL)
+    assert launch.finish(timeout=60) == -signal.SIGKILL
+    assert wait_until(lambda: not still_running(processes), 10), [
+        cmdline(p) for p in still_running(processes)
+    ]
+    assert wait_until(lambda: port_free(port), 10)
+
+
+def test_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "150", *sets(SMALL))
+    launches.append(launch)
+    kill_and_await_restart(launch, "actor task 1 replica 0")
+    code = launch.finish()
+    assert code == 0, "\n".join(launch.lines[-20:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 150
+    assert not [p for p in launch.pids() if alive(p)]
+
+
+def test_out_of_restarts_then_sigterm_each_leave_a_checkpoint_that_resumes(tmp_path, launches):
+    """Two actors of one task (`--actors-per-task 2`), at most one restart per slot: one
+    slot killed twice stops the run with a one-line error and a checkpoint. Its `--resume`
+    gets SIGTERM (the launcher's PID alone, as a service manager sends it): a clean stop.
+    The next `--resume` starts at that checkpoint's step and completes."""
+    out = tmp_path / "run"
+    slot = "actor task 0 replica 1"
+    settings = [*ONE_TASK, "distributed.max_actor_restarts=1"]
+    launch = Launch(str(PRESET), "--out", str(out), "--actors-per-task", "2", *sets(settings))
+    launches.append(launch)
+    launch.wait_for(r"2 actors started \(2 per task\)")
+    first = int(launch.wait_for(rf"{slot}: pid (\d+)").group(1))
+    os.kill(first, signal.SIGKILL)
+    launch.wait_for(rf"{slot} died \(exit code -9\); restart 1/1")
+    second = int(launch.wait_for(rf"{slot}: pid (?!{first}\b)(\d+)").group(1))
+    os.kill(second, signal.SIGKILL)
+    assert launch.finish(timeout=60) == 1, launch.tail()
+    errors = [x for x in launch.lines if x.startswith("distral launch: error")]
+    assert errors == [
+        f"distral launch: error: {slot} died 2 times (exit code -9); stopping the run; "
+        f"resume with: distral launch --resume {out}"
+    ]
+    assert not [p for p in launch.pids() if alive(p)]
+    assert saved_steps(out)[-1] == len(metrics_rows(out))
+
+    resumed = Launch("--resume", str(out))  # the run's config: 2 actors per task
+    launches.append(resumed)
+    port = int(resumed.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+    _assert_clean_stop(resumed, out, _stop(resumed, signal.SIGTERM, group=False), port)
+    assert not [p for p in resumed.pids() if alive(p)]
+
+    rows = metrics_rows(out)
+    step = int(rows[-1]["updates"])
+    last = Launch("--resume", str(out), "--max-learner-steps", str(step + 20))
+    launches.append(last)
+    assert int(last.wait_for(r"learner at step (\d+)").group(1)) == step
+    assert last.finish() == 0, last.tail()
+    rows = metrics_rows(out)
+    assert [int(r["log_step"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert int(rows[-1]["updates"]) == step + 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == step + 20 and summary["actors_per_task"] == 2
+
+
+def _kill_during_a_save(pid: int, run_dir: Path, timeout: float = 180.0) -> int:
+    """SIGKILLs `pid` while it writes a checkpoint, once two are finished: it is stopped
+    (SIGSTOP) as soon as a temporary checkpoint directory appears, and killed if that
+    directory is still there (else resumed, to try the next save). Returns the step of
+    the checkpoint it was writing."""
+    directory = run_dir / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tmp = [m for p in directory.glob("*") if (m := TMP_CHECKPOINT.match(p.name))]
+        if tmp and len(saved_steps(run_dir)) >= 2:
+            os.kill(pid, signal.SIGSTOP)
+            if (directory / tmp[0].string).exists():
+                os.kill(pid, signal.SIGKILL)
+                return int(tmp[0].group(1))
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+    raise AssertionError("no checkpoint save was caught in progress")
+
+
+def test_learner_killed_during_a_checkpoint_save_resumes_from_the_last_whole_one(
+    tmp_path, launches
+):
+    """The learner SIGKILLed in the middle of a checkpoint save: the run stops with an
+    error; orbax's temporary directory is left behind; `--resume` ignores it, starts at
+    the last finished checkpoint, and saves the interrupted step again."""
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "100000", *sets(SMALL))
+    launches.append(launch)
+    learner = int(launch.wait_for(r"learner: pid (\d+)").group(1))
+    launch.wait_for(r"2 actors started")
+    cut = _kill_during_a_save(learner, out)
+    assert launch.finish(timeout=60) == 1
+    assert any("the learner died" in x and "--resume" in x for x in launch.lines)
+    assert not [p for p in launch.pids() if alive(p)]
+    saved = max(saved_steps(out))
+    assert cut == saved + 1
+    assert [p for p in (out / "checkpoints").glob(f"{cut}.orbax-checkpoint-tmp-*") if p.is_dir()]
+    rows = [r for r in metrics_rows(out) if int(r["log_step"]) <= saved]
+    step_at_checkpoint = int(rows[-1]["updates"])
+
+    resumed = Launch("--resume", str(out), "--max-learner-steps", str(step_at_checkpoint + 30))
+    launches.append(resumed)
+    start = int(resumed.wait_for(r"learner at step (\d+)").group(1))
+    assert start == step_at_checkpoint
+    assert resumed.finish() == 0, "\n".join(resumed.lines[-20:])
+    rows = metrics_rows(out)
+    log_steps = [int(r["log_step"]) for r in rows]
+    assert log_steps == list(range(1, len(rows) + 1))  # cut back to the checkpoint, appended
+    assert int(rows[-1]["updates"]) == step_at_checkpoint + 30
+    assert json.loads((out / "summary.json").read_text())["learner_steps"] == start + 30
+    assert saved_steps(out) == [saved + 1, saved + 2, saved + 3]  # keep_checkpoints: 3
+
+
+# ----------------------------------------------------------------------------------------
+# DISTRAL TRAIN
+# ----------------------------------------------------------------------------------------
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def test_ctrl_c_in_distral_train_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path):
+    """Ctrl-C (SIGINT to the process group) during `distral train`: exit code 130, the
+    resume line, a checkpoint; `--resume` then writes exactly the rows of a run that was
+    never interrupted (timings aside)."""
+    import yaml
+
+    from distral.config import load_config
+    from distral.train import run
+
+    config = tmp_path / "c.yaml"
+    # 100 log steps of 400 env steps per task, about 0.13 s each on an idle machine: the
+    # signal, sent after the second row, lands in the middle of the run however fast the
+    # machine (with 20, an idle machine finished before the signal came).
+    small = dict(hidden_sizes=[32], num_envs_per_task=8, unroll_length=10, log_every=5)
+    small |= dict(eval_episodes_per_task=8, checkpoint_every=1, keep_checkpoints=2)
+    config.write_text(
+        yaml.safe_dump({**small, "env_steps_per_task": 40_000, "env": {"num_tasks": 2}})
+    )
+    out = tmp_path / "run"
+    train = Launch(str(config), "--out", str(out), "--seeds", "0", "--quiet", command="train")
+    try:
+        assert wait_until(lambda: len(_lines(out / "metrics.csv")) >= 3, 240, poll=0.01)
+        os.killpg(train.proc.pid, signal.SIGINT)
+        assert train.finish(timeout=60) == 130, train.tail()
+    finally:
+        train.kill()
+    assert f"interrupted; resume with: distral train --resume {out}" in train.lines
+    assert not (out / "summary.json").exists()
+    interrupted = metrics_rows(out)
+    assert 2 <= len(interrupted) < 100 and saved_steps(out)
+
+    resumed = Launch("--resume", str(out), "--quiet", command="train")
+    try:
+        assert resumed.finish() == 0, resumed.tail()
+    finally:
+        resumed.kill()
+    run(load_config(out / "config.yaml"), tmp_path / "whole", progress=False)
+    whole, part = metrics_rows(tmp_path / "whole"), metrics_rows(out)
+    assert [r["log_step"] for r in part] == [str(k) for k in range(1, 101)]
+    timing = {"wall_seconds", "steps_per_second"}
+    for a, b in zip(whole, part, strict=True):
+        for key in a.keys() - timing:
+            np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-5, err_msg=key)
+
+
+# ----------------------------------------------------------------------------------------
+# RAY BACKEND
+# ----------------------------------------------------------------------------------------
+
+
+def _ray_actor_workers(launch: Launch) -> list[int]:
+    """The Ray worker processes of this launch running an actor slot (Ray names a worker's
+    process after its task: "ray::RayWorker.run_actor")."""
+    return [
+        p for p in descendants(launch.proc.pid) if cmdline(p).startswith("ray::RayWorker.run_actor")
+    ]
+
+
+def test_ray_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
+    """Two Ray actors of one task; one's worker process SIGKILLed: the slot is restarted
+    (a new worker runs it), the run completes its budget, no process of it is left."""
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    args = ["--backend", "ray", "--actors-per-task", "2", "--max-learner-steps", "60"]
+    launch = Launch(str(PRESET), "--out", str(out), *args, *sets(ONE_TASK))
+    launches.append(launch)
+    launch.wait_for(r"2 Ray actors started \(2 per task\)")
+    assert wait_until(lambda: len(_ray_actor_workers(launch)) == 2, 240)
+    victim = _ray_actor_workers(launch)[0]
+    processes = descendants(launch.proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    launch.wait_for(r"actor task 0 replica \d died \(ActorDiedError: .*\); restart 1/3$")
+    assert wait_until(lambda: len(_ray_actor_workers(launch)) == 2, 240)
+    assert victim not in _ray_actor_workers(launch)
+    assert launch.finish() == 0, launch.tail()
+    assert json.loads((out / "summary.json").read_text())["learner_steps"] == 60
+    assert len([x for x in launch.lines if " died " in x]) == 1
+    assert wait_until(lambda: not still_running(processes), 30)
+
+
+def test_ctrl_c_on_a_ray_launch_stops_every_process(tmp_path, launches):
+    """Ctrl-C on a Ray launch: the learner's last row and checkpoint, exit code 130, and
+    no process of the launch left (learner, actors, and the Ray instance it started)."""
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    launch = Launch(str(PRESET), "--out", str(out), "--backend", "ray", *sets(ONE_TASK))
+    launches.append(launch)
+    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+    assert wait_until(lambda: _ray_actor_workers(launch), 240)  # (among those timed)
+    stop = _stop(launch, signal.SIGINT, group=True)
+    _assert_clean_stop(launch, out, stop, port, exit_tail=RAY_SHUTDOWN_SECONDS)
