@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,6 +110,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except LayoutError as e:
         _fail(str(e))
     print(f"distral train: {config.variant}, seeds {list(config.seeds)}, run directory {run_dir}")
+    # Ctrl-C stops the run even when started with SIGINT ignored (a parent that ignores it,
+    # as pytest-xdist's workers do, passes that on through exec), as `distral launch` does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = run(
             config,
