@@ -202,11 +202,8 @@ def summarise(
     """summary.json's content from each seed's last metrics row: final returns (means over
     seeds; a last row whose evaluation a stop cut short takes the last finished one),
     collapsed tasks, and `extra` (wall_seconds, runner-specific counts)."""
-    try:
-        rows = last_rows(metrics_path)
-        evaluated = last_rows(metrics_path, finite="eval_return")
-    except (ConfigError, FileNotFoundError):  # stopped before the first log row
-        rows, evaluated = {}, {}
+    rows = last_rows_or_empty(metrics_path)  # empty: stopped before the first log row
+    evaluated = last_rows_or_empty(metrics_path, finite="eval_return")
     for seed, row in rows.items():
         if math.isnan(row["eval_return"]) and seed in evaluated:
             row.update({k: evaluated[seed][k] for k in ("eval_return", "pi0_eval_return")})
@@ -308,9 +305,10 @@ class RunLog:
         return safe
 
 
-def last_rows_or_empty(path: Path) -> dict[int, dict[str, Any]]:
+def last_rows_or_empty(path: Path, finite: str | None = None) -> dict[int, dict[str, Any]]:
+    """`last_rows`, or {} when there is no metrics file or no row yet."""
     try:
-        return last_rows(path)
+        return last_rows(path, finite)
     except (ConfigError, FileNotFoundError):
         return {}
 

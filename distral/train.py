@@ -316,12 +316,3 @@ class _ChunkLogger:
                 )
             )
         return rows
-
-
-def restore_runner(run_dir: str | Path, like: RunnerState) -> tuple[RunnerState, float, int]:
-    """The latest checkpoint of a `distral train` run in the layout of `like`
-    (`Trainer.init` of the run's config): (runner, wall seconds, log step)."""
-    from distral.checkpoint import Checkpoints
-
-    parts, step = Checkpoints(Path(run_dir) / "checkpoints").restore(checkpoint_parts(like, 0.0))
-    return parts["runner"], float(parts["wall_seconds"]), step
