@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format lock clean
+.PHONY: demo test lint format lock mutate clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { \
@@ -38,6 +38,18 @@ format: $(STAMP)
 	$(BIN)/ruff format distral tests benchmarks
 	$(BIN)/ruff check --fix distral tests benchmarks
 
+# Mutation testing (mutmut, [tool.mutmut] in pyproject.toml) of the core modules against the
+# fast tests; mutmut works in mutants/ (git-ignored). MUTANTS narrows the run to a glob of
+# mutant names, e.g. `make mutate MUTANTS='distral.core.losses.*'`. Survivors:
+# `$(BIN)/mutmut results`, one diff: `$(BIN)/mutmut show NAME` (BUILD_NOTES.md).
+# JAX's persistent compilation cache (in mutants/) lets a mutant's test process reuse the
+# compiled programs its mutant does not change (a changed program has another cache key).
+MUTANTS ?=
+mutate: $(STAMP)
+	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/mutants/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
+
 # Regenerate the lock file from pyproject.toml (pip-tools, in a throwaway virtualenv).
 lock:
 	$(PY) -m venv /tmp/distral-lock && /tmp/distral-lock/bin/pip install --quiet pip-tools
@@ -45,4 +57,4 @@ lock:
 	  --strip-extras --extra dev -o requirements/lock.txt pyproject.toml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache mutants
