@@ -1,11 +1,16 @@
 """Tests of distral.replay on a real in-process Reverb server (no mocks)."""
 
+import threading
+
+import jax
 import numpy as np
 import pytest
 import reverb
 from dm_env import specs
 
+from distral.config import DistributedConfig, EnvConfig, TrainConfig
 from distral.distributed import replay
+from distral.experiment import make_experiment
 
 # A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
 pytestmark = pytest.mark.timeout(60)
@@ -226,6 +231,32 @@ def test_episodes_are_drained_without_blocking(make_server):
     writer.close()
 
 
+def test_episode_flush_gives_up_after_its_timeout_when_the_server_is_gone():
+    """An actor stopping flushes its episodes with a timeout: a server that went away
+    first must cost it the timeout, not hang it (without one, this flush never returns)."""
+    sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, B)
+    server = replay.start_server(replay.make_tables(sig, max_queue_size=4, num_tasks=2))
+    client = reverb.Client(replay.server_address(server))
+    writer = replay.EpisodeWriter(client)
+    writer.write(0, 1.0, 3, 4)
+    writer.flush(timeout_ms=5000)
+    assert replay.drain_episodes(client) == [(0, 1.0, 3, 4)]
+    server.stop()
+    writer.write(1, 2.0, 3, 5)
+    errors = []
+
+    def flush():
+        try:
+            writer.flush(timeout_ms=300)
+        except reverb.errors.DeadlineExceededError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=flush, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and len(errors) == 1
+
+
 def test_evaluations_are_logged_and_drained_in_order():
     sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, B)
     tables = replay.make_tables(sig, max_queue_size=4, num_tasks=3)
@@ -244,7 +275,62 @@ def test_evaluations_are_logged_and_drained_in_order():
         np.testing.assert_array_equal(i2, [1.0, 2.0, 3.0])
         np.testing.assert_array_equal(z2, [4.0, 5.0, 6.0])
         assert replay.drain_evaluations(client) == []
+        f32 = np.array([0.1, 0.2, 0.3], np.float32)  # what a jitted evaluation returns
+        replay.write_evaluation(client, 60, f32, f32)
+        ((s3, i3, z3),) = replay.drain_evaluations(client)
+        assert s3 == 60 and i3.dtype == z3.dtype == np.float64
+        np.testing.assert_array_equal(i3, f32.astype(np.float64))
         with pytest.raises(Exception, match=r"(?i)shape|signature"):
             replay.write_evaluation(client, 60, np.zeros(2), np.zeros(2))  # 2 tasks, not 3
     finally:
         server.stop()
+
+
+def test_a_configurations_tables_carry_its_shapes_and_queue_size():
+    """`make_replay_tables`: the queue's size and item shapes, the parameter slot's leaves
+    and the evaluations' task count all come from the configuration."""
+    config = TrainConfig(
+        variant="kl_ent_2col",
+        unroll_length=4,
+        hidden_sizes=(8,),
+        env=EnvConfig(layout="G..\n.#G", num_tasks=2),
+        distributed=DistributedConfig(envs_per_actor=3, queue_size=5),
+    )
+    experiment = make_experiment(config)
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    try:
+        info = client.server_info()
+        assert info[replay.TRAJECTORIES].max_size == 5
+        shapes = {k: tuple(v.shape) for k, v in info[replay.TRAJECTORIES].signature.items()}
+        D = experiment.observation_spec.shape[0]
+        assert shapes["observation"] == (5, 3, D) and shapes["behaviour_logits"] == (5, 3, 4)
+        params = experiment.network.init(jax.random.PRNGKey(1), experiment.example_obs)
+        replay.publish_params(client, params, 7)
+        got, step = replay.VariableSource(client, experiment.params_template()).fetch(timeout=10)
+        assert step == 7
+        jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(params))
+        replay.write_evaluation(client, 1, np.zeros(2), np.zeros(2))  # two tasks
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):
+            replay.write_evaluation(client, 2, np.zeros(3), np.zeros(3))
+    finally:
+        server.stop()
+
+
+def test_wait_for_items_returns_when_the_items_are_there_or_a_stop_is_asked(make_server):
+    _, client, _ = make_server()
+    polls = []
+
+    def stop_on_third_poll():
+        polls.append(1)
+        return len(polls) >= 3
+
+    assert not replay.wait_for_items(client, replay.EPISODES, 1, stop_on_third_poll)
+    assert len(polls) == 3
+    writer = replay.EpisodeWriter(client)
+    writer.write(0, 1.0, 2, 3)
+    writer.write(1, 1.0, 2, 3)
+    writer.flush(timeout_ms=5000)
+    assert replay.wait_for_items(client, replay.EPISODES, 2, lambda: True)  # already there
+    assert not replay.wait_for_items(client, replay.EPISODES, 3, lambda: True)
+    writer.close()

@@ -374,6 +374,46 @@ def test_dm_env_adapter():
         tr.TwoRoomEnv(p, task_id=3)
 
 
+def test_dm_env_adapter_steps_its_own_task_as_the_pure_step_does():
+    """Two goals at the ends of a corridor: each task's adapter follows `step` with its own
+    task id, step by step, and its time steps match its specs."""
+    p = tr.make_params("G..G\n", max_steps=6)
+    step = jax.jit(tr.step)
+    ends = {}
+    for task in (0, 1):
+        env = tr.TwoRoomEnv(p, task_id=task, seed=3)
+        env.reset()
+        spec = env.action_spec()
+        assert (spec.num_values, spec.dtype, spec.name) == (4, np.int32, "action")
+        walk = RIGHT if task == 1 else LEFT  # towards the task's own goal
+        while True:
+            state = env.state
+            _, obs, reward, discount = step(p, state, jnp.int32(walk), jnp.int32(task))
+            ts = env.step(walk)
+            np.testing.assert_array_equal(ts.observation, obs)
+            assert ts.reward == np.float32(reward) and ts.discount == discount
+            env.reward_spec().validate(ts.reward)
+            env.discount_spec().validate(ts.discount)
+            if ts.last():
+                break
+        ends[task] = (int(env.state.pos[1]), float(ts.reward))
+    assert ends == {0: (0, pytest.approx(0.9)), 1: (3, pytest.approx(0.9))}
+    mid = tr.TwoRoomEnv(p, task_id=0, seed=3)
+    mid.reset()
+    wall = mid.step(UP)  # a bump: reward -0.6, the episode goes on
+    assert wall.mid() and wall.reward == np.float32(-0.6) and wall.discount == np.float32(1)
+
+
+def test_dm_env_adapter_refuses_actions_outside_0_to_3():
+    env = tr.TwoRoomEnv(tr.make_params("G...\n", max_steps=20), task_id=0)
+    env.reset()
+    for a in (0, 3):
+        assert env.step(a).mid()  # both ends of the range are actions
+    for a in (-1, 4):
+        with pytest.raises(ValueError, match=rf"^action {a} out of range \[0, 4\)$"):
+            env.step(a)
+
+
 # LAYOUT VALIDATION AND LOADING
 
 
