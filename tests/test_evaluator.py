@@ -1,4 +1,5 @@
-"""The two-room evaluator: pi_i and pi_0 each run their own logits, scored by a plain walk.
+"""The evaluators (the jitted two-room one and the dm_env one of the games): pi_i and pi_0
+each run their own logits, scored by a plain walk.
 
 On a map of two free cells (each the other task's goal), every episode of a task starts
 on the same cell, so the returns of a deterministic policy are known exactly. A linear
@@ -6,14 +7,19 @@ network (torso = identity) with zero weights and one large bias per head makes p
 each task and pi_0 deterministic and different.
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral.config import EnvConfig, TrainConfig
+from distral.config import EnvConfig, TrainConfig, load_config
+from distral.core.learning import init_training_state
 from distral.evaluator import Evaluator, GameEvaluator, evaluation_key, make_evaluator
 from distral.experiment import make_experiment, seed32
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MAP = "####\n#GG#\n####"
 GOALS = [(1, 1), (1, 2)]  # task i's goal; its episodes start on the other task's goal
@@ -134,3 +140,35 @@ def test_evaluation_keys_are_pinned_per_seed_and_log_step():
     }
     for (seed, log_step), key in pinned.items():
         assert evaluation_key(seed, log_step).tolist() == key
+
+
+def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
+    """The MinAtar evaluator's returns are real game scores; a stop request aborts it
+    (NaN) at the next step instead of playing long episodes to their end."""
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml",
+        ["env.games=[breakout, freeway]", "env.max_steps=300"],
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0),
+        experiment.network,
+        experiment.parts.optimizer,
+        experiment.example_obs,
+    )
+    evaluator = make_evaluator(experiment, 2, seed=0)
+    assert isinstance(evaluator, GameEvaluator)
+    pi_i, pi_0 = evaluator(state.params, 1)
+    # An untrained policy: Breakout scores a few bricks at most; 300 steps of Freeway
+    # (a full episode is 2,500) score the crossings the chicken makes, a handful at most.
+    assert 0 <= pi_i[0] <= 5 and 0 <= pi_0[0] <= 5
+    assert 0 <= pi_i[1] <= 5 and 0 <= pi_0[1] <= 5
+    calls = []
+
+    def stop_after_ten_steps() -> bool:
+        calls.append(1)
+        return len(calls) > 10
+
+    pi_i, pi_0 = make_evaluator(experiment, 2, 0, stop_after_ten_steps)(state.params, 1)
+    assert np.isnan(pi_i).all() and np.isnan(pi_0).all()
+    assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)

@@ -310,6 +310,9 @@ def test_a_configurations_tables_carry_its_shapes_and_queue_size():
         got, step = replay.VariableSource(client, experiment.params_template()).fetch(timeout=10)
         assert step == 7
         jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(params))
+        leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):  # the step is a scalar
+            client.insert([np.array([7, 8]), *leaves], priorities={replay.VARIABLES: 1.0})
         replay.write_evaluation(client, 1, np.zeros(2), np.zeros(2))  # two tasks
         with pytest.raises(Exception, match=r"(?i)shape|signature"):
             replay.write_evaluation(client, 2, np.zeros(3), np.zeros(3))
