@@ -231,9 +231,10 @@ def test_episodes_are_drained_without_blocking(make_server):
     writer.close()
 
 
-def test_episode_flush_gives_up_after_its_timeout_when_the_server_is_gone():
-    """An actor stopping flushes its episodes with a timeout: a server that went away
-    first must cost it the timeout, not hang it (without one, this flush never returns)."""
+def test_flushes_give_up_after_their_timeout_when_the_server_is_gone():
+    """An actor stopping flushes its episodes and unrolls with a timeout: a server that
+    went away first must cost it the timeout, not hang it (without one, a flush never
+    returns)."""
     sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, B)
     server = replay.start_server(replay.make_tables(sig, max_queue_size=4, num_tasks=2))
     client = reverb.Client(replay.server_address(server))
@@ -241,20 +242,24 @@ def test_episode_flush_gives_up_after_its_timeout_when_the_server_is_gone():
     writer.write(0, 1.0, 3, 4)
     writer.flush(timeout_ms=5000)
     assert replay.drain_episodes(client) == [(0, 1.0, 3, 4)]
+    unrolls = replay.UnrollWriter(client, T)
     server.stop()
     writer.write(1, 2.0, 3, 5)
+    for i in range(T + 1):  # one unroll, created but not sent
+        unrolls.append(known_step(i), timeout_ms=300)
     errors = []
 
     def flush():
-        try:
-            writer.flush(timeout_ms=300)
-        except reverb.errors.DeadlineExceededError as e:
-            errors.append(e)
+        for w in (writer, unrolls):
+            try:
+                w.flush(timeout_ms=300)
+            except reverb.errors.DeadlineExceededError as e:
+                errors.append(e)
 
     thread = threading.Thread(target=flush, daemon=True)
     thread.start()
     thread.join(timeout=20)
-    assert not thread.is_alive() and len(errors) == 1
+    assert not thread.is_alive() and len(errors) == 2
 
 
 def test_evaluations_are_logged_and_drained_in_order():
@@ -313,6 +318,9 @@ def test_a_configurations_tables_carry_its_shapes_and_queue_size():
         leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
         with pytest.raises(Exception, match=r"(?i)shape|signature"):  # the step is a scalar
             client.insert([np.array([7, 8]), *leaves], priorities={replay.VARIABLES: 1.0})
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):  # so is every leaf
+            wrong = [*leaves[:-1], np.zeros((*leaves[-1].shape, 2), leaves[-1].dtype)]
+            client.insert([np.int64(8), *wrong], priorities={replay.VARIABLES: 1.0})
         replay.write_evaluation(client, 1, np.zeros(2), np.zeros(2))  # two tasks
         with pytest.raises(Exception, match=r"(?i)shape|signature"):
             replay.write_evaluation(client, 2, np.zeros(3), np.zeros(3))

@@ -280,6 +280,11 @@ def test_step_auto_reset():
     assert tuple(np.asarray(state.pos)) == tuple(np.asarray(fresh_state.pos)) == (0, 1)
     state, _, r, d, done = tr.step_auto_reset(key, p, state_at(p, (0, 1)), RIGHT, 0)
     assert not bool(done) and float(r) == pytest.approx(-0.6) and int(state.t) == 1
+    two = tr.make_params("G.G\n")  # the goal of the task given, not of task 0
+    _, _, r, _, done = tr.step_auto_reset(key, two, state_at(two, (0, 1)), RIGHT, 1)
+    assert bool(done) and float(r) == pytest.approx(0.9)
+    _, _, r, _, done = tr.step_auto_reset(key, two, state_at(two, (0, 1)), LEFT, 1)
+    assert not bool(done) and float(r) == pytest.approx(-0.1)
 
 
 def test_jit_vmap_matches_unbatched():
@@ -370,8 +375,14 @@ def test_dm_env_adapter():
     last = env.step(LEFT)
     assert last.last() and float(last.reward) == pytest.approx(0.9) and last.discount == 0.0
     env.observation_spec().validate(last.observation)  # previous reward 0.9 is in bounds
-    with pytest.raises(ValueError, match="task_id 3"):
-        tr.TwoRoomEnv(p, task_id=3)
+    for bad in (-1, 1):  # p has one task
+        with pytest.raises(ValueError, match=rf"^task_id {bad} out of range: there are 1$"):
+            tr.TwoRoomEnv(p, task_id=bad)
+    assert tr.TwoRoomEnv(p, task_id=0).state is None  # before the first reset
+    spec = tr.TwoRoomEnv(p, task_id=0).observation_spec()  # bounds by hand: the last entry
+    assert spec.name == "observation" and spec.minimum.dtype == spec.maximum.dtype == np.float32
+    np.testing.assert_allclose(spec.minimum, [0] * 8 + [-0.6], rtol=1e-6)  # is the reward
+    np.testing.assert_allclose(spec.maximum, [1] * 8 + [0.9], rtol=1e-6)
 
 
 def test_dm_env_adapter_steps_its_own_task_as_the_pure_step_does():
