@@ -219,6 +219,23 @@ def test_queue_samples_each_item_once_and_blocks_writers_when_full(make_server):
     writer.close()
 
 
+def test_a_writer_runs_max_in_flight_items_ahead_of_a_full_queue(make_server):
+    """With `max_in_flight_items=1` the item after a full queue's is left pending and the
+    actor goes on; only the next one blocks it."""
+    _, client, _ = make_server(max_queue_size=2)
+    writer = replay.UnrollWriter(client, T, max_in_flight_items=1)
+    made = [writer.append(known_step(i), timeout_ms=2000) for i in range(3 * T + 1)]
+    assert sum(made) == 3  # two items in the queue, the third pending: no wait raised
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    with pytest.raises(reverb.errors.DeadlineExceededError):
+        for i in range(3 * T + 1, 4 * T + 1):  # a fourth: two pending, one too many
+            writer.append(known_step(i), timeout_ms=300)
+    sample_all(client, 2)  # room for both
+    writer.flush(timeout_ms=5000)
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    writer.close()
+
+
 def test_episodes_are_drained_without_blocking(make_server):
     _, client, _ = make_server()
     assert replay.drain_episodes(client) == []

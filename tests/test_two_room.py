@@ -131,7 +131,7 @@ def test_optimal_returns_by_hand():
     np.testing.assert_allclose(tr.optimal_returns(walled), [(0.9 - 10.0) / 2])
 
 
-@pytest.mark.parametrize("layout", tr.LAYOUTS)
+@pytest.mark.parametrize("layout", [*tr.LAYOUTS, "G..\n.#.\n..G"])  # and a map with no border
 def test_optimal_returns_match_python_bfs(layout):
     p = tr.make_params(layout)
     walls, cells = py_grid(p)
