@@ -73,6 +73,7 @@ def test_writer_makes_overlapping_unrolls(make_server):
     writer = replay.UnrollWriter(client, T)
     created = [writer.append(known_step(i)) for i in range(2 * T + 1)]
     writer.flush()
+    assert writer.num_items == 2  # what an actor watches to send its episodes along
     # Items after T+1 appends, then every T: steps 0..T and T..2T.
     assert created == [False] * T + [True] + [False] * (T - 1) + [True]
     assert replay.table_size(client, replay.TRAJECTORIES) == 2
@@ -115,10 +116,32 @@ def test_wrong_append_is_rejected(make_server, field, value, match):
     writer.close()
 
 
-def test_writer_checks_unroll_length(make_server):
+def test_writer_checks_unroll_length_and_signature(make_server):
     _, client, _ = make_server()
-    with pytest.raises(ValueError, match="unroll_length=4"):
+    with pytest.raises(
+        ValueError, match=r"^unroll_length=4 needs items of 5 steps; the signature has \[4\]$"
+    ):
         replay.UnrollWriter(client, T + 1)
+    bare = replay.start_server([reverb.Table.queue(replay.TRAJECTORIES, max_size=2)])
+    try:
+        with pytest.raises(ValueError, match="table 'trajectories' has no signature; pass"):
+            replay.UnrollWriter(reverb.Client(replay.server_address(bare)), T)
+    finally:
+        bare.stop()
+
+
+def test_writer_casts_same_kind_dtypes(make_server):
+    """float64 observations (what numpy gives by default) are cast to the table's float32."""
+    _, client, _ = make_server()
+    writer = replay.UnrollWriter(client, T)
+    for i in range(T + 1):
+        step = known_step(i)
+        step["observation"] = step["observation"].astype(np.float64)
+        writer.append(step)
+    writer.flush()
+    (item,) = sample_all(client, 1)
+    assert item["observation"].dtype == np.float32
+    writer.close()
 
 
 def nested_params(scale):
@@ -151,6 +174,8 @@ def test_publish_and_fetch_round_trip(make_server):
         assert params["tasks"][0].dtype == np.float32 and params["tasks"][1]["z"].dtype == np.int32
     with pytest.raises(ValueError, match="do not match the template"):
         replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5)
+    with pytest.raises(ValueError, match=r"^min_step needs allow_stale=True \(the stale-by-one"):
+        replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5, min_step=2)
 
 
 def test_fetch_sees_every_publication_and_a_stale_fetch_lags_by_at_most_one(make_server):
@@ -220,10 +245,10 @@ def test_queue_samples_each_item_once_and_blocks_writers_when_full(make_server):
 
 
 def test_a_writer_runs_max_in_flight_items_ahead_of_a_full_queue(make_server):
-    """With `max_in_flight_items=1` the item after a full queue's is left pending and the
-    actor goes on; only the next one blocks it."""
+    """By default (`max_in_flight_items=1`) the item after a full queue's is left pending and
+    the actor goes on; only the next one blocks it."""
     _, client, _ = make_server(max_queue_size=2)
-    writer = replay.UnrollWriter(client, T, max_in_flight_items=1)
+    writer = replay.UnrollWriter(client, T)
     made = [writer.append(known_step(i), timeout_ms=2000) for i in range(3 * T + 1)]
     assert sum(made) == 3  # two items in the queue, the third pending: no wait raised
     assert replay.table_size(client, replay.TRAJECTORIES) == 2
