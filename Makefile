@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format lock mutate clean
+.PHONY: demo test lint format lock mutate mutate-recheck clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { \
@@ -49,6 +49,11 @@ mutate: $(STAMP)
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/mutants/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/mutmut results
+
+# Re-check survivors, each in a fresh process (tests/mutmut_recheck.py): mutants of code that
+# runs at import, and tests added since the run. NAMES='name ...' TESTS='tests/test_x.py ...'
+mutate-recheck: $(STAMP)
+	$(BIN)/python tests/mutmut_recheck.py --tests $(TESTS) -- $(NAMES)
 
 # Regenerate the lock file from pyproject.toml (pip-tools, in a throwaway virtualenv).
 lock:

@@ -1,4 +1,5 @@
-"""The two-room evaluator: pi_i and pi_0 each run their own logits, scored by a plain walk.
+"""The evaluators (the jitted two-room one and the dm_env one of the games): pi_i and pi_0
+each run their own logits, scored by a plain walk.
 
 On a map of two free cells (each the other task's goal), every episode of a task starts
 on the same cell, so the returns of a deterministic policy are known exactly. A linear
@@ -6,14 +7,19 @@ network (torso = identity) with zero weights and one large bias per head makes p
 each task and pi_0 deterministic and different.
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distral.config import EnvConfig, TrainConfig
-from distral.evaluator import make_evaluator
-from distral.experiment import make_experiment
+from distral.config import EnvConfig, TrainConfig, load_config
+from distral.core.learning import init_training_state
+from distral.evaluator import Evaluator, GameEvaluator, evaluation_key, make_evaluator
+from distral.experiment import make_experiment, seed32
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MAP = "####\n#GG#\n####"
 GOALS = [(1, 1), (1, 2)]  # task i's goal; its episodes start on the other task's goal
@@ -25,11 +31,11 @@ PI_I_ACTIONS = [LEFT, UP]  # task 0's column goes left (its goal), task 1's bump
 PI_0_ACTION = RIGHT  # h goes right: a wall for task 0, the goal for task 1
 
 
-def walk(start, goal, action, max_steps=MAX_STEPS):
+def walk(start, goal, action, max_steps=MAX_STEPS, grid=MAP):
     """Undiscounted return of an episode that takes `action` at every step, by the rules
     of distral/envs/two_room.py: -0.1 a step, -0.5 more for a blocked move, +1 at the
     goal (which ends the episode), at most `max_steps` steps."""
-    rows = MAP.splitlines()
+    rows = grid.splitlines()
     pos, total = start, 0.0
     for _ in range(max_steps):
         row, col = pos[0] + MOVES[action][0], pos[1] + MOVES[action][1]
@@ -41,6 +47,16 @@ def walk(start, goal, action, max_steps=MAX_STEPS):
             return total + 0.9
         total += -0.1
     return total
+
+
+def _config(variant, column_output, grid=MAP):
+    return TrainConfig(
+        variant=variant,
+        beta=4.0 if variant == "kl_ent_2col" else None,
+        hidden_sizes=(),
+        task_column_output=column_output,
+        env=EnvConfig(layout=grid, num_tasks=2, max_steps=MAX_STEPS),
+    )
 
 
 def _deterministic_params(experiment):
@@ -59,18 +75,11 @@ def _deterministic_params(experiment):
 def test_pi_i_and_pi_0_returns_against_a_plain_walk(variant, column_output):
     """kl_ent_2col with 'f' and beta 4: pi_i's logits 0.5 * 100 (h) + 4 * 100 (f_i) pick
     f_i's action. a3c has no pi_0: its pi_0 returns are NaN."""
-    config = TrainConfig(
-        variant=variant,
-        beta=4.0 if variant == "kl_ent_2col" else None,
-        hidden_sizes=(),
-        task_column_output=column_output,
-        env=EnvConfig(layout=MAP, num_tasks=2, max_steps=MAX_STEPS),
-    )
-    experiment = make_experiment(config)
+    experiment = make_experiment(_config(variant, column_output))
     assert experiment.num_tasks == 2
-    pi_i, pi_0 = make_evaluator(experiment, episodes=3, seed=0)(
-        _deterministic_params(experiment), 1
-    )
+    evaluator = make_evaluator(experiment, episodes=3, seed=0)
+    assert isinstance(evaluator, Evaluator)  # two-room: the jitted evaluation
+    pi_i, pi_0 = evaluator(_deterministic_params(experiment), 1)
     want_pi_i = [walk(STARTS[i], GOALS[i], PI_I_ACTIONS[i]) for i in range(2)]
     np.testing.assert_allclose(pi_i, want_pi_i, rtol=1e-5)
     assert want_pi_i == pytest.approx([0.9, -3.0])
@@ -80,3 +89,86 @@ def test_pi_i_and_pi_0_returns_against_a_plain_walk(variant, column_output):
     want_pi_0 = [walk(STARTS[i], GOALS[i], PI_0_ACTION) for i in range(2)]
     np.testing.assert_allclose(pi_0, want_pi_0, rtol=1e-5)
     assert want_pi_0 == pytest.approx([-3.0, 0.9])
+
+
+WIDE = "#####\n#GG.#\n#####"  # a third cell: episodes of one task start in two places
+
+
+@pytest.mark.parametrize("variant", ["kl_ent_2col", "a3c"])
+def test_game_evaluator_walks_each_episode_to_its_own_end(variant):
+    """The dm_env evaluator (MinAtar and Atari use it) on two-room episodes of different
+    lengths: under pi_0 (going right) task 1's episodes reach the middle goal in one step
+    from the left cell and bump the wall for all 5 steps from the right one. The evaluator
+    keeps its environments and resets each once per pass (pi_i, then pi_0), so the starts
+    are the first and second resets of a fresh environment with the evaluator's seed; the
+    mean of the plain walks from those starts is the expected return."""
+    experiment = make_experiment(_config(variant, "f", grid=WIDE))
+    episodes, seed = 6, 2
+    evaluator = GameEvaluator(experiment, episodes, seed)
+    pi_i, pi_0 = evaluator(_deterministic_params(experiment), 1)
+
+    def starts(task, passes):
+        out = []
+        for e in range(episodes):
+            env = experiment.make_env(task, seed32(seed, task, e, 1))
+            for _ in range(passes):
+                env.reset()
+            out.append(tuple(int(x) for x in env.state.pos))
+        return out
+
+    def expected(task, action, passes):
+        return np.mean([walk(p, GOALS[task], action, grid=WIDE) for p in starts(task, passes)])
+
+    np.testing.assert_allclose(pi_i, [expected(i, PI_I_ACTIONS[i], 1) for i in range(2)], rtol=1e-5)
+    if variant == "a3c":
+        assert np.isnan(pi_0).all()
+    else:
+        assert {(1, 1), (1, 3)} <= set(starts(1, 2))  # both episode lengths occur
+        want_0 = [expected(i, PI_0_ACTION, 2) for i in range(2)]
+        np.testing.assert_allclose(pi_0, want_0, rtol=1e-5)
+    stopped = GameEvaluator(experiment, episodes, seed, should_stop=lambda: True)
+    assert np.isnan(stopped(_deterministic_params(experiment), 1)[0]).all()
+
+
+def test_evaluation_keys_are_pinned_per_seed_and_log_step():
+    """The committed results were evaluated with these keys (fold_in(PRNGKey(10000 + seed),
+    log step)); another key stream would change every published evaluation after seed 0."""
+    pinned = {
+        (0, 0): [2098027016, 788361917],
+        (1, 4): [1596622454, 3898716926],
+        (3, 7): [903413437, 3158497838],
+    }
+    for (seed, log_step), key in pinned.items():
+        assert evaluation_key(seed, log_step).tolist() == key
+
+
+def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
+    """The MinAtar evaluator's returns are real game scores; a stop request aborts it
+    (NaN) at the next step instead of playing long episodes to their end."""
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml",
+        ["env.games=[breakout, freeway]", "env.max_steps=300"],
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0),
+        experiment.network,
+        experiment.parts.optimizer,
+        experiment.example_obs,
+    )
+    evaluator = make_evaluator(experiment, 2, seed=0)
+    assert isinstance(evaluator, GameEvaluator)
+    pi_i, pi_0 = evaluator(state.params, 1)
+    # An untrained policy: Breakout scores a few bricks at most; 300 steps of Freeway
+    # (a full episode is 2,500) score the crossings the chicken makes, a handful at most.
+    assert 0 <= pi_i[0] <= 5 and 0 <= pi_0[0] <= 5
+    assert 0 <= pi_i[1] <= 5 and 0 <= pi_0[1] <= 5
+    calls = []
+
+    def stop_after_ten_steps() -> bool:
+        calls.append(1)
+        return len(calls) > 10
+
+    pi_i, pi_0 = make_evaluator(experiment, 2, 0, stop_after_ten_steps)(state.params, 1)
+    assert np.isnan(pi_i).all() and np.isnan(pi_0).all()
+    assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)

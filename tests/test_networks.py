@@ -126,6 +126,12 @@ def test_2col_logits_are_alpha_h_plus_beta_f_by_hand(task_columns):
 @pytest.mark.parametrize("architecture,task_columns", ALL)
 def test_apply_single_task_equals_apply_tasks_row(architecture, task_columns):
     net, params, _ = _build(architecture, task_columns, alpha=0.5, beta=2.0)
+    # Every parameter random (initial biases are zero): each path adds its own biases.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    params = jax.tree.unflatten(
+        treedef, [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
     rows_obs = _obs(3, (NUM_TASKS, BATCH, *OBS_SHAPE))
     rows = jax.jit(net.apply_tasks)(params, rows_obs)
     for i in range(NUM_TASKS):
@@ -430,5 +436,7 @@ def test_haiku_torso_matches_flax_mlp_with_copied_weights():
         np.testing.assert_allclose(
             jax.jit(torso.apply)(copied, obs), flax_torso.apply(flax_params, obs), atol=1e-5
         )
-    with pytest.raises(TypeError, match="transform_with_state"):
+    with pytest.raises(TypeError, match=r"^haiku_torso takes hk.transform\(fn\), not hk.trans"):
         networks.haiku_torso(hk.transform_with_state(_haiku_mlp))
+    with pytest.raises(TypeError, match=r"^haiku_torso takes an hk\.Transformed, got object$"):
+        networks.haiku_torso(object())

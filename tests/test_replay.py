@@ -1,11 +1,16 @@
 """Tests of distral.replay on a real in-process Reverb server (no mocks)."""
 
+import threading
+
+import jax
 import numpy as np
 import pytest
 import reverb
 from dm_env import specs
 
+from distral.config import DistributedConfig, EnvConfig, TrainConfig
 from distral.distributed import replay
+from distral.experiment import make_experiment
 
 # A broken writer or actor shows up as a sample that never returns: fail it, don't hang.
 pytestmark = pytest.mark.timeout(60)
@@ -68,6 +73,7 @@ def test_writer_makes_overlapping_unrolls(make_server):
     writer = replay.UnrollWriter(client, T)
     created = [writer.append(known_step(i)) for i in range(2 * T + 1)]
     writer.flush()
+    assert writer.num_items == 2  # what an actor watches to send its episodes along
     # Items after T+1 appends, then every T: steps 0..T and T..2T.
     assert created == [False] * T + [True] + [False] * (T - 1) + [True]
     assert replay.table_size(client, replay.TRAJECTORIES) == 2
@@ -110,10 +116,32 @@ def test_wrong_append_is_rejected(make_server, field, value, match):
     writer.close()
 
 
-def test_writer_checks_unroll_length(make_server):
+def test_writer_checks_unroll_length_and_signature(make_server):
     _, client, _ = make_server()
-    with pytest.raises(ValueError, match="unroll_length=4"):
+    with pytest.raises(
+        ValueError, match=r"^unroll_length=4 needs items of 5 steps; the signature has \[4\]$"
+    ):
         replay.UnrollWriter(client, T + 1)
+    bare = replay.start_server([reverb.Table.queue(replay.TRAJECTORIES, max_size=2)])
+    try:
+        with pytest.raises(ValueError, match="table 'trajectories' has no signature; pass"):
+            replay.UnrollWriter(reverb.Client(replay.server_address(bare)), T)
+    finally:
+        bare.stop()
+
+
+def test_writer_casts_same_kind_dtypes(make_server):
+    """float64 observations (what numpy gives by default) are cast to the table's float32."""
+    _, client, _ = make_server()
+    writer = replay.UnrollWriter(client, T)
+    for i in range(T + 1):
+        step = known_step(i)
+        step["observation"] = step["observation"].astype(np.float64)
+        writer.append(step)
+    writer.flush()
+    (item,) = sample_all(client, 1)
+    assert item["observation"].dtype == np.float32
+    writer.close()
 
 
 def nested_params(scale):
@@ -146,6 +174,8 @@ def test_publish_and_fetch_round_trip(make_server):
         assert params["tasks"][0].dtype == np.float32 and params["tasks"][1]["z"].dtype == np.int32
     with pytest.raises(ValueError, match="do not match the template"):
         replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5)
+    with pytest.raises(ValueError, match=r"^min_step needs allow_stale=True \(the stale-by-one"):
+        replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5, min_step=2)
 
 
 def test_fetch_sees_every_publication_and_a_stale_fetch_lags_by_at_most_one(make_server):
@@ -214,6 +244,23 @@ def test_queue_samples_each_item_once_and_blocks_writers_when_full(make_server):
     writer.close()
 
 
+def test_a_writer_runs_max_in_flight_items_ahead_of_a_full_queue(make_server):
+    """By default (`max_in_flight_items=1`) the item after a full queue's is left pending and
+    the actor goes on; only the next one blocks it."""
+    _, client, _ = make_server(max_queue_size=2)
+    writer = replay.UnrollWriter(client, T)
+    made = [writer.append(known_step(i), timeout_ms=2000) for i in range(3 * T + 1)]
+    assert sum(made) == 3  # two items in the queue, the third pending: no wait raised
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    with pytest.raises(reverb.errors.DeadlineExceededError):
+        for i in range(3 * T + 1, 4 * T + 1):  # a fourth: two pending, one too many
+            writer.append(known_step(i), timeout_ms=300)
+    sample_all(client, 2)  # room for both
+    writer.flush(timeout_ms=5000)
+    assert replay.table_size(client, replay.TRAJECTORIES) == 2
+    writer.close()
+
+
 def test_episodes_are_drained_without_blocking(make_server):
     _, client, _ = make_server()
     assert replay.drain_episodes(client) == []
@@ -224,6 +271,37 @@ def test_episodes_are_drained_without_blocking(make_server):
     assert replay.drain_episodes(client) == [(2, -1.5, 7, 11), (0, 0.25, 3, 12)]
     assert replay.drain_episodes(client) == []
     writer.close()
+
+
+def test_flushes_give_up_after_their_timeout_when_the_server_is_gone():
+    """An actor stopping flushes its episodes and unrolls with a timeout: a server that
+    went away first must cost it the timeout, not hang it (without one, a flush never
+    returns)."""
+    sig = replay.unroll_signature(specs.Array((D,), np.float32), A, T, B)
+    server = replay.start_server(replay.make_tables(sig, max_queue_size=4, num_tasks=2))
+    client = reverb.Client(replay.server_address(server))
+    writer = replay.EpisodeWriter(client)
+    writer.write(0, 1.0, 3, 4)
+    writer.flush(timeout_ms=5000)
+    assert replay.drain_episodes(client) == [(0, 1.0, 3, 4)]
+    unrolls = replay.UnrollWriter(client, T)
+    server.stop()
+    writer.write(1, 2.0, 3, 5)
+    for i in range(T + 1):  # one unroll, created but not sent
+        unrolls.append(known_step(i), timeout_ms=300)
+    errors = []
+
+    def flush():
+        for w in (writer, unrolls):
+            try:
+                w.flush(timeout_ms=300)
+            except reverb.errors.DeadlineExceededError as e:
+                errors.append(e)
+
+    thread = threading.Thread(target=flush, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and len(errors) == 2
 
 
 def test_evaluations_are_logged_and_drained_in_order():
@@ -244,7 +322,68 @@ def test_evaluations_are_logged_and_drained_in_order():
         np.testing.assert_array_equal(i2, [1.0, 2.0, 3.0])
         np.testing.assert_array_equal(z2, [4.0, 5.0, 6.0])
         assert replay.drain_evaluations(client) == []
+        f32 = np.array([0.1, 0.2, 0.3], np.float32)  # what a jitted evaluation returns
+        replay.write_evaluation(client, 60, f32, f32)
+        ((s3, i3, z3),) = replay.drain_evaluations(client)
+        assert s3 == 60 and i3.dtype == z3.dtype == np.float64
+        np.testing.assert_array_equal(i3, f32.astype(np.float64))
         with pytest.raises(Exception, match=r"(?i)shape|signature"):
             replay.write_evaluation(client, 60, np.zeros(2), np.zeros(2))  # 2 tasks, not 3
     finally:
         server.stop()
+
+
+def test_a_configurations_tables_carry_its_shapes_and_queue_size():
+    """`make_replay_tables`: the queue's size and item shapes, the parameter slot's leaves
+    and the evaluations' task count all come from the configuration."""
+    config = TrainConfig(
+        variant="kl_ent_2col",
+        unroll_length=4,
+        hidden_sizes=(8,),
+        env=EnvConfig(layout="G..\n.#G", num_tasks=2),
+        distributed=DistributedConfig(envs_per_actor=3, queue_size=5),
+    )
+    experiment = make_experiment(config)
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    try:
+        info = client.server_info()
+        assert info[replay.TRAJECTORIES].max_size == 5
+        shapes = {k: tuple(v.shape) for k, v in info[replay.TRAJECTORIES].signature.items()}
+        D = experiment.observation_spec.shape[0]
+        assert shapes["observation"] == (5, 3, D) and shapes["behaviour_logits"] == (5, 3, 4)
+        params = experiment.network.init(jax.random.PRNGKey(1), experiment.example_obs)
+        replay.publish_params(client, params, 7)
+        got, step = replay.VariableSource(client, experiment.params_template()).fetch(timeout=10)
+        assert step == 7
+        jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(params))
+        leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):  # the step is a scalar
+            client.insert([np.array([7, 8]), *leaves], priorities={replay.VARIABLES: 1.0})
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):  # so is every leaf
+            wrong = [*leaves[:-1], np.zeros((*leaves[-1].shape, 2), leaves[-1].dtype)]
+            client.insert([np.int64(8), *wrong], priorities={replay.VARIABLES: 1.0})
+        replay.write_evaluation(client, 1, np.zeros(2), np.zeros(2))  # two tasks
+        with pytest.raises(Exception, match=r"(?i)shape|signature"):
+            replay.write_evaluation(client, 2, np.zeros(3), np.zeros(3))
+    finally:
+        server.stop()
+
+
+def test_wait_for_items_returns_when_the_items_are_there_or_a_stop_is_asked(make_server):
+    _, client, _ = make_server()
+    polls = []
+
+    def stop_on_third_poll():
+        polls.append(1)
+        return len(polls) >= 3
+
+    assert not replay.wait_for_items(client, replay.EPISODES, 1, stop_on_third_poll)
+    assert len(polls) == 3
+    writer = replay.EpisodeWriter(client)
+    writer.write(0, 1.0, 2, 3)
+    writer.write(1, 1.0, 2, 3)
+    writer.flush(timeout_ms=5000)
+    assert replay.wait_for_items(client, replay.EPISODES, 2, lambda: True)  # already there
+    assert not replay.wait_for_items(client, replay.EPISODES, 3, lambda: True)
+    writer.close()

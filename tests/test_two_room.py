@@ -131,7 +131,7 @@ def test_optimal_returns_by_hand():
     np.testing.assert_allclose(tr.optimal_returns(walled), [(0.9 - 10.0) / 2])
 
 
-@pytest.mark.parametrize("layout", tr.LAYOUTS)
+@pytest.mark.parametrize("layout", [*tr.LAYOUTS, "G..\n.#.\n..G"])  # and a map with no border
 def test_optimal_returns_match_python_bfs(layout):
     p = tr.make_params(layout)
     walls, cells = py_grid(p)
@@ -280,6 +280,11 @@ def test_step_auto_reset():
     assert tuple(np.asarray(state.pos)) == tuple(np.asarray(fresh_state.pos)) == (0, 1)
     state, _, r, d, done = tr.step_auto_reset(key, p, state_at(p, (0, 1)), RIGHT, 0)
     assert not bool(done) and float(r) == pytest.approx(-0.6) and int(state.t) == 1
+    two = tr.make_params("G.G\n")  # the goal of the task given, not of task 0
+    _, _, r, _, done = tr.step_auto_reset(key, two, state_at(two, (0, 1)), RIGHT, 1)
+    assert bool(done) and float(r) == pytest.approx(0.9)
+    _, _, r, _, done = tr.step_auto_reset(key, two, state_at(two, (0, 1)), LEFT, 1)
+    assert not bool(done) and float(r) == pytest.approx(-0.1)
 
 
 def test_jit_vmap_matches_unbatched():
@@ -370,8 +375,54 @@ def test_dm_env_adapter():
     last = env.step(LEFT)
     assert last.last() and float(last.reward) == pytest.approx(0.9) and last.discount == 0.0
     env.observation_spec().validate(last.observation)  # previous reward 0.9 is in bounds
-    with pytest.raises(ValueError, match="task_id 3"):
-        tr.TwoRoomEnv(p, task_id=3)
+    for bad in (-1, 1):  # p has one task
+        with pytest.raises(ValueError, match=rf"^task_id {bad} out of range: there are 1$"):
+            tr.TwoRoomEnv(p, task_id=bad)
+    assert tr.TwoRoomEnv(p, task_id=0).state is None  # before the first reset
+    spec = tr.TwoRoomEnv(p, task_id=0).observation_spec()  # bounds by hand: the last entry
+    assert spec.name == "observation" and spec.minimum.dtype == spec.maximum.dtype == np.float32
+    np.testing.assert_allclose(spec.minimum, [0] * 8 + [-0.6], rtol=1e-6)  # is the reward
+    np.testing.assert_allclose(spec.maximum, [1] * 8 + [0.9], rtol=1e-6)
+
+
+def test_dm_env_adapter_steps_its_own_task_as_the_pure_step_does():
+    """Two goals at the ends of a corridor: each task's adapter follows `step` with its own
+    task id, step by step, and its time steps match its specs."""
+    p = tr.make_params("G..G\n", max_steps=6)
+    step = jax.jit(tr.step)
+    ends = {}
+    for task in (0, 1):
+        env = tr.TwoRoomEnv(p, task_id=task, seed=3)
+        env.reset()
+        spec = env.action_spec()
+        assert (spec.num_values, spec.dtype, spec.name) == (4, np.int32, "action")
+        walk = RIGHT if task == 1 else LEFT  # towards the task's own goal
+        while True:
+            state = env.state
+            _, obs, reward, discount = step(p, state, jnp.int32(walk), jnp.int32(task))
+            ts = env.step(walk)
+            np.testing.assert_array_equal(ts.observation, obs)
+            assert ts.reward == np.float32(reward) and ts.discount == discount
+            env.reward_spec().validate(ts.reward)
+            env.discount_spec().validate(ts.discount)
+            if ts.last():
+                break
+        ends[task] = (int(env.state.pos[1]), float(ts.reward))
+    assert ends == {0: (0, pytest.approx(0.9)), 1: (3, pytest.approx(0.9))}
+    mid = tr.TwoRoomEnv(p, task_id=0, seed=3)
+    mid.reset()
+    wall = mid.step(UP)  # a bump: reward -0.6, the episode goes on
+    assert wall.mid() and wall.reward == np.float32(-0.6) and wall.discount == np.float32(1)
+
+
+def test_dm_env_adapter_refuses_actions_outside_0_to_3():
+    env = tr.TwoRoomEnv(tr.make_params("G...\n", max_steps=20), task_id=0)
+    env.reset()
+    for a in (0, 3):
+        assert env.step(a).mid()  # both ends of the range are actions
+    for a in (-1, 4):
+        with pytest.raises(ValueError, match=rf"^action {a} out of range \[0, 4\)$"):
+            env.step(a)
 
 
 # LAYOUT VALIDATION AND LOADING

@@ -1,5 +1,7 @@
 """The seven variants: names, wiring to the network and the loss, and bad input."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 from distral.core import losses, networks
 from distral.core.learning import build_network
-from distral.core.variants import VARIANTS, VariantError, get_variant
+from distral.core.variants import VARIANTS, VariantError, format_table, get_variant
 
 # name: (architecture, alpha, distill, entropy bonus in the loss)
 PAPER_TABLE = {
@@ -171,7 +173,12 @@ def test_a3c_2col_with_h_at_zero_is_a3c():
             "variant 'a3c' has no beta; beta can be set for: "
             "kl_1col, kl_2col, kl_ent_1col, kl_ent_2col",
         ),
-        ("kl_1col", {"entropy_cost": 0.1}, "variant 'kl_1col' has no entropy bonus"),
+        (
+            "kl_1col",
+            {"entropy_cost": 0.1},
+            "variant 'kl_1col' has no entropy bonus (entropy enters through alpha and beta); "
+            "entropy_cost can be set for: a3c, a3c_multitask, a3c_2col",
+        ),
     ],
 )
 def test_bad_names_and_coefficients_are_one_line_errors(name, kwargs, message):
@@ -186,3 +193,11 @@ def test_overrides_apply():
     assert (v.alpha, v.beta, v.c_kl, v.c_ent) == (0.25, 7.0, 0.25 / 7.0, 0.75 / 7.0)
     assert get_variant("a3c", entropy_cost=0.05).entropy_cost == 0.05
     assert VARIANTS["kl_ent_1col"].alpha == 0.5  # the table itself is unchanged
+
+
+def test_the_table_is_the_one_the_readme_shows():
+    """`distral variants` prints `format_table()`; the README shows its output verbatim."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("$ distral variants\n", 1)[1].split("```", 1)[0]
+    assert format_table() == block.rstrip("\n")
+    assert all(v.description for v in VARIANTS.values())  # `distral variants NAME` shows it

@@ -37,7 +37,7 @@ import dm_env
 import numpy as np
 from dm_env import specs
 
-from distral.envs.timesteps import step_timestep
+from distral.envs.timesteps import Float32Specs, step_timestep
 
 NUM_ACTIONS = 18
 FRAME_SKIP = 4
@@ -141,7 +141,7 @@ def observation_spec() -> specs.BoundedArray:
     return specs.BoundedArray((SIZE, SIZE, STACK), np.uint8, 0, 255, name="observation")
 
 
-class AtariEnv(dm_env.Environment):
+class AtariEnv(Float32Specs, dm_env.Environment):
     """One Atari game with the preprocessing above, as a dm_env.Environment.
 
     Step after LAST resets. `seed` seeds ALE (sticky actions) and the no-op starts.

@@ -21,7 +21,7 @@ import dm_env
 import numpy as np
 from dm_env import specs
 
-from distral.envs.timesteps import step_timestep
+from distral.envs.timesteps import Float32Specs, step_timestep
 
 #: The five MinAtar games, by their package names.
 GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
@@ -63,7 +63,7 @@ def observation_spec() -> specs.BoundedArray:
     return specs.BoundedArray((GRID, GRID, NUM_CHANNELS), np.float32, 0.0, 1.0, name="observation")
 
 
-class MinAtarEnv(dm_env.Environment):
+class MinAtarEnv(Float32Specs, dm_env.Environment):
     """One MinAtar game as a dm_env.Environment; step after LAST resets."""
 
     def __init__(

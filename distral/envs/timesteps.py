@@ -8,6 +8,25 @@ from __future__ import annotations
 
 import dm_env
 import numpy as np
+from dm_env import specs
+
+_ZERO, _ONE = np.float32(0.0), np.float32(1.0)
+
+
+class Float32Specs:
+    """The adapters' reward and discount specs: float32 scalars, as their time steps carry
+    (dm_env's default specs say float64)."""
+
+    def reward_spec(self) -> specs.Array:
+        return specs.Array((), np.float32, name="reward")
+
+    def discount_spec(self) -> specs.BoundedArray:
+        return specs.BoundedArray((), np.float32, 0.0, 1.0, name="discount")
+
+
+def last(reward: np.float32, observation: np.ndarray, *, discount: np.float32) -> dm_env.TimeStep:
+    """The LAST time step with a float32 discount (0: termination, 1: truncation)."""
+    return dm_env.TimeStep(dm_env.StepType.LAST, reward, discount, observation)
 
 
 def step_timestep(
@@ -15,11 +34,11 @@ def step_timestep(
 ) -> dm_env.TimeStep:
     """TERMINATION if `game_over`, else TRUNCATION once `t` >= `max_steps`, else MID.
 
-    The reward is float32, as the adapters' reward spec. The caller resets on `.last()`.
+    Reward and discount are float32, as `Float32Specs`. The caller resets on `.last()`.
     """
     reward32 = np.float32(reward)
     if game_over:
-        return dm_env.termination(reward32, observation)
+        return last(reward32, observation, discount=_ZERO)
     if t >= max_steps:
-        return dm_env.truncation(reward32, observation)
-    return dm_env.transition(reward32, observation)
+        return last(reward32, observation, discount=_ONE)
+    return dm_env.transition(reward32, observation, discount=_ONE)

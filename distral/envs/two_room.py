@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from dm_env import specs
 
+from distral.envs import timesteps
+
 Array = jax.Array
 
 LAYOUTS: tuple[str, ...] = ("default", "distral_public")
@@ -384,7 +386,7 @@ _reset_jit = jax.jit(reset)
 _step_jit = jax.jit(step)
 
 
-class TwoRoomEnv(dm_env.Environment):
+class TwoRoomEnv(timesteps.Float32Specs, dm_env.Environment):
     """One task of the grid world as a dm_env.Environment; step after LAST resets."""
 
     def __init__(self, params: TwoRoomParams, task_id: int, seed: int = 0):
@@ -422,7 +424,7 @@ class TwoRoomEnv(dm_env.Environment):
         obs, reward = np.asarray(obs), np.float32(reward)
         if float(discount) == 0.0:
             self._needs_reset = True
-            return dm_env.termination(reward, obs)
+            return timesteps.last(reward, obs, discount=np.float32(0.0))
         return dm_env.transition(reward, obs, discount=np.float32(1.0))
 
     def observation_spec(self) -> specs.BoundedArray:
