@@ -1,4 +1,5 @@
-"""The dm_env time step after an action, shared by the game adapters (`atari`, `minatar`).
+"""The dm_env time step after an action, shared by the game adapters (`atari`, `minatar`),
+and the float32 reward and discount specs of every adapter (`two_room`'s too).
 
 An episode ends when the game does (termination, discount 0) or after `max_steps` agent
 steps (truncation, discount 1: the return beyond the limit is bootstrapped, not zero).
