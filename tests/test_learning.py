@@ -169,16 +169,17 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
 
 
 def test_per_task_metrics_are_means_over_each_tasks_unrolls():
-    """kl/entropy/logit_spread per task against a plain-numpy reference on a mixed batch,
-    NaN for a task absent from the batch; one gradient norm per parameter group."""
+    """kl/entropy/logit_spread per task against a plain-numpy reference on a mixed batch
+    (one task with a single unroll), NaN for a task absent from the batch; one gradient
+    norm per parameter group."""
     variant = get_variant("kl_ent_2col")
     torso = networks.make_torso("mlp", hidden_sizes=(8,))
-    network = learning.build_network(variant, num_tasks=3, num_actions=A, torso=torso)
+    network = learning.build_network(variant, num_tasks=4, num_actions=A, torso=torso)
     config = losses.LossConfig.from_variant(variant, discount=0.9)
     params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     params = jax.tree.map(lambda x: x * 30.0, params)  # policies far from uniform
     rng = np.random.default_rng(5)
-    task = jnp.asarray([0, 2, 0, 0, 2, 2, 2, 0], jnp.int32)  # task 1 absent
+    task = jnp.asarray([0, 2, 0, 3, 2, 2, 2, 0], jnp.int32)  # task 1 absent, task 3 once
     obs = jnp.asarray(rng.normal(size=(T + 1, 8, OBS)), jnp.float32)
     out = network.apply(params, obs, jnp.broadcast_to(task, (T + 1, 8)))
     batch = learning.Batch(
@@ -201,11 +202,11 @@ def test_per_task_metrics_are_means_over_each_tasks_unrolls():
     }
     for name, x in per_step.items():
         unroll_means = x.mean(0)  # [8]
-        want = [unroll_means[np.asarray(task) == i].mean() for i in (0, 2)]
+        want = [unroll_means[np.asarray(task) == i].mean() for i in (0, 2, 3)]
         got = np.asarray(m[f"{name}_per_task"])
-        np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got[[0, 2, 3]], want, rtol=1e-4, err_msg=name)
         assert np.isnan(got[1]), name
-    np.testing.assert_array_equal(m["unrolls_per_task"], [4, 0, 4])
+    np.testing.assert_array_equal(m["unrolls_per_task"], [3, 0, 4, 1])
 
     optimizer = learning.make_optimizer(1e-3)
     state = learning.TrainingState(params, optimizer.init(params), jnp.zeros((), jnp.int32), None)
@@ -216,6 +217,51 @@ def test_per_task_metrics_are_means_over_each_tasks_unrolls():
     for part in ("distilled", "tasks"):
         want = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads[part])))
         np.testing.assert_allclose(metrics[f"grad_norm_{part}"], want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task_columns", networks.TASK_COLUMNS)
+def test_build_network_passes_the_task_columns_kind(task_columns):
+    """build_network builds the columns it is asked for: its parameters have the layout of
+    make_network's for that kind, which differs from the other kind's."""
+    variant = get_variant("kl_ent_2col")
+    torso = networks.make_torso("mlp", hidden_sizes=(8,))
+    sizes = {"num_tasks": 2, "num_actions": A}
+
+    def layout(net):
+        params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+        return jax.tree.map(np.shape, params)
+
+    built = layout(learning.build_network(variant, torso=torso, task_columns=task_columns, **sizes))
+    layouts = {
+        kind: layout(
+            networks.make_network(
+                "2col", torso=torso, task_columns=kind, alpha=0.5, beta=1.0, **sizes
+            )
+        )
+        for kind in networks.TASK_COLUMNS
+    }
+    assert layouts["separate"] != layouts["shared_torso"]
+    assert built == layouts[task_columns]
+
+
+def test_init_training_state_splits_the_key_and_counts_from_int32_zero():
+    """Parameters from the first half of the key, the state's rng is the second half, and
+    the step is an int32 0 (checkpoints restore it into an int32 template)."""
+    network = learning.build_network(
+        get_variant("kl_ent_2col"),
+        num_tasks=2,
+        num_actions=A,
+        torso=networks.make_torso("mlp", hidden_sizes=(8,)),
+    )
+    optimizer = learning.make_optimizer(1e-3)
+    key = jax.random.PRNGKey(7)
+    state = learning.init_training_state(key, network, optimizer, jnp.zeros((1, OBS)))
+    params_key, rng = jax.random.split(key)
+    want = network.init(params_key, jnp.zeros((1, OBS)))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(state.rng, rng)
+    assert state.step.dtype == jnp.int32 and state.step.shape == () and int(state.step) == 0
 
 
 def test_task_column_output_logits_or_f():
