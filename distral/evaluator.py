@@ -29,17 +29,22 @@ def evaluation_key(seed: int, log_step: int) -> Array:
     return jax.random.fold_in(jax.random.PRNGKey(10_000 + seed), log_step)
 
 
-def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
-    """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
-    N, E = experiment.num_tasks, episodes
-    env_params, network = experiment.env_params, experiment.network
-    assert env_params is not None, "evaluation runs the pure-JAX two_room"
-    max_steps = experiment.config.env.step_limit
+LogitsFn = Callable[[Any, Array], Array]  # (params, obs [N, E, *obs]) -> logits [N, E, A]
+
+
+def policy_returns_fn(
+    env_params: two_room.TwoRoomParams, episodes: int, max_steps: int
+) -> Callable[[LogitsFn, Any, Array], Array]:
+    """(logits_fn, params, key) -> mean undiscounted return [N] of `episodes` fresh
+    two-room episodes per task, row i of the observations from task i, actions sampled
+    from `logits_fn(params, obs)`. Pure: any policy over all tasks at once (a Distral
+    network's pi_i or pi_0, a student, a set of teachers) is evaluated the same way."""
+    N, E = two_room.num_tasks(env_params), episodes
     task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
     reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
     step = jax.vmap(jax.vmap(two_room.step, (None, 0, 0, 0)), (None, 0, 0, 0))
 
-    def episode_returns(params: Any, key: Array, use_pi0: bool) -> Array:
+    def returns(logits_fn: LogitsFn, params: Any, key: Array) -> Array:
         k_reset, k_run = jax.random.split(key)
         env_state, obs = reset(
             jax.random.split(k_reset, N * E).reshape(N, E, -1), env_params, task_ids
@@ -47,9 +52,7 @@ def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
 
         def one_step(carry, key):
             env_state, obs, total, alive = carry
-            out = network.apply_tasks(params, obs)
-            logits = out.distilled_logits if use_pi0 else out.logits
-            action = jax.random.categorical(key, logits)
+            action = jax.random.categorical(key, logits_fn(params, obs))
             env_state, obs, reward, discount = step(env_params, env_state, action, task_ids)
             total = total + jnp.where(alive, reward, 0.0)
             alive = alive & (discount > 0)
@@ -59,12 +62,27 @@ def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
         (_, _, total, _), _ = jax.lax.scan(one_step, init, jax.random.split(k_run, max_steps))
         return total.mean(axis=1)
 
+    return returns
+
+
+def evaluation_fn(experiment: Experiment, episodes: int) -> EvaluationFn:
+    """(params, key) -> (pi_i returns [N], pi_0 returns [N]); pi_0's are NaN without pi_0."""
+    env_params, network = experiment.env_params, experiment.network
+    assert env_params is not None, "evaluation runs the pure-JAX two_room"
+    returns = policy_returns_fn(env_params, episodes, experiment.config.env.step_limit)
+
+    def pi_i(params: Any, obs: Array) -> Array:
+        return network.apply_tasks(params, obs).logits
+
+    def pi_0(params: Any, obs: Array) -> Array:
+        return network.apply_tasks(params, obs).distilled_logits
+
     def evaluate(params: Any, key: Array) -> tuple[Array, Array]:
         k_i, k_0 = jax.random.split(key)
-        pi_i = episode_returns(params, k_i, use_pi0=False)
+        pi_i_returns = returns(pi_i, params, k_i)
         if not experiment.has_pi0:
-            return pi_i, jnp.full_like(pi_i, jnp.nan)
-        return pi_i, episode_returns(params, k_0, use_pi0=True)
+            return pi_i_returns, jnp.full_like(pi_i_returns, jnp.nan)
+        return pi_i_returns, returns(pi_0, params, k_0)
 
     return evaluate
 

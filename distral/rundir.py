@@ -389,7 +389,8 @@ def load_run(run_dir: str | Path, seed: int | None = None) -> LoadedRun:
     from distral.plotting import read_metrics
 
     path = Path(run_dir)
-    check_run_dir(path, resume=True)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{str(path)!r} is not a run directory: no config.yaml there")
     config = load_run_config(path)
     seed = config.seeds[0] if seed is None else seed
     if seed not in config.seeds:

@@ -124,6 +124,41 @@ def test_2col_logits_are_alpha_h_plus_beta_f_by_hand(task_columns):
 
 
 @pytest.mark.parametrize("architecture,task_columns", ALL)
+def test_task_features_are_what_pi_i_reads(architecture, task_columns):
+    """task_features by hand (numpy MLPs): h's features for 'shared', the task column's for
+    'independent' and '1col', both for '2col'; pi_i's logits are an affine map of them made
+    of the network's own heads (alpha h + beta f for 2col)."""
+    alpha, beta = 0.5, 3.0
+    net, params, _ = _build(architecture, task_columns, alpha=alpha, beta=beta)
+    obs = np.asarray(_obs(3))
+    n = np.asarray
+    for i in range(NUM_TASKS):
+        got = np.asarray(jax.jit(net.task_features)(params, obs, jnp.int32(i)))
+        parts, weights, biases = [], [], []
+        if architecture in ("shared", "2col"):
+            d = params["distilled"]
+            parts.append(_numpy_mlp(d["torso"], obs))
+            scale = 1.0 if architecture == "shared" else alpha
+            weights.append(scale * n(d["policy"]["w"]))
+            biases.append(scale * n(d["policy"]["b"]))
+        if architecture != "shared":
+            tasks = params["tasks"]
+            tp = (
+                tasks["torso"] if task_columns == "shared_torso" else _slice_task(tasks["torso"], i)
+            )
+            parts.append(_numpy_mlp(tp, obs))
+            scale = beta if architecture == "2col" else 1.0
+            weights.append(scale * n(tasks["policy"]["w"][i]))
+            biases.append(scale * n(tasks["policy"]["b"][i]))
+        want = np.concatenate(parts, axis=-1)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        assert got.shape == (BATCH, sum(p.shape[1] for p in parts))
+        logits = net.apply(params, obs, jnp.full((BATCH,), i, jnp.int32)).logits
+        affine = want @ np.concatenate(weights, axis=0) + sum(biases)
+        np.testing.assert_allclose(logits, affine, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture,task_columns", ALL)
 def test_apply_single_task_equals_apply_tasks_row(architecture, task_columns):
     net, params, _ = _build(architecture, task_columns, alpha=0.5, beta=2.0)
     # Every parameter random (initial biases are zero): each path adds its own biases.

@@ -305,6 +305,9 @@ class TaskColumns(NamedTuple):
     apply_one: Callable[[Params, Array, Array | None, Array], tuple[Array | None, Array]]
     # (params, task_id) -> task_id's parameters alone, on a task axis of length 1.
     slice: Callable[[Params, int], Params]
+    # (params, obs [B, ...], task_id scalar) -> the features [B, D] task_id's policy head
+    # reads, or None where there is no policy head (its policy is h's).
+    features_one: Callable[[Params, Array, Array], Array | None]
 
 
 def separate_columns(torso: Torso, num_tasks: int, num_actions: int) -> TaskColumns:
@@ -350,6 +353,7 @@ def separate_columns(torso: Torso, num_tasks: int, num_actions: int) -> TaskColu
         apply_per_row=lambda params, obs, _: jax.vmap(column)(params, obs),
         apply_one=lambda params, obs, _, task_id: column(_pick(params, task_id), obs),
         slice=_keep_one,
+        features_one=lambda params, obs, task_id: torso.apply(_pick(params, task_id)["torso"], obs),
     )
 
 
@@ -396,6 +400,7 @@ def shared_torso_columns(torso: Torso, num_tasks: int, num_actions: int) -> Task
         apply_per_row=apply_per_row,
         apply_one=apply_one,
         slice=slice_,
+        features_one=lambda params, obs, _: torso.apply(params["torso"], obs),
     )
 
 
@@ -414,6 +419,7 @@ def distilled_value_heads(num_tasks: int) -> TaskColumns:
         apply_per_row=lambda p, obs, h: (None, _dense_per_row(p, _required(h, "h"))),
         apply_one=lambda p, obs, h, task_id: (None, _dense(_pick(p, task_id), _required(h, "h"))),
         slice=_keep_one,
+        features_one=lambda p, obs, task_id: None,
     )
 
 
@@ -450,6 +456,10 @@ class DistralNetwork(NamedTuple):
     # that apply_task(task_params(p, i), obs, 0) == apply_task(p, obs, i) without slicing
     # the stacked columns at every call (actors slice once per parameter refresh).
     task_params: Callable[[Params, int], Params]
+    # (params, obs [B, *obs_shape], task_id scalar int) -> features [B, D]: the hidden
+    # representation pi_i's logits are computed from (the task column's torso features,
+    # h's for 'shared', both concatenated for '2col'): what Actor-Mimic regresses.
+    task_features: Callable[[Params, Array, Array], Array]
     num_tasks: int
     num_actions: int
     architecture: str
@@ -497,6 +507,7 @@ class _Composed(NamedTuple):
     columns: TaskColumns
     output: Callable[[Array | None, Array | None, Array], NetworkOutput]
     num_tasks: int
+    policy_reads_h: bool  # pi_i's logits use h ('shared', '2col')
 
     def init(self, key: PRNGKey, obs: Array) -> Params:
         distilled_key, tasks_key = jax.random.split(key)
@@ -547,6 +558,14 @@ class _Composed(NamedTuple):
         f_logits, value = self.columns.apply_one(columns, obs, h_features, task_id)
         return self.output(f_logits, h_logits, value)
 
+    def task_features(self, params: Params, obs: Array, task_id: Array) -> Array:
+        task_id = jnp.asarray(task_id)
+        chex.assert_rank(task_id, 0)
+        h_features = self.h_column(params, obs)[0] if self.policy_reads_h else None
+        columns = params[self.columns.params_key]
+        parts = [h_features, self.columns.features_one(columns, obs, task_id)]
+        return jnp.concatenate([x for x in parts if x is not None], axis=-1)
+
     def task_params(self, params: Params, task_id: int) -> Params:
         if not 0 <= task_id < self.num_tasks:
             raise ValueError(f"task_id={task_id} is outside [0, {self.num_tasks})")
@@ -591,13 +610,15 @@ def make_network(
         columns = distilled_value_heads(num_tasks)
     else:
         columns = TASK_COLUMN_KINDS[task_columns](torso, num_tasks, num_actions)
-    net = _Composed(distilled, columns, policy_output(architecture, alpha, beta), num_tasks)
+    output = policy_output(architecture, alpha, beta)
+    net = _Composed(distilled, columns, output, num_tasks, architecture in ("shared", "2col"))
     return DistralNetwork(
         init=net.init,
         apply=net.apply,
         apply_tasks=net.apply_tasks,
         apply_task=net.apply_task,
         task_params=net.task_params,
+        task_features=net.task_features,
         num_tasks=num_tasks,
         num_actions=num_actions,
         architecture=architecture,
