@@ -52,6 +52,18 @@ _LAZY = {
     "Actor": "distral.distributed.actor",
     "select_action": "distral.core.acting",
     "select_action_pi0": "distral.core.acting",
+    # teacher -> student distillation (Rusu et al., 2016; Parisotto et al., 2016)
+    "DistillConfig": "distral.core.distillation",
+    "distill_loss": "distral.core.distillation",
+    "nll_loss": "distral.core.distillation",
+    "mse_loss": "distral.core.distillation",
+    "kl_loss": "distral.core.distillation",
+    "policy_regression_loss": "distral.core.distillation",
+    "feature_regression_loss": "distral.core.distillation",
+    "student_network": "distral.core.distillation",
+    "Teacher": "distral.teachers",
+    "load_teachers": "distral.teachers",
+    "Distiller": "distral.distill",
     # the paper's Figure 3 (`distral.compare.compare` runs comparisons)
     "Figure3Config": "distral.config",
     "reproduce_two_room": "distral.reproduce",

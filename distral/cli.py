@@ -133,6 +133,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from distral.config import load_config, load_run_config
+    from distral.distill import Distiller, run
+    from distral.guard import DivergenceError
+    from distral.rundir import check_run_dir
+
+    seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
+    given = {"teachers": args.teacher or None, "loss": args.loss, "tau": args.tau}
+    distill = {k: v for k, v in given.items() if v is not None}
+    if args.resume is not None:
+        if args.config is not None or args.set or distill or seeds or args.out:
+            _fail(
+                "--resume DIR continues that run as configured: give no CONFIG, --set, "
+                "--teacher, --loss, --tau, --seeds or --out with it"
+            )
+        run_dir = Path(args.resume)
+        check_run_dir(run_dir, resume=True)
+        config = load_run_config(run_dir)
+    else:
+        if args.config is None:
+            _fail("a CONFIG file is needed, e.g. experiments/two_room_distill.yaml (or --resume)")
+        overrides: dict = {"algorithm": "distill", "distill": distill, "seeds": seeds}
+        config = load_config(args.config, args.set, overrides)
+        # Teachers by absolute path: a resumed run finds them from any directory.
+        teachers = tuple(str(Path(t).absolute()) for t in config.distill.teachers)
+        config = dataclasses.replace(
+            config, distill=dataclasses.replace(config.distill, teachers=teachers)
+        )
+        run_dir = Path(args.out) if args.out else _default_run_dir(f"distill-{config.distill.loss}")
+        check_run_dir(run_dir, resume=False)
+    distiller = Distiller(config)  # reads the teachers: a bad one is a one-line error
+    print(
+        f"distral distill: {config.distill.loss} from {len(config.distill.teachers)} teacher "
+        f"run(s), seeds {list(config.seeds)}, run directory {run_dir}"
+    )
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            progress=not args.quiet,
+            distiller=distiller,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: distral distill --resume {run_dir}", file=sys.stderr)
+        return 130
+    except DivergenceError as e:
+        print(f"distral distill: error: {e}; resume from the last good one with: distral "
+              f"distill --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        return 1
+    _print_summary(result.summary)
+    s = result.summary
+    print("task  student  teacher")
+    for name, a, b in zip(
+        s["tasks"], s["student_returns_per_task"], s["teacher_returns_per_task"], strict=True
+    ):
+        print(f"{name}  {a:.3f}  {b:.3f}")
+    print(f"student parameters {s['student_params']:,}, teachers' {s['teacher_params']:,}")
+    print(f"curves: {result.run_dir / 'curves.png'}")
+    return 0
+
+
 def _timestamp() -> str:
     import time
 
@@ -421,6 +484,32 @@ _COMMANDS = (
             _RESUME,
         ],
         (_FIELDS.format("distributed.batch_size=16"), TrainConfig),
+    ),
+    _Command(
+        "distill",
+        _cmd_distill,
+        "distil finished runs (teachers) into one multitask student",
+        "Policy Distillation (Rusu et al., 2016: nll, mse, kl at temperature tau) and "
+        "Actor-Mimic (Parisotto et al., 2016) on a pure-JAX environment, in one jitted "
+        "program: the student acts (distill.behaviour), the teachers label every state, one "
+        "replay per task, updates interleave the tasks. Teachers are run directories of "
+        "distral train or launch, matched to the student's tasks by name. Writes the run "
+        "directory of distral train, with per-task student and teacher returns in "
+        "summary.json.",
+        [
+            _arg("config", nargs="?", help="YAML config, e.g. experiments/two_room_distill.yaml"),
+            _arg(
+                "--teacher", action="append", metavar="RUN_DIR", help="a teacher run (repeatable)"
+            ),
+            _arg("--loss", help="nll, mse, kl or actor_mimic (distill.loss)"),
+            _arg("--tau", type=float, help="teacher temperature of kl and actor_mimic"),
+            _arg("--seeds", help="comma-separated seeds run together, e.g. 0,1,2"),
+            _arg("--out", help="run directory (default runs/distill-LOSS-TIMESTAMP)"),
+            _RUN_SET,
+            _RESUME,
+            _arg("--quiet", action="store_true", help="no progress bar"),
+        ],
+        (_FIELDS.format("distill.batch_per_task=64"), TrainConfig),
     ),
     _Command(
         "replay-server",

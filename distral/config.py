@@ -23,7 +23,7 @@ from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # The algorithm families (`distral.algorithms` maps each name to its parts).
-ALGORITHMS = ("distral",)
+ALGORITHMS = ("distral", "distill")
 
 
 class ConfigError(ValueError):
@@ -206,6 +206,53 @@ class DistributedConfig:
             )
 
 
+# Names of the distillation family's settings (`distral.core.distillation` defines them;
+# tests/test_distill.py checks the two lists agree, so this module stays free of JAX).
+DISTILL_LOSSES = ("nll", "mse", "kl", "actor_mimic")
+STUDENT_HEADS = ("per_task", "shared")
+BEHAVIOURS = ("student", "teacher", "mixture")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSection:
+    """`algorithm: distill` (`distral distill`): a student learns from finished runs."""
+
+    teachers: tuple[str, ...] = _f(
+        (), "teacher run directories (any distral train/launch run); --teacher adds to them"
+    )
+    teacher_seed: int | None = _f(None, "which seed of each teacher run; null: its first")
+    loss: str = _f(
+        "kl",
+        "nll / mse / kl (Rusu et al., 2016) or actor_mimic (Parisotto et al., 2016)",
+    )
+    tau: float = _f(
+        1.0,
+        "teacher temperature of kl and actor_mimic: softmax(outputs / tau); 1 reads a policy "
+        "teacher's logits as they are, 0.01 sharpens Q-values (Rusu et al.)",
+    )
+    feature_cost: float = _f(0.01, "actor_mimic: weight of feature regression; 0 = off")
+    heads: str = _f("per_task", "student: per_task (a head per task) or shared (one head)")
+    behaviour: str = _f(
+        "student", "who acts to gather data: student (Actor-Mimic's choice), teacher, mixture"
+    )
+    teacher_prob: float = _f(0.5, "mixture: probability that a step's action is the teacher's")
+    replay_per_task: int = _f(20_000, "samples each task's replay holds (oldest overwritten)")
+    batch_per_task: int = _f(32, "samples per task in each update (tasks interleaved evenly)")
+
+    def __post_init__(self) -> None:
+        _choice("distill.loss", self.loss, DISTILL_LOSSES)
+        _choice("distill.heads", self.heads, STUDENT_HEADS)
+        _choice("distill.behaviour", self.behaviour, BEHAVIOURS)
+        if not self.tau > 0:
+            raise ConfigError(f"distill.tau={self.tau!r} must be > 0")
+        if not self.feature_cost >= 0:
+            raise ConfigError(f"distill.feature_cost={self.feature_cost!r} must be >= 0")
+        if not 0.0 <= self.teacher_prob <= 1.0:
+            raise ConfigError(f"distill.teacher_prob={self.teacher_prob!r} is outside [0, 1]")
+        _positive("distill.replay_per_task", self.replay_per_task)
+        _positive("distill.batch_per_task", self.batch_per_task)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
@@ -270,6 +317,9 @@ class TrainConfig:
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
     distributed: DistributedConfig = dataclasses.field(
         default_factory=DistributedConfig, metadata={"help": "distral launch section"}
+    )
+    distill: DistillSection = dataclasses.field(
+        default_factory=DistillSection, metadata={"help": "distral distill section"}
     )
 
     def __post_init__(self) -> None:

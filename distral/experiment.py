@@ -50,7 +50,8 @@ class Experiment:
 
     @property
     def variant(self) -> Variant:
-        """The resolved variant (`parts.variant`): the row of the seven and its coefficients."""
+        """The resolved variant (`parts.variant`): the row of the seven and its coefficients
+        (None for the families that have no variants)."""
         return self.parts.variant
 
     def make_vector_env(self, task_id: int, num_envs: int, seed: int) -> VectorEnv:
@@ -96,8 +97,9 @@ class Experiment:
 
     @property
     def has_pi0(self) -> bool:
-        """False for `a3c` (independent task networks): no distilled policy exists."""
-        return self.variant.architecture != "independent"
+        """Whether a distilled policy pi_0 exists: not for `a3c` (independent task
+        networks), nor for other families (a distillation student has only its pi_i)."""
+        return self.config.algorithm == "distral" and self.variant.architecture != "independent"
 
     @property
     def example_obs(self) -> np.ndarray:

@@ -166,12 +166,13 @@ def metrics_row(
     *,
     optimal_return: float,
     collapsed_tasks: float,  # a count, NaN with the collapse monitor off
-    has_pi0: bool,
+    has_kl: bool,
 ) -> dict[str, float]:
     """One metrics.csv row: `head` (seed, log_step, updates, env_steps_per_task, wall and
     rate columns), the means over tasks, the loss `scalars` (window means; a name already
-    in the row keeps the row's value), and the per-task columns. Without pi_0 (a3c) the KL
-    and pi_0's entropy do not exist: NaN."""
+    in the row keeps the row's value), and the per-task columns. `has_kl`: whether the KL
+    columns mean something (KL(pi_i || pi_0) with a pi_0, KL(teacher || student) for a
+    distillation student); without (a3c) they and pi_0's entropy are NaN."""
     row: dict[str, float] = {
         **head,
         "mean_return": nanmean(tasks.training_return),
@@ -184,7 +185,7 @@ def metrics_row(
     row["collapsed_tasks"] = collapsed_tasks
     for prefix, values in zip(PER_TASK_PREFIXES, tasks, strict=True):
         row.update({f"{prefix}_task_{i}": float(v) for i, v in enumerate(values)})
-    if not has_pi0:
+    if not has_kl:
         kl_columns = [f"kl_task_{i}" for i in range(len(tasks.kl))]
         row.update(dict.fromkeys(["kl", "distilled_entropy", *kl_columns], math.nan))
     return row
@@ -228,6 +229,13 @@ def summarise(
         },
         **extra,
     }
+
+
+class RunResult(NamedTuple):
+    """What a runner returns: its run directory and summary.json's content."""
+
+    run_dir: Path
+    summary: dict[str, Any]
 
 
 # THE RUN LOG: one object per run that a runner writes everything through.

@@ -56,6 +56,11 @@ class Trainer:
     """Builds the jitted programs of one configuration."""
 
     def __init__(self, config: TrainConfig) -> None:
+        if config.algorithm != "distral":
+            raise ConfigError(
+                f"algorithm={config.algorithm!r}: distral train runs algorithm 'distral' "
+                "(distill runs with distral distill)"
+            )
         if config.env.name != "two_room":
             raise ConfigError(
                 f"distral train runs pure-JAX environments (two_room); env.name="
@@ -166,11 +171,6 @@ class Trainer:
 # THE RUN: Python between chunks.
 
 
-class RunResult(NamedTuple):
-    run_dir: Path
-    summary: dict[str, Any]
-
-
 def checkpoint_parts(runner: RunnerState, wall_seconds: float) -> dict[str, Any]:
     """What a `distral train` checkpoint holds (`rundir.load_run` reads `runner/train`)."""
     return {"runner": runner, "wall_seconds": np.asarray(wall_seconds, np.float64)}
@@ -184,7 +184,7 @@ def run(
     progress: bool = True,
     on_log: Callable[[int], None] | None = None,
     trainer: Trainer | None = None,
-) -> RunResult:
+) -> rundir.RunResult:
     """Trains `config` into `run_dir` (resuming from its last checkpoint if `resume`).
 
     Without `resume`, `run_dir` must not exist or be empty: nothing is overwritten.
@@ -249,7 +249,7 @@ def run(
         log.metrics_path, config, experiment.optimal_returns, experiment.task_names, seeds=seeds,
         wall_seconds=round(wall, 2),
     )  # fmt: skip
-    return RunResult(run_dir, log.finish(summary))
+    return rundir.RunResult(run_dir, log.finish(summary))
 
 
 class _ChunkLogger:
@@ -312,7 +312,7 @@ class _ChunkLogger:
                     scalars,
                     optimal_return=self.optimal,
                     collapsed_tasks=collapsed,
-                    has_pi0=self.trainer.has_pi0,
+                    has_kl=self.trainer.has_pi0,
                 )
             )
         return rows

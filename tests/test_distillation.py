@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from distral.core import distillation as d
@@ -132,3 +133,123 @@ def test_bad_arguments_are_named():
         d.nll_loss(S, Q[:2])
     with pytest.raises(AssertionError):
         d.mse_loss(S[None], Q[None])
+
+
+# THE STUDENT'S LEARNER
+
+
+def _student(heads="per_task", hidden=()):
+    from distral.core import networks
+
+    torso = networks.make_torso("mlp", hidden_sizes=hidden)
+    return d.student_network(heads, torso=torso, num_tasks=3, num_actions=4)
+
+
+def _batch(seed=0, n=12, obs=5, d_max=6, tasks=(0, 1, 2)):
+    rng = np.random.default_rng(seed)
+    return d.Batch(
+        jnp.asarray(rng.normal(size=(n, obs)), jnp.float32),
+        jnp.asarray(rng.normal(size=(n, 4)) * 2, jnp.float32),
+        jnp.asarray(rng.normal(size=(n, d_max)), jnp.float32),
+        jnp.asarray(rng.choice(tasks, size=n), jnp.int32),
+    )
+
+
+def test_student_heads_and_their_features():
+    per_task, shared = _student("per_task"), _student("shared")
+    obs = jnp.ones((2, 5))
+    p = per_task.init(jax.random.PRNGKey(0), obs)
+    q = shared.init(jax.random.PRNGKey(0), obs)
+    assert p["tasks"]["policy"]["w"].shape == (3, 5, 4)  # a head per task, one torso
+    assert q["distilled"]["policy"]["w"].shape == (5, 4) and "tasks" not in q
+    for net, params in ((per_task, p), (shared, q)):
+        f0 = net.task_features(params, obs, jnp.int32(0))
+        np.testing.assert_array_equal(f0, net.task_features(params, obs, jnp.int32(2)))
+    with pytest.raises(ValueError, match="heads='x'; valid choices: per_task, shared"):
+        _student("x")
+
+
+@pytest.mark.parametrize("kind", ["kl", "actor_mimic"])
+def test_batch_loss_of_a_linear_student_matches_numpy(kind):
+    """A student with no hidden layer: logits = obs W_i + b_i, features = obs. The loss,
+    its terms and the per-task metrics against plain numpy; teacher i's features padded
+    from D_i = (6, 2, 4) to 6."""
+    net = _student()
+    config = d.LearnerConfig(d.DistillConfig(kind, tau=0.5, feature_cost=0.3), (6, 2, 4))
+    optimizer = optax.adam(1e-3)
+    state = d.init_state(jax.random.PRNGKey(1), net, optimizer, config, jnp.zeros((1, 5)))
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), state.params)
+    regression = jax.tree.map(
+        lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), state.regression
+    )
+    batch = _batch(tasks=(0, 2))  # task 1 absent: NaN per-task metrics
+    loss, m = d.batch_loss((params, regression), batch, net, config)
+
+    obs, q = np.asarray(batch.observation, np.float64), np.asarray(batch.teacher_outputs)
+    want_loss, kls, ents, agree = [], [], [], []
+    for b, i in enumerate(np.asarray(batch.task_id)):
+        z = obs[b] @ np.asarray(params["tasks"]["policy"]["w"][i]) + np.asarray(
+            params["tasks"]["policy"]["b"][i]
+        )
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        t = np.exp(q[b] / 0.5) / np.exp(q[b] / 0.5).sum()
+        kl = np.sum(t * np.log(t / p))
+        term = kl if kind == "kl" else -np.sum(t * np.log(p))
+        if kind == "actor_mimic":
+            dim = (6, 2, 4)[i]
+            w = np.asarray(regression["w"][i])[:, :dim]
+            pred = obs[b] @ w + np.asarray(regression["b"][i])[:dim]
+            term += 0.3 * np.sum((pred - np.asarray(batch.teacher_features[b, :dim])) ** 2)
+        want_loss.append(term)
+        kls.append(kl)
+        ents.append(-np.sum(p * np.log(p)))
+        agree.append(float(np.argmax(z) == np.argmax(q[b])))
+    np.testing.assert_allclose(loss, np.mean(want_loss), rtol=1e-4)
+    task = np.asarray(batch.task_id)
+    for name, x in (("kl", kls), ("entropy", ents), ("agreement", agree)):
+        got = np.asarray(m[f"{name}_per_task"])
+        want = [np.mean(np.asarray(x)[task == i]) for i in (0, 2)]
+        np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-4, err_msg=name)
+        assert np.isnan(got[1])
+    np.testing.assert_allclose(m["agreement"], np.mean(agree), rtol=1e-6)
+    assert (float(m["feature_loss"]) > 0) == (kind == "actor_mimic")
+
+
+def test_feature_regression_reaches_only_the_student_torso_and_its_tasks_f_i():
+    net = _student(hidden=(8,))
+    config = d.LearnerConfig(d.DistillConfig("actor_mimic", feature_cost=1.0), (6, 6, 6))
+    state = d.init_state(jax.random.PRNGKey(0), net, optax.adam(1e-3), config, jnp.zeros((1, 5)))
+    batch = _batch(tasks=(1,))
+
+    def feature_term(trainable):  # the feature regression term alone
+        return d.batch_loss(trainable, batch, net, config)[1]["feature_loss"]
+
+    g_params, g_reg = jax.grad(feature_term)((state.params, state.regression))
+    norm = lambda tree: float(optax.global_norm(tree))  # noqa: E731
+    assert norm(g_params["tasks"]["torso"]) > 1e-3
+    assert norm(g_params["tasks"]["policy"]) == 0.0 and norm(g_params["tasks"]["value"]) == 0.0
+    assert norm(jax.tree.map(lambda x: x[1], g_reg)) > 1e-3
+    assert norm(jax.tree.map(lambda x: x[jnp.asarray([0, 2])], g_reg)) == 0.0
+
+
+def test_update_steps_teach_a_fixed_batch():
+    """200 Adam steps on one batch: the student's argmax agrees with every teacher output
+    and the KL to softmax(q / tau) falls below 0.02 (from above 0.5)."""
+    net = _student(hidden=(16,))
+    config = d.LearnerConfig(d.DistillConfig("kl", tau=1.0))
+    optimizer = optax.adam(3e-2)
+    state = d.init_state(jax.random.PRNGKey(3), net, optimizer, config, jnp.zeros((1, 5)))
+    batch = _batch(seed=4)
+    _, first = d.batch_loss((state.params, state.regression), batch, net, config)
+    for _ in range(200):
+        state, metrics = d.update_step(
+            state, batch, network=net, optimizer=optimizer, config=config
+        )
+    assert float(first["loss"]) > 0.5 and float(metrics["loss"]) < 0.02
+    assert float(metrics["agreement"]) == 1.0 and int(state.step) == 200
+    with pytest.raises(ValueError, match=r"feature_dims=\(6,\) needs one size per task \(3\)"):
+        d.init_state(
+            jax.random.PRNGKey(0), net, optimizer,
+            d.LearnerConfig(d.DistillConfig("actor_mimic"), (6,)), jnp.zeros((1, 5)),
+        )  # fmt: skip

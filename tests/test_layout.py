@@ -3,6 +3,7 @@
 - distral/core is pure JAX: importing all of it loads no Reverb, TensorFlow or Ray.
 - No module imports another module's private (underscore) name.
 - No function in distral/ is longer than 80 lines.
+- Every name of the public surface (`distral.__all__`) resolves.
 """
 
 from __future__ import annotations
@@ -100,3 +101,11 @@ def test_no_function_is_longer_than_80_lines():
         and (length := node.end_lineno - node.lineno + 1) > 80  # type: ignore[operator]
     ]
     assert long == []
+
+
+def test_every_public_name_resolves():
+    """`distral.NAME` for each name of `distral.__all__` (the lazy table names modules)."""
+    import distral
+
+    missing = [name for name in distral.__all__ if not hasattr(distral, name)]
+    assert missing == []

@@ -92,7 +92,7 @@ def test_metrics_row_by_hand():
     head = {"seed": 3, "log_step": 2, "queue_size": 5.0}
     scalars = {"loss": 0.25, "queue_size": 99.0, "kl": 0.2}
     row = rundir.metrics_row(
-        head, tasks, scalars, optimal_return=0.3, collapsed_tasks=1, has_pi0=True
+        head, tasks, scalars, optimal_return=0.3, collapsed_tasks=1, has_kl=True
     )
     assert row["mean_return"] == 2.0  # mean over the tasks with an ended episode
     assert row["eval_return"] == 1.0 and row["pi0_eval_return"] == 3.0
@@ -101,7 +101,7 @@ def test_metrics_row_by_hand():
     assert row["kl_task_2"] == pytest.approx(0.3) and row["entropy_task_0"] == 1.0
     assert math.isnan(row["return_task_1"]) and row["pi0_eval_return_task_2"] == 4.0
     no_pi0 = rundir.metrics_row(
-        head, tasks, scalars, optimal_return=0.3, collapsed_tasks=0, has_pi0=False
+        head, tasks, scalars, optimal_return=0.3, collapsed_tasks=0, has_kl=False
     )
     assert math.isnan(no_pi0["kl"]) and math.isnan(no_pi0["kl_task_0"])
     assert math.isnan(no_pi0["distilled_entropy"]) and no_pi0["entropy_task_0"] == 1.0

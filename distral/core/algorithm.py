@@ -31,13 +31,15 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from distral.core import acting, learning
+from distral.core import acting, distillation, learning
 from distral.core.losses import LossConfig, LossMetrics
 from distral.core.networks import make_torso
 from distral.core.variants import Variant, get_variant
 
-REPLAY_ITEMS = ("unroll",)  # T+1 steps of one environment (IMPALA); more with new families
-REPLAY_TABLES = ("queue",)  # FIFO, each item sampled once (on-policy with lag)
+# T+1 steps of one environment (IMPALA); one state with its teacher's outputs (distillation).
+REPLAY_ITEMS = ("unroll", "teacher_sample")
+# FIFO, each item sampled once (on-policy with lag); uniform sampling of a per-task replay.
+REPLAY_TABLES = ("queue", "uniform")
 
 
 class Parts(NamedTuple):
@@ -135,7 +137,54 @@ DISTRAL = Algorithm(
     per_task_metrics=learning.PER_TASK_METRICS,
 )
 
-ALGORITHMS: dict[str, Algorithm] = {DISTRAL.name: DISTRAL}
+# TEACHER -> STUDENT DISTILLATION (Rusu et al., 2016; Parisotto et al., 2016)
+
+
+def build_distill(config: Any, num_tasks: int, num_actions: int) -> Parts:
+    """The student network, its optimiser and its loss, from `config.distill`. The
+    regression heads' sizes are the teachers' feature sizes, which the runner sets
+    (`dataclasses.replace(parts.learner_config, feature_dims=...)`) once it has read them."""
+    settings = config.distill
+    network = distillation.student_network(
+        settings.heads,
+        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        num_tasks=num_tasks,
+        num_actions=num_actions,
+    )
+    optimizer = learning.make_optimizer(config.learning_rate, config.max_grad_norm)
+    loss = distillation.DistillConfig(settings.loss, settings.tau, settings.feature_cost)
+    return Parts(network, optimizer, distillation.LearnerConfig(loss), None)
+
+
+def _distill_init(key: jax.Array, parts: Parts, example_obs: Any) -> distillation.DistillState:
+    return distillation.init_state(
+        key, parts.network, parts.optimizer, parts.learner_config, example_obs
+    )
+
+
+def _distill_update(
+    state: distillation.DistillState,
+    batch: distillation.Batch,
+    parts: Parts,
+    task_grouped: bool = False,
+) -> tuple[distillation.DistillState, dict[str, jax.Array]]:
+    static = {"network": parts.network, "optimizer": parts.optimizer}
+    return distillation.update_step(state, batch, config=parts.learner_config, **static)
+
+
+DISTILL = Algorithm(
+    name="distill",
+    build=build_distill,
+    init_state=_distill_init,
+    update_step=_distill_update,
+    select_action=_distral_act,  # the student's action on its task (pi_i's head)
+    replay_item="teacher_sample",
+    replay_table="uniform",
+    metrics=distillation.DISTILL_METRICS,
+    per_task_metrics=distillation.PER_TASK_METRICS,
+)
+
+ALGORITHMS: dict[str, Algorithm] = {DISTRAL.name: DISTRAL, DISTILL.name: DISTILL}
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -20,11 +20,17 @@ samples. The teacher's arrays are targets: no gradient flows into them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+import functools
+from typing import Generic, Literal, NamedTuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
+
+from distral.core.learning import ArrayT
+from distral.core.networks import DistralNetwork, Params, Torso, make_network
 
 Array = jax.Array
 DistillLossKind = Literal["nll", "mse", "kl", "actor_mimic"]
@@ -142,3 +148,159 @@ def distill_loss(
     agreement = (jnp.argmax(out_s) == jnp.argmax(q_t)).astype(out_s.dtype)
     loss = policy + config.feature_cost * feature
     return loss, DistillMetrics(policy, feature, agreement)
+
+
+# ----------------------------------------------------------------------------------------
+# THE STUDENT'S LEARNER: a batch of (observation, teacher outputs, teacher features, task)
+# ----------------------------------------------------------------------------------------
+
+STUDENT_HEADS = ("per_task", "shared")
+
+
+def student_network(
+    heads: str, *, torso: Torso, num_tasks: int, num_actions: int
+) -> DistralNetwork:
+    """The multitask student (both papers): one torso shared by every task, with one
+    policy head per task ('per_task', a known task label) or one head for all ('shared').
+    Either way its features (`task_features`) do not depend on the task."""
+    if heads not in STUDENT_HEADS:
+        raise ValueError(f"heads={heads!r}; valid choices: {', '.join(STUDENT_HEADS)}")
+    if heads == "shared":
+        return make_network("shared", num_tasks=num_tasks, num_actions=num_actions, torso=torso)
+    return make_network(
+        "independent",
+        num_tasks=num_tasks,
+        num_actions=num_actions,
+        torso=torso,
+        task_columns="shared_torso",
+    )
+
+
+class Batch(NamedTuple, Generic[ArrayT]):
+    """B samples of the per-task replays, task-major when drawn evenly from each task."""
+
+    observation: ArrayT  # [B, *obs]
+    teacher_outputs: ArrayT  # [B, A]
+    teacher_features: ArrayT  # [B, D_max]: teacher i's D_i features, zero-padded
+    task_id: ArrayT  # [B] int
+
+
+class DistillState(NamedTuple):
+    """The student's learner state; `params` are its network's (what evaluation, actors
+    and later teachers read), `regression` Actor-Mimic's heads f_i."""
+
+    params: Params
+    regression: Params  # {"w": [N, D_student, D_max], "b": [N, D_max]}, or {} when unused
+    opt_state: optax.OptState
+    step: Array
+    rng: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The loss and, for feature regression, each teacher's feature size (static)."""
+
+    loss: DistillConfig = DistillConfig()
+    feature_dims: tuple[int, ...] = ()
+    """D_i of teacher i (`Teacher.feature_dim`); needed only with feature regression."""
+
+    def feature_mask(self) -> Array:
+        """[N, D_max]: 1 on teacher i's D_i features, 0 on the padding."""
+        d_max = max(self.feature_dims)
+        return jnp.asarray([[1.0] * d + [0.0] * (d_max - d) for d in self.feature_dims])
+
+
+def init_state(
+    key: Array,
+    network: DistralNetwork,
+    optimizer: optax.GradientTransformation,
+    config: LearnerConfig,
+    example_obs: Array,
+) -> DistillState:
+    """Fresh student parameters, the regression heads f_i (when Actor-Mimic regresses
+    features; they map the student's features onto teacher i's), and Adam's state."""
+    params_key, head_key, rng = jax.random.split(key, 3)
+    params = network.init(params_key, example_obs)
+    regression: Params = {}
+    if config.loss.uses_features:
+        if len(config.feature_dims) != network.num_tasks:
+            raise ValueError(
+                f"feature_dims={config.feature_dims!r} needs one size per task "
+                f"({network.num_tasks})"
+            )
+        d_student = network.task_features(params, example_obs, jnp.int32(0)).shape[-1]
+        keys = jax.random.split(head_key, network.num_tasks)
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        d_max = max(config.feature_dims)
+        regression = {
+            "w": jax.vmap(lambda k: init(k, (d_student, d_max), jnp.float32))(keys),
+            "b": jnp.zeros((network.num_tasks, d_max)),
+        }
+    opt_state = optimizer.init((params, regression))
+    return DistillState(params, regression, opt_state, jnp.zeros((), jnp.int32), rng)
+
+
+DISTILL_METRICS = (
+    "loss", "policy_loss", "feature_loss", "kl", "agreement", "entropy", "grad_norm",
+)  # fmt: skip
+PER_TASK_METRICS = ("kl", "entropy", "agreement")
+
+
+def batch_loss(
+    trainable: tuple[Params, Params],
+    batch: Batch[Array],
+    network: DistralNetwork,
+    config: LearnerConfig,
+) -> tuple[Array, dict[str, Array]]:
+    """Mean `distill_loss` over the batch, its terms, and per task: KL(softmax(q/tau) ||
+    pi_S) (whatever the loss), the student's entropy and its agreement with the teacher."""
+    params, regression = trainable
+    logits = network.apply(params, batch.observation, batch.task_id).logits
+    predicted = features = None
+    if config.loss.uses_features:
+        mask = config.feature_mask()[batch.task_id]  # [B, D_max]
+        student = network.task_features(params, batch.observation, jnp.int32(0))
+        heads = jax.tree.map(lambda x: x[batch.task_id], regression)
+        predicted = (jnp.einsum("bd,bde->be", student, heads["w"]) + heads["b"]) * mask
+        features = batch.teacher_features * mask
+
+    def one(out_s: Array, q_t: Array, pred: Array | None, feat: Array | None):
+        return distill_loss(out_s, q_t, config.loss, pred, feat)
+
+    loss, m = jax.vmap(one)(logits, batch.teacher_outputs, predicted, features)
+    kl = jax.vmap(kl_loss, in_axes=(0, 0, None))(logits, batch.teacher_outputs, config.loss.tau)
+    log_p = jax.nn.log_softmax(logits)
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+    metrics = {
+        "loss": jnp.mean(loss),
+        "policy_loss": jnp.mean(m.policy),
+        "feature_loss": jnp.mean(m.feature),
+        "kl": jnp.mean(kl),
+        "agreement": jnp.mean(m.agreement),
+        "entropy": jnp.mean(entropy),
+    }
+    one_hot = jax.nn.one_hot(batch.task_id, network.num_tasks)  # [B, N]
+    count = one_hot.sum(0)
+    for name, x in (("kl", kl), ("entropy", entropy), ("agreement", m.agreement)):
+        total = (one_hot * x[:, None]).sum(0)
+        metrics[f"{name}_per_task"] = jnp.where(count > 0, total / count, jnp.nan)
+    return jnp.mean(loss), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("network", "optimizer", "config"))
+def update_step(
+    state: DistillState,
+    batch: Batch,
+    *,
+    network: DistralNetwork,
+    optimizer: optax.GradientTransformation,
+    config: LearnerConfig,
+) -> tuple[DistillState, dict[str, Array]]:
+    """One Adam step of the student (and the regression heads) on a batch of samples."""
+    trainable = (state.params, state.regression)
+    grads, metrics = jax.grad(batch_loss, has_aux=True)(trainable, batch, network, config)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params, regression = optax.apply_updates(trainable, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    state = DistillState(params, regression, opt_state, state.step + 1, state.rng)
+    return state, metrics

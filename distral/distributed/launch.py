@@ -109,6 +109,11 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
     tensorflow_probability imports TensorFlow (seconds to load, seconds more at exit)."""
     from distral.experiment import task_spec
 
+    if config.algorithm != "distral":
+        raise ConfigError(
+            f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral' "
+            "(distill runs with distral distill, on two_room)"
+        )
     if len(config.seeds) != 1:
         raise ConfigError(
             f"seeds={list(config.seeds)!r}: distral launch runs one seed; launch one run per seed"

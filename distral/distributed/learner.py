@@ -330,7 +330,7 @@ class LearnerRun:
             scalars,
             optimal_return=float(self.experiment.optimal_returns.mean()),
             collapsed_tasks=self.monitor.check(self.seed, env_steps, tasks.entropy, returns),
-            has_pi0=self.experiment.has_pi0,
+            has_kl=self.experiment.has_pi0,
         )
         if self.config.env.name == "atari":
             row.update(human_normalised_columns(self.experiment.task_names, pi_i))

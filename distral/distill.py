@@ -1,0 +1,406 @@
+"""`distral distill`: a multitask student learns from finished runs, in one jit.
+
+Policy Distillation (Rusu et al., 2016, arXiv:1511.06295) and Actor-Mimic (Parisotto et
+al., 2016, arXiv:1511.06342) on the pure-JAX two-room tasks. One compiled chunk repeats
+`log_every` times: a rollout of `unroll_length` steps of every task's environments, acting
+with the student (or the teacher, or a per-step mixture: `distill.behaviour`); the
+teachers label every visited state with their outputs and features; the samples go into
+one replay per task (a ring buffer of `distill.replay_per_task`); then one update of the
+student on `distill.batch_per_task` samples drawn uniformly from each task's replay (tasks
+interleaved evenly, as in both papers). Seeds are vmapped; teachers are shared.
+
+The run directory is `distral train`'s: metrics.csv (eval_return_task_i is the student's
+evaluation, teacher_eval_return the teachers' on the same episodes' keys, kl_task_i the
+KL from softmax(teacher / tau) to the student), checkpoints whose `runner/train/params`
+are the student network's (so `rundir.load_run` reads it and a student can teach in its
+turn), curves.png and summary.json with per-task student and teacher returns and the
+parameter counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distral import rundir
+from distral.config import ConfigError, TrainConfig
+from distral.core import distillation
+from distral.envs import two_room
+from distral.evaluator import evaluation_key, policy_returns_fn
+from distral.experiment import make_experiment
+from distral.guard import NanGuard
+from distral.progress import Progress
+from distral.teachers import Teacher, load_teachers, num_params
+
+Array = jax.Array
+
+
+class Replay(NamedTuple):
+    """One ring buffer per task; every rollout writes the same count into each."""
+
+    observation: Array  # [N, C, *obs]
+    teacher_outputs: Array  # [N, C, A]
+    teacher_features: Array  # [N, C, D_max] (D_max = 1, zeros, without feature regression)
+    size: Array  # [] int32: samples held per task
+    cursor: Array  # [] int32: the next write position
+
+
+class DistillRunner(NamedTuple):
+    """Everything the jitted loop carries for one seed."""
+
+    train: distillation.DistillState
+    env_state: two_room.EnvState  # [N, E]
+    obs: Array  # [N, E, D]
+    episode_return: Array  # [N, E]
+    replay: Replay
+    key: Array
+
+
+class Distiller:
+    """Builds the jitted programs of one `algorithm: distill` configuration."""
+
+    def __init__(self, config: TrainConfig, teachers: Sequence[Teacher] | None = None) -> None:
+        if config.algorithm != "distill":
+            raise ConfigError(
+                f"distral distill runs algorithm 'distill'; this config's is "
+                f"{config.algorithm!r} (set algorithm: distill)"
+            )
+        if config.env.name != "two_room":
+            raise ConfigError(
+                f"distral distill runs pure-JAX environments (two_room); env.name="
+                f"{config.env.name!r} is not one yet"
+            )
+        self.config = config
+        self.settings = config.distill
+        self.experiment = experiment = make_experiment(config)
+        assert experiment.env_params is not None  # two_room, checked above
+        self.env_params = experiment.env_params
+        self.num_tasks = experiment.num_tasks
+        self.network = experiment.network
+        if teachers is None:
+            teachers = load_teachers(self.settings.teachers, experiment, self.settings.teacher_seed)
+        self.teachers = tuple(teachers)
+        self.teacher_params = tuple(t.params for t in self.teachers)
+        learner = dataclasses.replace(
+            experiment.parts.learner_config, feature_dims=tuple(t.feature_dim for t in teachers)
+        )
+        self.parts = experiment.parts._replace(learner_config=learner)
+        self.uses_features = learner.loss.uses_features
+        self.feature_size = max(learner.feature_dims) if self.uses_features else 1
+        returns = policy_returns_fn(
+            self.env_params, config.eval_episodes_per_task, config.env.step_limit
+        )
+        self._returns = returns
+        self.init = jax.jit(jax.vmap(self._init))
+        self.run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, None)))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
+        # Trace (no compile) once, so a config that cannot run fails here, before any file.
+        jax.eval_shape(self._init, jax.random.PRNGKey(0))
+
+    @property
+    def student_params(self) -> int:
+        """Scalars of the student network (the regression heads f_i are not the student)."""
+        return num_params(self.experiment.params_template())
+
+    @property
+    def teacher_params_total(self) -> int:
+        return sum(t.num_params for t in self.teachers)
+
+    def eval_keys(self, log_step: int) -> Array:
+        """Evaluation keys [seeds] of a log step: pi_i's half of `distral train`'s keys."""
+        keys = [jax.random.split(evaluation_key(s, log_step))[0] for s in self.config.seeds]
+        return jnp.stack(keys)
+
+    # TEACHERS: labels of a task-major observation batch [N, E, ...]
+    def teach(self, teacher_params: tuple[Any, ...], obs: Array) -> tuple[Array, Array]:
+        """(outputs [N, E, A], features [N, E, D_max]): teacher i labels row i."""
+        outputs, features = [], []
+        for i, (teacher, params) in enumerate(zip(self.teachers, teacher_params, strict=True)):
+            out, feat = teacher.apply(params, obs[i])
+            outputs.append(out)
+            if self.uses_features:
+                feat = jnp.pad(feat, ((0, 0), (0, self.feature_size - feat.shape[-1])))
+            else:
+                feat = jnp.zeros((*out.shape[:-1], 1))
+            features.append(feat)
+        return jnp.stack(outputs), jnp.stack(features)
+
+    def _evaluate(
+        self, params: Any, teacher_params: tuple[Any, ...], key: Array
+    ) -> tuple[Array, Array]:
+        """(student returns [N], teacher returns [N]) on the same keys: paired episodes."""
+
+        def student(params: Any, obs: Array) -> Array:
+            return self.network.apply_tasks(params, obs).logits
+
+        def teachers(params: Any, obs: Array) -> Array:
+            return self.teach(params, obs)[0]
+
+        return self._returns(student, params, key), self._returns(teachers, teacher_params, key)
+
+    # INIT
+    def _init(self, key: Array) -> DistillRunner:
+        k_train, k_env, k_run = jax.random.split(key, 3)
+        E, N, C = self.config.num_envs_per_task, self.num_tasks, self.settings.replay_per_task
+        example = jnp.zeros((1, self.experiment.obs_size))
+        train = self.experiment.algorithm.init_state(k_train, self.parts, example)
+        keys = jax.random.split(k_env, N * E).reshape(N, E, -1)
+        task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
+        reset = jax.vmap(jax.vmap(two_room.reset, (0, None, 0)), (0, None, 0))
+        env_state, obs = reset(keys, self.env_params, task_ids)
+        A = self.network.num_actions
+        replay = Replay(
+            jnp.zeros((N, C, *obs.shape[2:]), obs.dtype),
+            jnp.zeros((N, C, A)),
+            jnp.zeros((N, C, self.feature_size)),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
+        return DistillRunner(train, env_state, obs, jnp.zeros((N, E)), replay, k_run)
+
+    # ROLLOUT: T steps of every environment with the behaviour policy; teachers label.
+    def rollout(
+        self, runner: DistillRunner, teacher_params: tuple[Any, ...]
+    ) -> tuple[DistillRunner, tuple[Array, Array, Array], Array, Array]:
+        params = runner.train.params
+        N, E = self.num_tasks, self.config.num_envs_per_task
+        task_ids = jnp.broadcast_to(jnp.arange(N)[:, None], (N, E))
+        step = jax.vmap(jax.vmap(two_room.step_auto_reset, (0, None, 0, 0, 0)), (0, None, 0, 0, 0))
+        behaviour, teacher_prob = self.settings.behaviour, self.settings.teacher_prob
+
+        def one_step(carry, _):
+            env_state, obs, ep_ret, ret_sum, count, key = carry
+            key, k_act, k_mix, k_env = jax.random.split(key, 4)
+            outputs, features = self.teach(teacher_params, obs)
+            if behaviour == "teacher":
+                logits = outputs
+            else:
+                logits = self.network.apply_tasks(params, obs).logits
+                if behaviour == "mixture":
+                    use_teacher = jax.random.bernoulli(k_mix, teacher_prob, (N, E))
+                    logits = jnp.where(use_teacher[..., None], outputs, logits)
+            action = jax.random.categorical(k_act, logits)
+            keys = jax.random.split(k_env, N * E).reshape(N, E, -1)
+            env_state, next_obs, reward, _, done = step(
+                keys, self.env_params, env_state, action, task_ids
+            )
+            ep_ret = ep_ret + reward
+            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_ret, 0.0), axis=1)
+            count = count + jnp.sum(done, axis=1)
+            ep_ret = jnp.where(done, 0.0, ep_ret)
+            return (env_state, next_obs, ep_ret, ret_sum, count, key), (obs, outputs, features)
+
+        zeros = jnp.zeros(N)
+        carry = (runner.env_state, runner.obs, runner.episode_return, zeros, zeros, runner.key)
+        carry, samples = jax.lax.scan(one_step, carry, None, length=self.config.unroll_length)
+        env_state, obs, ep_ret, ret_sum, count, key = carry
+        # [T, N, E, ...] -> [N, T * E, ...]: each task's samples of this rollout.
+        samples = jax.tree.map(lambda x: x.swapaxes(0, 1).reshape((N, -1, *x.shape[3:])), samples)
+        runner = runner._replace(env_state=env_state, obs=obs, episode_return=ep_ret, key=key)
+        return runner, samples, ret_sum, count
+
+    def write(self, replay: Replay, samples: tuple[Array, Array, Array]) -> Replay:
+        """The rollout's samples into every task's ring buffer (the oldest overwritten)."""
+        C = self.settings.replay_per_task
+        n = samples[0].shape[1]
+        positions = (replay.cursor + jnp.arange(n)) % C
+        obs, out, feat = (
+            buffer.at[:, positions].set(x) for buffer, x in zip(replay[:3], samples, strict=True)
+        )
+        return Replay(obs, out, feat, jnp.minimum(replay.size + n, C), (replay.cursor + n) % C)
+
+    def sample(self, replay: Replay, key: Array) -> distillation.Batch:
+        """`batch_per_task` samples of each task, uniformly from what its replay holds;
+        task-major (samples of task i at i*b..(i+1)*b-1)."""
+        N, b = self.num_tasks, self.settings.batch_per_task
+        index = jax.random.randint(key, (N, b), 0, replay.size)
+        take = jax.vmap(lambda buffer, i: buffer[i])
+        obs, out, feat = (take(buffer, index) for buffer in replay[:3])
+        return distillation.Batch(
+            obs.reshape((N * b, *obs.shape[2:])),
+            out.reshape((N * b, -1)),
+            feat.reshape((N * b, -1)),
+            jnp.repeat(jnp.arange(N, dtype=jnp.int32), b),
+        )
+
+    # CHUNK: `log_every` x (rollout, write, sample, update), scanned.
+    def _chunk(
+        self, runner: DistillRunner, teacher_params: tuple[Any, ...]
+    ) -> tuple[DistillRunner, dict[str, Any]]:
+        def one_update(runner, _):
+            runner, samples, ret_sum, count = self.rollout(runner, teacher_params)
+            replay = self.write(runner.replay, samples)
+            key, k_sample = jax.random.split(runner.key)
+            batch = self.sample(replay, k_sample)
+            train, metrics = self.experiment.algorithm.update_step(runner.train, batch, self.parts)
+            runner = runner._replace(train=train, replay=replay, key=key)
+            return runner, (ret_sum, count, metrics)
+
+        runner, (ret_sum, count, metrics) = jax.lax.scan(
+            one_update, runner, None, length=self.config.log_every
+        )
+        stats = {
+            "return_sum": ret_sum.sum(0),
+            "episode_count": count.sum(0),
+            "metrics": jax.tree.map(lambda x: x.mean(0), metrics),
+        }
+        return runner, stats
+
+
+# THE RUN: Python between chunks.
+
+
+def checkpoint_parts(runner: DistillRunner, wall_seconds: float) -> dict[str, Any]:
+    """What a `distral distill` checkpoint holds (`rundir.load_run` reads `runner/train`)."""
+    return {"runner": runner, "wall_seconds": np.asarray(wall_seconds, np.float64)}
+
+
+def _rows(
+    distiller: Distiller,
+    log_step: int,
+    stats: dict[str, Any],
+    student: np.ndarray,
+    teacher: np.ndarray,
+    wall: float,
+    seconds: float,
+) -> list[dict[str, float]]:
+    config = distiller.config
+    per_chunk = config.steps_per_update * config.log_every
+    rows = []
+    for j, seed in enumerate(config.seeds):
+        count = stats["episode_count"][j]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            returns = np.where(count > 0, stats["return_sum"][j] / count, np.nan)
+        metrics = {name: value[j] for name, value in stats["metrics"].items()}
+        tasks = rundir.TaskStats(
+            returns,
+            student[j],
+            np.full(distiller.num_tasks, np.nan),
+            metrics["kl_per_task"],
+            metrics["entropy_per_task"],
+        )
+        head = {
+            "seed": seed,
+            "log_step": log_step,
+            "updates": log_step * config.log_every,
+            "env_steps_per_task": log_step * per_chunk,
+            "wall_seconds": round(wall, 3),
+            "steps_per_second": round(
+                per_chunk * distiller.num_tasks * len(config.seeds) / seconds, 1
+            ),
+        }
+        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        scalars["teacher_eval_return"] = float(np.mean(teacher[j]))
+        rows.append(
+            rundir.metrics_row(
+                head,
+                tasks,
+                scalars,
+                optimal_return=float(distiller.experiment.optimal_returns.mean()),
+                collapsed_tasks=math.nan,
+                has_kl=True,
+            )
+        )
+    return rows
+
+
+def metric_columns(distiller: Distiller) -> list[str]:
+    scalars = [*distiller.experiment.algorithm.metrics, "teacher_eval_return"]
+    return rundir.metric_columns(distiller.num_tasks, scalars)
+
+
+def run(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    distiller: Distiller | None = None,
+) -> rundir.RunResult:
+    """Distils the teachers of `config` into a student in `run_dir` (resuming from its
+    last checkpoint if `resume`). Without `resume`, nothing in `run_dir` is overwritten."""
+    run_dir = Path(run_dir).absolute()
+    rundir.check_run_dir(run_dir, resume=resume)
+    config = rundir.inline_layout(config)
+    distiller = distiller or Distiller(config)
+    seeds = list(config.seeds)
+    runner = distiller.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    log, restored, start_log = rundir.open_log(
+        run_dir, config, metric_columns(distiller), checkpoint_parts(runner, 0.0),
+        resume=resume, seeds=seeds,
+    )  # fmt: skip
+    wall_before = 0.0
+    if restored is not None:
+        runner, wall_before = restored["runner"], float(restored["wall_seconds"])
+    per_chunk = config.steps_per_update * config.log_every
+    bar = Progress(
+        f"distill {config.distill.loss} x{len(seeds)} seeds",
+        config.num_log_steps * per_chunk,
+        start_log * per_chunk,
+        enabled=progress,
+    )
+    guard = NanGuard(config.halt_on_nan, bar.write)
+    teacher_params = distiller.teacher_params
+    t0 = time.perf_counter()
+    try:
+        for log_step in range(start_log, config.num_log_steps):
+            t_chunk = time.perf_counter()
+            runner, stats = distiller.run_chunk(runner, teacher_params)
+            keys = distiller.eval_keys(log_step + 1)
+            student, teacher = distiller.evaluate(runner.train.params, teacher_params, keys)
+            stats, student, teacher = jax.device_get((stats, student, teacher))
+            wall = wall_before + time.perf_counter() - t0
+            seconds = time.perf_counter() - t_chunk
+            rows = _rows(distiller, log_step + 1, stats, student, teacher, wall, seconds)
+            log.write(rows)
+            for j, row in enumerate(rows):
+                where = f"seed {row['seed']}, log step {row['log_step']}"
+                guard.check(where, row, jax.tree.map(lambda x, j=j: x[j], runner.train.params))
+            mean_return = rundir.nanmean(np.array([r["eval_return"] for r in rows]))
+            optimal = float(distiller.experiment.optimal_returns.mean())
+            bar.update(log_step * per_chunk + per_chunk, per_chunk, mean_return, optimal, 0.0)
+            if (
+                log_step + 1
+            ) % config.checkpoint_every == 0 or log_step + 1 == config.num_log_steps:
+                log.save(log_step + 1, checkpoint_parts(runner, wall))
+    finally:
+        bar.close()
+        log.close()
+    return rundir.RunResult(run_dir, log.finish(_summary(distiller, runner, log, t0, wall_before)))
+
+
+def _summary(
+    distiller: Distiller, runner: DistillRunner, log: rundir.RunLog, t0: float, before: float
+) -> dict[str, Any]:
+    """summary.json: `distral train`'s, plus per-task student and teacher returns of the
+    final evaluation (means over seeds) and the parameter counts (compression)."""
+    config = distiller.config
+    last = rundir.last_rows_or_empty(log.metrics_path)
+    wall = max([before + time.perf_counter() - t0, *(r["wall_seconds"] for r in last.values())])
+    student, teacher = distiller.evaluate(
+        runner.train.params, distiller.teacher_params, distiller.eval_keys(config.num_log_steps)
+    )
+    student, teacher = np.asarray(student).mean(0), np.asarray(teacher).mean(0)
+    return rundir.summarise(
+        log.metrics_path,
+        config,
+        distiller.experiment.optimal_returns,
+        distiller.experiment.task_names,
+        seeds=list(config.seeds),
+        wall_seconds=round(wall, 2),
+        loss=config.distill.loss,
+        student_returns_per_task=[float(x) for x in student],
+        teacher_returns_per_task=[float(x) for x in teacher],
+        worst_gap_to_teacher=float(np.max(teacher - student)),
+        student_params=distiller.student_params,
+        teacher_params=distiller.teacher_params_total,
+        teachers=[t.source for t in distiller.teachers],
+    )

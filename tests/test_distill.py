@@ -1,0 +1,225 @@
+"""`distral distill` (distral.distill): the per-task replays against a plain-Python ring
+buffer, a student that learns hand-made teachers, and the CLI end to end on a real teacher
+run (run directory, resume, a student that teaches in its turn, bad teachers)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+
+from distral import config as cfg
+from distral import distill, teachers
+from distral.core import distillation
+from distral.experiment import make_experiment
+
+SMALL = dict(
+    algorithm="distill", hidden_sizes=[16], num_envs_per_task=2, unroll_length=3,
+    log_every=5, eval_episodes_per_task=4, env_steps_per_task=60, learning_rate=0.01,
+    env={"num_tasks": 3, "max_steps": 20},
+)  # fmt: skip
+
+
+def _linear_teachers(experiment, scale=3.0, feature_dims=(4, 2, 3)):
+    """Hand-made policy teachers of the student's tasks: logits = scale * obs W_i with a
+    fixed random W_i; features = obs V_i (D_i = feature_dims[i])."""
+    rng = np.random.default_rng(0)
+    D, A = experiment.obs_size, experiment.network.num_actions
+    found = []
+    for i, name in enumerate(experiment.task_names):
+        params = {
+            "w": jnp.asarray(rng.normal(size=(D, A)) * scale, jnp.float32),
+            "v": jnp.asarray(rng.normal(size=(D, feature_dims[i])), jnp.float32),
+        }
+
+        def apply(p, obs):
+            return obs @ p["w"], obs @ p["v"]
+
+        found.append(
+            teachers.Teacher(name, f"linear {i}", params, apply, "logits", 0, feature_dims[i])
+        )
+    return found
+
+
+def _config(**overrides):
+    merged = {**SMALL, **overrides}
+    merged["distill"] = {**SMALL.get("distill", {}), **overrides.get("distill", {})}
+    return cfg.load_config(None, overrides=merged)
+
+
+def test_the_config_names_are_the_cores():
+    assert cfg.DISTILL_LOSSES == distillation.DISTILL_LOSSES
+    assert cfg.STUDENT_HEADS == distillation.STUDENT_HEADS
+    with pytest.raises(cfg.ConfigError, match=r"distill\.behaviour='x'; valid choices"):
+        _config(distill={"behaviour": "x"})
+    with pytest.raises(cfg.ConfigError, match=r"distill\.teacher_prob=1\.5 is outside"):
+        _config(distill={"teacher_prob": 1.5})
+
+
+def test_replays_are_ring_buffers_and_batches_are_task_major():
+    """Writes of 6 samples per task into a replay of 10: positions wrap as a Python ring
+    buffer's; a batch draws only filled slots, `batch_per_task` per task, in task order."""
+    config = _config(distill={"replay_per_task": 10, "batch_per_task": 7, "loss": "actor_mimic"})
+    experiment = make_experiment(config)
+    d = distill.Distiller(config, _linear_teachers(experiment))
+    runner = d._init(jax.random.PRNGKey(0))
+    replay, reference = runner.replay, [[] for _ in range(3)]
+    rng = np.random.default_rng(1)
+    for write in range(3):
+        obs = jnp.asarray(rng.normal(size=(3, 6, experiment.obs_size)), jnp.float32)
+        out, feat = d.teach(d.teacher_params, obs)
+        assert feat.shape == (3, 6, 4)  # padded to the largest teacher's D = 4
+        np.testing.assert_array_equal(feat[1, :, 2:], 0.0)
+        replay = d.write(replay, (obs, out, feat))
+        for i in range(3):
+            reference[i] = (reference[i] + list(np.asarray(obs[i])))[-10:]
+        assert int(replay.size) == min(6 * (write + 1), 10)
+        assert int(replay.cursor) == 6 * (write + 1) % 10
+    for i in range(3):  # slot k holds the (cursor + k)th oldest of the last 10
+        held = {tuple(np.round(x, 5)) for x in np.asarray(replay.observation[i])}
+        assert held == {tuple(np.round(x, 5)) for x in reference[i]}
+    batch = d.sample(replay._replace(size=jnp.int32(4)), jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(batch.task_id, np.repeat([0, 1, 2], 7))
+    for b in range(21):
+        i = int(batch.task_id[b])
+        slot = [k for k in range(4) if np.allclose(replay.observation[i, k], batch.observation[b])]
+        assert slot, "a sample from outside the first `size` slots"
+        np.testing.assert_allclose(batch.teacher_outputs[b], replay.teacher_outputs[i, slot[0]])
+
+
+@pytest.mark.parametrize("behaviour", ["student", "teacher", "mixture"])
+def test_a_student_learns_hand_made_teachers(behaviour):
+    """One chunk of 600 updates: KL(teacher || student) on the replay falls below 0.05 and
+    the student agrees with the teacher's argmax on > 90% of samples, whoever acts."""
+    config = _config(env_steps_per_task=3600, log_every=600, distill={"behaviour": behaviour})
+    experiment = make_experiment(config)
+    d = distill.Distiller(config, _linear_teachers(experiment))
+    runner, _ = d.run_chunk(d.init(jnp.stack([jax.random.PRNGKey(0)])), d.teacher_params)
+    one = jax.tree.map(lambda x: x[0], runner)
+    assert int(one.train.step) == 600 and int(one.replay.size) == 3600
+    batch = d.sample(one.replay, jax.random.PRNGKey(9))
+    trainable = (one.train.params, one.train.regression)
+    learner = d.parts.learner_config
+    _, before = distillation.batch_loss(
+        (d.parts.network.init(jax.random.PRNGKey(1), batch.observation[:1]), {}), batch,
+        d.network, learner,
+    )  # fmt: skip
+    _, after = distillation.batch_loss(trainable, batch, d.network, learner)
+    assert float(before["kl"]) > 0.5 and float(after["kl"]) < 0.05, (before["kl"], after["kl"])
+    assert float(after["agreement"]) > 0.9
+    student, teacher = d.evaluate(runner.train.params, d.teacher_params, d.eval_keys(1))
+    assert student.shape == teacher.shape == (1, 3)
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "distral.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A real a3c run of the 3 two-room tasks (distral train), the teacher."""
+    root = tmp_path_factory.mktemp("distill")
+    preset = root / "teacher.yaml"
+    preset.write_text(
+        yaml.safe_dump(
+            {
+                "variant": "a3c",
+                "hidden_sizes": [8],
+                "num_envs_per_task": 4,
+                "unroll_length": 5,
+                "log_every": 10,
+                "env_steps_per_task": 800,
+                "learning_rate": 0.03,
+                "eval_episodes_per_task": 4,
+                "env": {"num_tasks": 3, "max_steps": 20},
+            }
+        )
+    )
+    p = cli("train", str(preset), "--out", str(root / "teacher"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+def test_cli_distils_resumes_and_the_student_teaches_in_turn(teacher_run):
+    root = teacher_run
+    preset = root / "student.yaml"
+    preset.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "algorithm"}))
+    out = root / "student"
+    p = cli(
+        "distill", str(preset), "--teacher", str(root / "teacher"), "--loss", "actor_mimic",
+        "--tau", "0.5", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    config = cfg.load_run_config(out)
+    assert config.algorithm == "distill" and config.distill.loss == "actor_mimic"
+    assert config.distill.tau == 0.5 and config.distill.teachers == (str(root / "teacher"),)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["log_step"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["feature_loss"]) > 0 and float(rows[-1]["kl"]) >= 0
+    assert rows[-1]["pi0_eval_return"] == "nan" or rows[-1]["pi0_eval_return"] == ""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "distill" and len(summary["teacher_returns_per_task"]) == 3
+    assert summary["student_params"] > 0 and summary["teacher_params"] > 0
+    # The final evaluation in the summary is the last row's (same keys, same parameters).
+    want = [float(rows[-1][f"eval_return_task_{i}"]) for i in range(3)]
+    np.testing.assert_allclose(summary["student_returns_per_task"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.mean(summary["teacher_returns_per_task"]), float(rows[-1]["teacher_eval_return"]),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    # Resuming a finished run appends nothing.
+    p = cli("distill", "--resume", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    with open(out / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    # The student is a run like any other: it teaches its 3 tasks.
+    student = make_experiment(_config())
+    found = teachers.load_teachers([out], student)
+    assert [t.task_name for t in found] == list(student.task_names)
+    assert found[0].outputs == "logits" and found[0].feature_dim == 16
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--teacher", "/nonexistent/run"], "'/nonexistent/run' is not a run directory"),
+        (["--teacher", "TEACHER", "--set", "env.goal_seed=5"], "no teacher for task 'goal ("),
+    ],
+)
+def test_cli_bad_teachers_are_one_line_errors_before_any_file(
+    teacher_run, tmp_path, args, fragment
+):
+    preset = tmp_path / "student.yaml"
+    preset.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "algorithm"}))
+    args = [str(teacher_run / "teacher") if a == "TEACHER" else a for a in args]
+    out = tmp_path / "out"
+    p = cli("distill", str(preset), *args, "--out", str(out), "--quiet")
+    lines = [x for x in p.stderr.splitlines() if x.startswith("distral: error")]
+    assert p.returncode == 2 and len(lines) == 1 and fragment in lines[0], p.stderr
+    assert not out.exists()
+
+
+def test_train_and_launch_refuse_the_distill_family():
+    from distral.distributed.launch import preflight
+    from distral.train import Trainer
+
+    config = _config()
+    with pytest.raises(cfg.ConfigError, match="distral train runs algorithm 'distral'"):
+        Trainer(config)
+    with pytest.raises(cfg.ConfigError, match="distral launch runs algorithm 'distral'"):
+        preflight(config, backend="local", ray_address=None)
+    with pytest.raises(cfg.ConfigError, match="distral distill runs algorithm 'distill'"):
+        distill.Distiller(cfg.load_config(None))
