@@ -82,6 +82,8 @@ def _config_and_run_dir(
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
                 f"--variant, {seed_flag} or --out with it"
             )
+        if args.init_from is not None:
+            _fail("--resume DIR continues that run as configured: give no --init-from with it")
         run_dir = Path(args.resume)
         check_run_dir(run_dir, resume=True)
         return load_run_config(run_dir, overrides={"distributed": distributed}), run_dir
@@ -89,6 +91,8 @@ def _config_and_run_dir(
         preset = "two_room" if command == "train" else "two_room_distributed"
         _fail(f"a CONFIG file is needed, e.g. experiments/{preset}.yaml (or --resume DIR)")
     overrides: dict = {"variant": args.variant, "distributed": distributed}
+    if args.init_from is not None:  # by absolute path: a resumed run finds it from anywhere
+        overrides["init_from"] = str(Path(args.init_from).absolute())
     if seeds:
         overrides["seeds"] = seeds
     config = load_config(args.config, args.set, overrides)
@@ -420,6 +424,12 @@ _VARIANT = _arg("--variant", help=_ONE_OF)
 _RUN_OUT = _arg("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
 _RUN_SET = _set_arg("override a config field (repeatable)")
 _RESUME = _arg("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
+_INIT_FROM = _arg(
+    "--init-from",
+    metavar="RUN_DIR",
+    help="transfer: start h from a finished run's (init_from; --set freeze_distilled=true "
+    "keeps it fixed as the KL prior)",
+)
 _FIELDS = "config fields (YAML keys; --set KEY=VALUE with dotted keys, e.g. --set {})"
 _GRID_HELP = (
     "hyperparameter grid, e.g. beta=10,30,100,lr=3e-4,1e-3,3e-3 (keys: config fields, lr = "
@@ -457,6 +467,7 @@ _COMMANDS = (
             _RUN_OUT,
             _RUN_SET,
             _RESUME,
+            _INIT_FROM,
             _arg("--quiet", action="store_true", help="no progress bar"),
         ],
         (_FIELDS.format("env.num_tasks=4"), TrainConfig),
@@ -482,6 +493,7 @@ _COMMANDS = (
             _RUN_OUT,
             _RUN_SET,
             _RESUME,
+            _INIT_FROM,
         ],
         (_FIELDS.format("distributed.batch_size=16"), TrainConfig),
     ),

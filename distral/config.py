@@ -315,6 +315,19 @@ class TrainConfig:
     checkpoint_every: int = _f(10, "log rows between checkpoints (and at the end)")
     keep_checkpoints: int = _f(3, "checkpoints kept (the latest)")
     seeds: tuple[int, ...] = _f((0,), "seeds, run together (vmapped) in one program")
+    init_from: str | None = _f(
+        None,
+        "transfer: a finished distral train/launch run (its first seed) whose distilled "
+        "column h starts this run's (the tasks may differ; the network must match)",
+    )
+    init_parts: str = _f(
+        "distilled", "what init_from copies: distilled (h's torso and policy head) or torso"
+    )
+    freeze_distilled: bool = _f(
+        False,
+        "transfer: h gets no updates, so the source's pi_0 is a fixed prior (the KL term's "
+        "target) for the new tasks; needs init_from",
+    )
     distributed: DistributedConfig = dataclasses.field(
         default_factory=DistributedConfig, metadata={"help": "distral launch section"}
     )
@@ -364,6 +377,9 @@ class TrainConfig:
             raise ConfigError(f"seeds={list(self.seeds)!r} must be distinct and non-empty")
         if not all(0 <= s < 2**31 for s in self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)!r} must lie in [0, 2**31)")
+        _choice("init_parts", self.init_parts, ("distilled", "torso"))
+        if self.freeze_distilled and self.init_from is None:
+            raise ConfigError("freeze_distilled=true needs init_from (the run whose pi_0 to keep)")
 
     @property
     def steps_per_update(self) -> int:

@@ -30,6 +30,7 @@ from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment
 from distral.guard import NanGuard
 from distral.progress import Progress
+from distral.transfer import init_state_fn
 
 Array = jax.Array
 
@@ -77,6 +78,7 @@ class Trainer:
         self.network = experiment.network
         self.has_pi0 = experiment.has_pi0
         self.optimal_returns = experiment.optimal_returns
+        self._init_state = init_state_fn(experiment)  # reads init_from (transfer), if any
         self.init = jax.jit(jax.vmap(self._init))
         self.run_chunk = jax.jit(jax.vmap(self._chunk))
         self.evaluate = jax.jit(jax.vmap(evaluation_fn(experiment, config.eval_episodes_per_task)))
@@ -100,8 +102,7 @@ class Trainer:
 
     def _init(self, key: Array) -> RunnerState:
         k_train, k_env, k_run = jax.random.split(key, 3)
-        example_obs = jnp.zeros((1, self.obs_size))
-        train = self.algorithm.init_state(k_train, self.experiment.parts, example_obs)
+        train = self._init_state(k_train)
         env_state, obs = self._reset(k_env, self.config.num_envs_per_task)
         ret = jnp.zeros(obs.shape[:2])
         return RunnerState(train, env_state, obs, ret, k_run)

@@ -88,6 +88,7 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
         distilled_lr_scale=(
             config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
         ),
+        freeze_distilled=config.freeze_distilled,
     )
     loss_config = LossConfig.from_variant(
         variant,

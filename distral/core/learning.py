@@ -93,18 +93,26 @@ def build_network(
 
 
 def make_optimizer(
-    learning_rate: float, max_grad_norm: float = 40.0, *, distilled_lr_scale: float = 1.0
+    learning_rate: float,
+    max_grad_norm: float = 40.0,
+    *,
+    distilled_lr_scale: float = 1.0,
+    freeze_distilled: bool = False,
 ) -> optax.GradientTransformation:
     """Adam after global-norm clipping (IMPALA clips at 40, arXiv:1802.01561).
 
     `distilled_lr_scale` multiplies the steps of the distilled column h (the parameters
     under "distilled"). Adam's step is proportional to its learning rate, so this is Adam
     with `learning_rate * distilled_lr_scale` for h. At 1.0 the chain (and the layout of
-    its state, which checkpoints hold) is plain clipped Adam.
+    its state, which checkpoints hold) is plain clipped Adam. `freeze_distilled` zeroes
+    h's gradient first (a fixed pi_0 prior, transfer): h never moves, and its gradient does
+    not count in the clip's global norm.
     """
     chain = [optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)]
     if distilled_lr_scale != 1.0:
         chain.append(optax.masked(optax.scale(distilled_lr_scale), _distilled_mask))
+    if freeze_distilled:
+        chain.insert(0, optax.masked(optax.set_to_zero(), _distilled_mask))
     return optax.chain(*chain)
 
 

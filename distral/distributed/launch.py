@@ -118,6 +118,9 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
         raise ConfigError(
             f"seeds={list(config.seeds)!r}: distral launch runs one seed; launch one run per seed"
         )
+    if config.init_from is not None and not (Path(config.init_from) / "config.yaml").is_file():
+        # The learner process checks its shapes; a missing run is refused before it starts.
+        raise ConfigError(f"init_from {config.init_from!r} is not a run directory")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend {backend!r}; valid choices: local, ray")
     if ray_address is not None and backend != "ray":

@@ -30,6 +30,7 @@ from distral.distributed import replay
 from distral.evaluator import make_evaluator
 from distral.experiment import Experiment, make_experiment
 from distral.guard import NanGuard
+from distral.transfer import init_state_fn
 
 
 class Learner:
@@ -241,8 +242,7 @@ class LearnerRun:
         self.client = client
         self.seed = config.seeds[0]
         N = experiment.num_tasks
-        algorithm, parts = experiment.algorithm, experiment.parts
-        state = algorithm.init_state(jax.random.PRNGKey(self.seed), parts, experiment.example_obs)
+        state = init_state_fn(experiment)(jax.random.PRNGKey(self.seed))  # with init_from's h
         self.log, restored, self.log_step = rundir.open_log(
             run_dir,
             config,
@@ -258,8 +258,8 @@ class LearnerRun:
             self.wall_before = float(restored["wall_seconds"])
         d = config.distributed
         self.learner = Learner(
-            algorithm,
-            parts,
+            experiment.algorithm,
+            experiment.parts,
             client,
             batch_size=d.batch_size,
             example_obs=experiment.example_obs,
