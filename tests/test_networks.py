@@ -417,6 +417,15 @@ def test_apply_tasks_rejects_wrong_number_of_rows():
         net.apply_tasks(params, _obs(0, (NUM_TASKS + 1, BATCH, *OBS_SHAPE)))
 
 
+def test_single_task_functions_take_one_task_id():
+    """apply_task and task_features run one column: a task_id per sample is refused (it
+    would pick a column by its first entry)."""
+    net, params, _ = _build("2col", "shared_torso")
+    for fn in (net.apply_task, net.task_features):
+        with pytest.raises(AssertionError):
+            fn(params, _obs(), jnp.asarray([0, 1, 2, 1, 0]))
+
+
 def _haiku_mlp(obs):
     x = obs.reshape((obs.shape[0], -1))
     for size in HIDDEN:

@@ -183,9 +183,10 @@ def test_wall_penalty():
         assert float(obs[-1]) == pytest.approx(-0.6)
     state, _, r, _ = step_jit(p, state_at(p, (3, 5)), RIGHT, 0)  # into the corridor
     assert float(r) == pytest.approx(-0.1) and tuple(np.asarray(state.pos)) == (3, 6)
-    edge = tr.make_params("G..\n")  # no border: the grid's edge is a wall
-    state, _, r, _ = step_jit(edge, state_at(edge, (0, 2)), RIGHT, 0)
-    assert float(r) == pytest.approx(-0.6) and tuple(np.asarray(state.pos)) == (0, 2)
+    edge = tr.make_params("G..\n")  # no border: the grid's edge is a wall, on all 4 sides
+    for action in (RIGHT, DOWN, UP):
+        state, _, r, _ = step_jit(edge, state_at(edge, (0, 2)), action, 0)
+        assert float(r) == pytest.approx(-0.6) and tuple(np.asarray(state.pos)) == (0, 2)
     state, _, r, d = step_jit(edge, state_at(edge, (0, 1)), LEFT, 0)
     assert float(r) == pytest.approx(0.9) and float(d) == 0.0
 
@@ -467,3 +468,15 @@ def test_layouts_load_inline_and_from_files(tmp_path):
     np.testing.assert_array_equal(from_file.goals, tr.make_params("default").goals)
     explicit = tr.make_params(inline, goals=[(2, 1)])  # explicit goals win over G cells
     np.testing.assert_array_equal(explicit.goals, [[2, 1]])
+
+
+def test_episode_return_sums_the_rewards_from_zero():
+    """EnvState.episode_return: 0 at reset, then the running sum of the step rewards."""
+    p = tr.make_params()
+    state, _ = tr.reset(jax.random.PRNGKey(3), p, 1)
+    assert float(state.episode_return) == 0.0
+    total = 0.0
+    for action in (UP, UP, LEFT, DOWN, RIGHT, RIGHT):
+        state, _, r, _ = tr.step(p, state, action, 1)
+        total += float(r)
+        assert float(state.episode_return) == pytest.approx(total)
