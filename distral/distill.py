@@ -366,7 +366,8 @@ def run(
                 guard.check(where, row, jax.tree.map(lambda x, j=j: x[j], runner.train.params))
             mean_return = rundir.nanmean(np.array([r["eval_return"] for r in rows]))
             optimal = float(distiller.experiment.optimal_returns.mean())
-            bar.update(log_step * per_chunk + per_chunk, per_chunk, mean_return, optimal, 0.0)
+            sps = rows[0]["steps_per_second"]
+            bar.update((log_step + 1) * per_chunk, per_chunk, mean_return, optimal, sps)
             if (
                 log_step + 1
             ) % config.checkpoint_every == 0 or log_step + 1 == config.num_log_steps:

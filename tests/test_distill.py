@@ -170,6 +170,7 @@ def test_cli_distils_resumes_and_the_student_teaches_in_turn(teacher_run):
     assert [int(r["log_step"]) for r in rows] == [1, 2]
     assert float(rows[-1]["feature_loss"]) > 0 and float(rows[-1]["kl"]) >= 0
     assert rows[-1]["pi0_eval_return"] == "nan" or rows[-1]["pi0_eval_return"] == ""
+    assert (out / "curves.png").is_file()  # distral plot's figure of the run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "distill" and len(summary["teacher_returns_per_task"]) == 3
     assert summary["student_params"] > 0 and summary["teacher_params"] > 0
