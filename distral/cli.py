@@ -91,11 +91,13 @@ def _config_and_run_dir(
         preset = "two_room" if command == "train" else "two_room_distributed"
         _fail(f"a CONFIG file is needed, e.g. experiments/{preset}.yaml (or --resume DIR)")
     overrides: dict = {"variant": args.variant, "distributed": distributed}
-    if args.init_from is not None:  # by absolute path: a resumed run finds it from anywhere
-        overrides["init_from"] = str(Path(args.init_from).absolute())
+    if args.init_from is not None:
+        overrides["init_from"] = args.init_from
     if seeds:
         overrides["seeds"] = seeds
     config = load_config(args.config, args.set, overrides)
+    if config.init_from is not None:  # as --set or in the file: absolute, as --init-from's
+        config = dataclasses.replace(config, init_from=str(Path(config.init_from).absolute()))
     run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
     check_run_dir(run_dir, resume=False)
     return config, run_dir
@@ -144,10 +146,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from distral.rundir import check_run_dir
 
     seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
-    given = {"teachers": args.teacher or None, "loss": args.loss, "tau": args.tau}
+    given = {"loss": args.loss, "tau": args.tau}
     distill = {k: v for k, v in given.items() if v is not None}
     if args.resume is not None:
-        if args.config is not None or args.set or distill or seeds or args.out:
+        if args.config is not None or args.set or distill or args.teacher or seeds or args.out:
             _fail(
                 "--resume DIR continues that run as configured: give no CONFIG, --set, "
                 "--teacher, --loss, --tau, --seeds or --out with it"
@@ -160,14 +162,21 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             _fail("a CONFIG file is needed, e.g. experiments/two_room_distill.yaml (or --resume)")
         overrides: dict = {"algorithm": "distill", "distill": distill, "seeds": seeds}
         config = load_config(args.config, args.set, overrides)
-        # Teachers by absolute path: a resumed run finds them from any directory.
-        teachers = tuple(str(Path(t).absolute()) for t in config.distill.teachers)
+        # The file's teachers and --teacher's, by absolute path: a resumed run finds them
+        # from any directory.
+        given_teachers = [*config.distill.teachers, *(args.teacher or [])]
+        teachers = tuple(str(Path(t).absolute()) for t in given_teachers)
         config = dataclasses.replace(
             config, distill=dataclasses.replace(config.distill, teachers=teachers)
         )
         run_dir = Path(args.out) if args.out else _default_run_dir(f"distill-{config.distill.loss}")
         check_run_dir(run_dir, resume=False)
-    distiller = Distiller(config)  # reads the teachers: a bad one is a one-line error
+    from distral.envs.two_room import LayoutError
+
+    try:
+        distiller = Distiller(config)  # reads the teachers: a bad one is a one-line error
+    except LayoutError as e:
+        _fail(str(e))
     print(
         f"distral distill: {config.distill.loss} from {len(config.distill.teachers)} teacher "
         f"run(s), seeds {list(config.seeds)}, run directory {run_dir}"

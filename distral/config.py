@@ -219,7 +219,7 @@ class DistillSection:
 
     teachers: tuple[str, ...] = _f(
         (), "teacher run directories (any distral train/launch run); --teacher adds to them"
-    )
+    )  # (the CLI appends --teacher's to these; `--set distill.teachers=[...]` replaces them)
     teacher_seed: int | None = _f(None, "which seed of each teacher run; null: its first")
     loss: str = _f(
         "kl",
@@ -380,6 +380,16 @@ class TrainConfig:
         _choice("init_parts", self.init_parts, ("distilled", "torso"))
         if self.freeze_distilled and self.init_from is None:
             raise ConfigError("freeze_distilled=true needs init_from (the run whose pi_0 to keep)")
+        if self.freeze_distilled and self.init_parts != "distilled":
+            raise ConfigError(
+                "freeze_distilled=true keeps the source's pi_0: it needs init_parts=distilled "
+                f"(not {self.init_parts!r}, which would freeze a fresh policy head)"
+            )
+        if self.freeze_distilled and self.variant == "a3c_multitask":
+            raise ConfigError(
+                "freeze_distilled=true with a3c_multitask: h is its whole policy, nothing "
+                "would learn"
+            )
 
     @property
     def steps_per_update(self) -> int:

@@ -38,7 +38,7 @@ from distral.evaluator import evaluation_key, policy_returns_fn
 from distral.experiment import make_experiment
 from distral.guard import NanGuard
 from distral.progress import Progress
-from distral.teachers import Teacher, load_teachers, num_params
+from distral.teachers import Teacher, load_teachers, num_params, total_params
 
 Array = jax.Array
 
@@ -78,6 +78,12 @@ class Distiller:
                 f"distral distill runs pure-JAX environments (two_room); env.name="
                 f"{config.env.name!r} is not one yet"
             )
+        per_rollout = config.num_envs_per_task * config.unroll_length
+        if config.distill.replay_per_task < per_rollout:
+            raise ConfigError(
+                f"distill.replay_per_task={config.distill.replay_per_task} holds less than one "
+                f"rollout's {per_rollout} samples per task (num_envs_per_task x unroll_length)"
+            )
         self.config = config
         self.settings = config.distill
         self.experiment = experiment = make_experiment(config)
@@ -102,8 +108,11 @@ class Distiller:
         self.init = jax.jit(jax.vmap(self._init))
         self.run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, None)))
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
-        # Trace (no compile) once, so a config that cannot run fails here, before any file.
-        jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        # Trace (no compile) every program once, so that a config that cannot run fails
+        # here, before any file is written.
+        runner = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        jax.eval_shape(self._chunk, runner, self.teacher_params)
+        jax.eval_shape(self._evaluate, runner.train.params, self.teacher_params, runner.key)
 
     @property
     def student_params(self) -> int:
@@ -112,7 +121,8 @@ class Distiller:
 
     @property
     def teacher_params_total(self) -> int:
-        return sum(t.num_params for t in self.teachers)
+        """The teachers' parameters, each counted once (`teachers.total_params`)."""
+        return total_params(self.teachers)
 
     def eval_keys(self, log_step: int) -> Array:
         """Evaluation keys [seeds] of a log step: pi_i's half of `distral train`'s keys."""

@@ -34,8 +34,10 @@ class Teacher(NamedTuple):
     params: Any  # its parameters: its own task column and the shared parts only
     apply: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
     outputs: str  # what its outputs are (TEACHER_OUTPUTS)
-    num_params: int  # scalars in `params`: its size, for the compression tables
+    num_params: int  # scalars in `params`: its size alone, for the compression tables
     feature_dim: int
+    run: str = ""  # the run directory it was read from ("" for a hand-made teacher)
+    shared_params: int = 0  # of `num_params`, those its run's other tasks' teachers share
 
     def __call__(self, obs: Any) -> tuple[jax.Array, jax.Array]:
         return self.apply(self.params, obs)
@@ -44,6 +46,27 @@ class Teacher(NamedTuple):
 def num_params(params: Any) -> int:
     """The number of scalars in a parameter pytree."""
     return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def total_params(teachers: Sequence[Teacher]) -> int:
+    """The scalars of a set of teachers, the parts that teachers from one run share (h, a
+    shared torso) counted once: what the teachers are, as opposed to the sum of their
+    standalone sizes."""
+    runs = {t.run: t.shared_params for t in teachers if t.run}
+    return sum(t.num_params for t in teachers) - sum(
+        shared * (sum(t.run == run for t in teachers) - 1) for run, shared in runs.items()
+    )
+
+
+def _shared_params(run: Any) -> int:
+    """Scalars of `run`'s network that every task's teacher holds: a one-task slice holds
+    the shared parts and one column, so column = (full - slice) / (N - 1)."""
+    network = run.experiment.network
+    full = num_params(run.params)
+    if network.num_tasks == 1:
+        return 0
+    one = num_params(network.task_params(run.params, 0))
+    return one - (full - one) // (network.num_tasks - 1)
 
 
 def _policy_teacher(run: Any, task: int) -> Teacher:
@@ -68,6 +91,8 @@ def _policy_teacher(run: Any, task: int) -> Teacher:
         outputs="logits",
         num_params=num_params(params),
         feature_dim=int(features.shape[-1]),
+        run=str(run.path),
+        shared_params=_shared_params(run),
     )
 
 

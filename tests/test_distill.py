@@ -5,6 +5,7 @@ run (run directory, resume, a student that teaches in its turn, bad teachers).""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from distral import config as cfg
-from distral import distill, teachers
+from distral import distill, rundir, teachers
 from distral.core import distillation
 from distral.experiment import make_experiment
 
@@ -82,9 +83,9 @@ def test_replays_are_ring_buffers_and_batches_are_task_major():
             reference[i] = (reference[i] + list(np.asarray(obs[i])))[-10:]
         assert int(replay.size) == min(6 * (write + 1), 10)
         assert int(replay.cursor) == 6 * (write + 1) % 10
-    for i in range(3):  # slot k holds the (cursor + k)th oldest of the last 10
-        held = {tuple(np.round(x, 5)) for x in np.asarray(replay.observation[i])}
-        assert held == {tuple(np.round(x, 5)) for x in reference[i]}
+    for i in range(3):  # slot (cursor + k) % 10 holds the k-th oldest of the last 10
+        order = (int(replay.cursor) + np.arange(10)) % 10
+        np.testing.assert_array_equal(replay.observation[i][order], np.asarray(reference[i]))
     batch = d.sample(replay._replace(size=jnp.int32(4)), jax.random.PRNGKey(2))
     np.testing.assert_array_equal(batch.task_id, np.repeat([0, 1, 2], 7))
     for b in range(21):
@@ -92,6 +93,17 @@ def test_replays_are_ring_buffers_and_batches_are_task_major():
         slot = [k for k in range(4) if np.allclose(replay.observation[i, k], batch.observation[b])]
         assert slot, "a sample from outside the first `size` slots"
         np.testing.assert_allclose(batch.teacher_outputs[b], replay.teacher_outputs[i, slot[0]])
+        # The sample's labels are its own observation's: teacher i's outputs and features.
+        obs, p = np.asarray(batch.observation[b]), d.teacher_params[i]
+        np.testing.assert_allclose(batch.teacher_outputs[b], obs @ p["w"], rtol=1e-5, atol=1e-5)
+        dim = (4, 2, 3)[i]
+        np.testing.assert_allclose(
+            batch.teacher_features[b, :dim], obs @ p["v"], rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_array_equal(batch.teacher_features[b, dim:], 0.0)
+    small = _config(distill={"replay_per_task": 5})  # a rollout writes 2 x 3 = 6 per task
+    with pytest.raises(cfg.ConfigError, match="replay_per_task=5 holds less than one"):
+        distill.Distiller(small, _linear_teachers(make_experiment(small)))
 
 
 @pytest.mark.parametrize("behaviour", ["student", "teacher", "mixture"])
@@ -116,6 +128,28 @@ def test_a_student_learns_hand_made_teachers(behaviour):
     assert float(after["agreement"]) > 0.9
     student, teacher = d.evaluate(runner.train.params, d.teacher_params, d.eval_keys(1))
     assert student.shape == teacher.shape == (1, 3)
+
+
+def test_a_stopped_run_resumes_as_if_it_had_not_stopped(tmp_path):
+    """One log step, then resumed to two, against two in a row: the same rows (but the
+    clocks) and the same final parameters, bit for bit (replay, keys and Adam restored)."""
+    config = _config(env_steps_per_task=60, distill={"loss": "actor_mimic"})
+    found = _linear_teachers(make_experiment(config))
+    first = dataclasses.replace(config, env_steps_per_task=30)
+    distill.run(first, tmp_path / "a", progress=False, distiller=distill.Distiller(first, found))
+    for name, resume in (("a", True), ("b", False)):
+        d = distill.Distiller(config, found)
+        distill.run(config, tmp_path / name, resume=resume, progress=False, distiller=d)
+    rows = {}
+    for name in "ab":
+        with open(tmp_path / name / "metrics.csv") as f:
+            rows[name] = [
+                {k: v for k, v in r.items() if k not in ("wall_seconds", "steps_per_second")}
+                for r in csv.DictReader(f)
+            ]
+    assert len(rows["a"]) == 2 and rows["a"] == rows["b"]
+    a, b = (rundir.load_run(tmp_path / name).params for name in "ab")
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
 
 
 def cli(*args):
@@ -224,3 +258,15 @@ def test_train_and_launch_refuse_the_distill_family():
         preflight(config, backend="local", ray_address=None)
     with pytest.raises(cfg.ConfigError, match="distral distill runs algorithm 'distill'"):
         distill.Distiller(cfg.load_config(None))
+
+
+def test_cli_teacher_flags_add_to_the_files_teachers(teacher_run, tmp_path):
+    """The preset's teachers plus --teacher's: the same run twice teaches its tasks twice."""
+    preset = tmp_path / "student.yaml"
+    section = {"distill": {"teachers": [str(teacher_run / "teacher")]}}
+    student = {k: v for k, v in SMALL.items() if k != "algorithm"}
+    preset.write_text(yaml.safe_dump({**student, **section}))
+    out = tmp_path / "out"
+    p = cli("distill", str(preset), "--teacher", str(teacher_run / "teacher"), "--out", str(out))
+    assert p.returncode == 2 and "has two teachers" in p.stderr, p.stderr
+    assert not out.exists()

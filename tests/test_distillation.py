@@ -103,7 +103,7 @@ def test_distill_loss_dispatches_and_weights_feature_regression():
     assert float(m.agreement) == 0.0
     off = d.DistillConfig(loss="actor_mimic", feature_cost=0.0)
     assert not off.uses_features
-    np.testing.assert_allclose(d.distill_loss(S, Q, off)[0], d.policy_regression_loss(S, Q, 0.01))
+    np.testing.assert_allclose(d.distill_loss(S, Q, off)[0], d.policy_regression_loss(S, Q, 1.0))
     with pytest.raises(ValueError, match="needs predicted and features_t"):
         d.distill_loss(S, Q, d.DistillConfig(loss="actor_mimic"))
 

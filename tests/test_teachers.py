@@ -65,6 +65,7 @@ def test_a_teacher_is_its_runs_pi_i_with_its_features(runs):
         full = teachers.num_params(loaded.params)
         column = teachers.num_params(jax.tree.map(lambda x: x[0], loaded.params["tasks"]))
         assert found[0].num_params == full - 7 * column
+        assert teachers.total_params(found) == full  # h (2col) counted once, not 8 times
 
 
 def test_teachers_reproduce_the_runs_own_evaluation_returns(runs):

@@ -95,9 +95,10 @@ class DistillConfig:
 
     loss: DistillLossKind = "kl"
     """'nll', 'mse', 'kl' (Policy Distillation) or 'actor_mimic'."""
-    tau: float = 0.01
-    """Teacher temperature of 'kl' and 'actor_mimic' (0.01: Rusu et al., 2016, for DQN
-    teachers' Q-values; 1.0 reads a policy teacher's logits as they are)."""
+    tau: float = 1.0
+    """Teacher temperature of 'kl' and 'actor_mimic': 1.0 reads a policy teacher's logits
+    as they are (the config's default too); 0.01 is Rusu et al.'s (2016) for DQN teachers'
+    Q-values."""
     feature_cost: float = 0.01
     """Actor-Mimic's beta, the weight of feature regression; 0 turns it off. The paper
     sets it per experiment; 0.01 is our default, to be tuned with the presets."""
