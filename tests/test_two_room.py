@@ -114,6 +114,24 @@ def test_goals_are_seeded():
     np.testing.assert_array_equal(a.goals, b.goals)
     assert not np.array_equal(a.goals, tr.make_params(goal_seed=4).goals)
     assert tr.num_tasks(tr.make_params(num_tasks=5)) == 5
+    # The preset's 8 tasks (the README's and every result's), drawn without replacement.
+    default = [(4, 10), (1, 4), (1, 1), (3, 4), (2, 5), (2, 3), (1, 2), (3, 12)]
+    assert [tuple(g) for g in np.asarray(tr.make_params().goals).tolist()] == default
+    # Boundaries: one task, an episode of one step.
+    one = tr.make_params(num_tasks=1, max_steps=1)
+    assert tr.num_tasks(one) == 1 and int(one.max_steps) == 1
+    with pytest.raises(ValueError, match=r"^max_steps must be >= 1, got 0$"):
+        tr.make_params(max_steps=0)
+
+
+def test_maps_ignore_trailing_spaces_and_their_edge_is_a_wall():
+    """Trailing blanks of a map line are dropped; outside a borderless map counts as
+    wall, so the middle cell of a one-row map is a corridor cell (walls above and below)."""
+    spaced = tr.make_params("#...#   \n#.#.#\n", num_tasks=1)
+    plain = tr.make_params("#...#\n#.#.#\n", num_tasks=1)
+    np.testing.assert_array_equal(spaced.walls, plain.walls)
+    row = tr.make_params("...\n", goals=[(0, 0)])
+    np.testing.assert_array_equal(row.corridor, [[True, True, True]])
 
 
 # OPTIMAL RETURNS
@@ -432,16 +450,27 @@ def test_dm_env_adapter_refuses_actions_outside_0_to_3():
 @pytest.mark.parametrize(
     ("kwargs", "needles"),
     [
-        ({"layout": "#.x\n...\n"}, ["'x'", "row 0, column 2"]),
-        ({"layout": "###\n###\n"}, ["no free cell"]),
+        ({"layout": "#.x\n...\n"}, ["layout <inline map> has", "'x'", "row 0, column 2"]),
+        ({"layout": "###\n###\n"}, ["layout <inline map> has no free cell"]),
+        ({"layout": "\n\n"}, ["layout <inline map> has no free cell: the map is empty"]),
+        ({"layout": "G\n"}, ["layout <inline map> has 1 free cell: a start cell besides"]),
+        ({"goals": []}, ["goals is empty: give at least one (row, col)"]),
+        ({"goals": [(1,)]}, ["goal (1,) is not a (row, col) pair"]),
+        ({"goals": [(1, 1), (1, 2), (1, 2)]}, ["goal (1, 2) is given twice"]),
+        ({"layout": "distral_public", "goals": [(0, 10)]}, ["(0, 10)", "outside", "9x10"]),
+        ({"num_tasks": 0}, ["num_tasks must be >= 1, got 0"]),
+        ({"layout": "default", "goals": [(3, 7)], "num_tasks": 0}, []),  # goals: no check
         ({"layout": "...\n..\n"}, ["ragged", "row 1 has 2"]),
         ({"layout": "default", "goals": [(0, 0)]}, ["(0, 0)", "wall"]),
         ({"layout": "distral_public", "goals": [(9, 3)]}, ["(9, 3)", "outside", "9x10"]),
         ({"layout": "distral_public", "num_tasks": 29}, ["num_tasks=29", "28 free room cells"]),
-        ({"layout": "nope"}, ["'nope'", "default", "distral_public"]),
+        ({"layout": "nope"}, ["unknown layout 'nope': not a built-in (default, distral_public)"]),
     ],
 )
 def test_layout_errors(kwargs, needles):
+    if not needles:  # a valid call among the invalid ones: the check it skips is skipped
+        assert tr.num_tasks(tr.make_params(**kwargs)) == 1
+        return
     with pytest.raises(tr.LayoutError) as info:
         tr.make_params(**kwargs)
     assert isinstance(info.value, ValueError)
@@ -449,6 +478,13 @@ def test_layout_errors(kwargs, needles):
     assert "\n" not in message
     for needle in needles:
         assert needle in message
+
+
+def test_a_map_file_is_named_in_its_errors(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("#.?\n...\n")
+    with pytest.raises(tr.LayoutError, match=f"^layout '{path}' has unknown character '\\?'"):
+        tr.make_params(str(path))
 
 
 def test_layouts_load_inline_and_from_files(tmp_path):
