@@ -169,6 +169,11 @@ def test_a3c_2col_with_h_at_zero_is_a3c():
         ),
         (
             "a3c",
+            {"alpha": 0.5},
+            "variant 'a3c' has no alpha; alpha can be set for: kl_ent_1col, kl_ent_2col",
+        ),
+        (
+            "a3c",
             {"beta": 2.0},
             "variant 'a3c' has no beta; beta can be set for: "
             "kl_1col, kl_2col, kl_ent_1col, kl_ent_2col",
@@ -193,6 +198,9 @@ def test_overrides_apply():
     assert (v.alpha, v.beta, v.c_kl, v.c_ent) == (0.25, 7.0, 0.25 / 7.0, 0.75 / 7.0)
     assert get_variant("a3c", entropy_cost=0.05).entropy_cost == 0.05
     assert VARIANTS["kl_ent_1col"].alpha == 0.5  # the table itself is unchanged
+    # alpha's range is closed at both ends: 0 (entropy only) and 1 (KL only) are valid.
+    assert get_variant("kl_ent_2col", alpha=0.0).c_kl == 0.0
+    assert get_variant("kl_ent_2col", alpha=1.0).c_ent == 0.0
 
 
 def test_the_table_is_the_one_the_readme_shows():
