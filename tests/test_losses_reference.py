@@ -130,9 +130,11 @@ def test_from_variant_gives_each_rows_coefficients():
 
 
 def test_distral_loss_rejects_outputs_without_the_extra_step():
-    """Network outputs need T+1 steps for T transitions: T alone is a ValueError."""
+    """Network outputs need T+1 steps for T transitions: T alone is a ValueError that
+    says both counts."""
     T, A = 3, 2
-    with pytest.raises(ValueError):  # chex checks raise AssertionError
+    message = r"^logits_t has 3 steps, expected T\+1=4$"
+    with pytest.raises(ValueError, match=message):  # chex checks raise AssertionError
         losses.distral_loss(
             jnp.zeros((T, A)),
             jnp.zeros((T, A)),
