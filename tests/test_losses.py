@@ -405,6 +405,7 @@ def test_a3c_loss_has_entropy_bonus_and_no_distillation():
         (dict(returns="td"), "returns='td'"),
         (dict(n_step=0), "n_step=0"),
         (dict(discount=1.2), "discount=1.2"),
+        (dict(regulariser="x"), "regulariser='x'; valid choices: expected, sampled"),
     ],
 )
 def test_loss_config_rejects_bad_values(kwargs, match):
