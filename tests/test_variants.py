@@ -162,6 +162,7 @@ def test_a3c_2col_with_h_at_zero_is_a3c():
         ("kl_ent_2col", {"alpha": -0.1}, "alpha=-0.1 is outside [0, 1]"),
         ("kl_ent_2col", {"beta": 0.0}, "beta=0.0 must be > 0"),
         ("kl_2col", {"beta": -3.0}, "beta=-3.0 must be > 0"),
+        ("a3c", {"entropy_cost": -0.1}, "entropy_cost=-0.1 must be >= 0"),
         (
             "kl_2col",
             {"alpha": 0.5},
@@ -201,6 +202,7 @@ def test_overrides_apply():
     # alpha's range is closed at both ends: 0 (entropy only) and 1 (KL only) are valid.
     assert get_variant("kl_ent_2col", alpha=0.0).c_kl == 0.0
     assert get_variant("kl_ent_2col", alpha=1.0).c_ent == 0.0
+    assert get_variant("a3c", entropy_cost=0.0).entropy_cost == 0.0  # >= 0, 0 included
 
 
 def test_the_table_is_the_one_the_readme_shows():
