@@ -417,6 +417,20 @@ def test_apply_tasks_rejects_wrong_number_of_rows():
         net.apply_tasks(params, _obs(0, (NUM_TASKS + 1, BATCH, *OBS_SHAPE)))
 
 
+def test_shape_errors_name_the_shapes():
+    net, params, torso = _build("2col")
+    with pytest.raises(
+        ValueError, match=r"^obs \(5, 3, 2\) must start with task_id's shape \(4,\)$"
+    ):
+        net.apply(params, _obs(), jnp.zeros(4, jnp.int32))
+    cube = networks.Torso(init=torso.init, apply=lambda p, obs: obs)  # [B, 3, 2]: not [B, D]
+    bad = networks.make_network("2col", num_tasks=2, num_actions=3, torso=cube)
+    with pytest.raises(
+        ValueError, match=r"^a torso must return \[B, D\] features, got shape \(5, 3, 2\)$"
+    ):
+        bad.init(jax.random.PRNGKey(0), _obs())
+
+
 def test_single_task_functions_take_one_task_id():
     """apply_task and task_features run one column: a task_id per sample is refused (it
     would pick a column by its first entry)."""
