@@ -405,10 +405,18 @@ def test_unknown_names_raise_with_choices():
     with pytest.raises(ValueError, match="unknown torso 'bad'; valid choices: mlp, nature_cnn"):
         networks.make_torso("bad")
     torso = networks.make_torso("mlp")
-    with pytest.raises(ValueError, match="valid choices: independent, shared, 1col, 2col"):
+    choices = "unknown architecture '3col'; valid choices: independent, shared, 1col, 2col"
+    with pytest.raises(ValueError, match=f"^{choices}$"):
         networks.make_network("3col", num_tasks=2, num_actions=2, torso=torso)
-    with pytest.raises(ValueError, match="valid choices: separate, shared_torso"):
+    with pytest.raises(ValueError, match=r"^unknown task_columns 'x'; valid choices: separate,"):
         networks.make_network("1col", num_tasks=2, num_actions=2, torso=torso, task_columns="x")
+    # One task and one action are enough; none is an error naming both counts.
+    one = networks.make_network("2col", num_tasks=1, num_actions=1, torso=torso)
+    params = one.init(jax.random.PRNGKey(0), jnp.zeros((2, 3)))
+    assert one.apply(params, jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32)).logits.shape == (2, 1)
+    for tasks, actions in ((0, 2), (2, 0)):
+        with pytest.raises(ValueError, match=f"got {tasks}, {actions}$"):
+            networks.make_network("2col", num_tasks=tasks, num_actions=actions, torso=torso)
 
 
 def test_apply_tasks_rejects_wrong_number_of_rows():
