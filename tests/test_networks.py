@@ -425,6 +425,33 @@ def test_apply_tasks_rejects_wrong_number_of_rows():
         net.apply_tasks(params, _obs(0, (NUM_TASKS + 1, BATCH, *OBS_SHAPE)))
 
 
+def test_a_flax_torso_with_state_beside_its_params_is_refused():
+    class Normed(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=False)(x.reshape((x.shape[0], -1)))
+
+    torso = networks.flax_torso(Normed())
+    with pytest.raises(
+        ValueError,
+        match=r"^torso modules may only hold 'params'; got collections \['batch_stats'\]$",
+    ):
+        torso.init(jax.random.PRNGKey(0), _obs())
+
+
+def test_make_network_mixes_2col_with_alpha_and_beta_1_by_default():
+    torso = networks.make_torso("mlp", hidden_sizes=HIDDEN)
+    sizes = {"num_tasks": NUM_TASKS, "num_actions": NUM_ACTIONS, "torso": torso}
+    default = networks.make_network("2col", **sizes)
+    explicit = networks.make_network("2col", alpha=1.0, beta=1.0, **sizes)
+    params = default.init(jax.random.PRNGKey(1), _obs())
+    params = jax.tree.map(lambda x: x + 0.3, params)  # biases away from 0
+    a, b = default.apply(params, _obs(), TASK_ID), explicit.apply(params, _obs(), TASK_ID)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    doubled = networks.make_network("2col", alpha=2.0, beta=2.0, **sizes)
+    assert not np.allclose(doubled.apply(params, _obs(), TASK_ID).logits, a.logits)
+
+
 def test_shape_errors_name_the_shapes():
     net, params, torso = _build("2col")
     with pytest.raises(
