@@ -106,16 +106,17 @@ def test_replays_are_ring_buffers_and_batches_are_task_major():
         distill.Distiller(small, _linear_teachers(make_experiment(small)))
 
 
-@pytest.mark.parametrize("behaviour", ["student", "teacher", "mixture"])
+@pytest.mark.parametrize("behaviour", ["student", "mixture"])
 def test_a_student_learns_hand_made_teachers(behaviour):
-    """One chunk of 600 updates: KL(teacher || student) on the replay falls below 0.05 and
-    the student agrees with the teacher's argmax on > 90% of samples, whoever acts."""
-    config = _config(env_steps_per_task=3600, log_every=600, distill={"behaviour": behaviour})
+    """One chunk of 400 updates: KL(teacher || student) on the replay falls below 0.05 and
+    the student agrees with the teacher's argmax on > 90% of samples (the student acting,
+    or a per-step mixture with the teacher)."""
+    config = _config(env_steps_per_task=2400, log_every=400, distill={"behaviour": behaviour})
     experiment = make_experiment(config)
     d = distill.Distiller(config, _linear_teachers(experiment))
     runner, _ = d.run_chunk(d.init(jnp.stack([jax.random.PRNGKey(0)])), d.teacher_params)
     one = jax.tree.map(lambda x: x[0], runner)
-    assert int(one.train.step) == 600 and int(one.replay.size) == 3600
+    assert int(one.train.step) == 400 and int(one.replay.size) == 2400
     batch = d.sample(one.replay, jax.random.PRNGKey(9))
     trainable = (one.train.params, one.train.regression)
     learner = d.parts.learner_config
