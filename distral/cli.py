@@ -103,11 +103,29 @@ def _config_and_run_dir(
     return config, run_dir
 
 
+def _run_in_process(command: str, run_dir: Path, start: Callable[[], Any]) -> Any:
+    """`start()`'s result, or the exit code of a run stopped by Ctrl-C (130) or by a
+    non-finite value (1), with the line that says how to resume it."""
+    from distral.guard import DivergenceError
+
+    # Ctrl-C stops the run even when started with SIGINT ignored (a parent that ignores it,
+    # as pytest-xdist's workers do, passes that on through exec), as `distral launch` does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return start()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: distral {command} --resume {run_dir}", file=sys.stderr)
+        return 130
+    except DivergenceError as e:
+        print(f"distral {command}: error: {e}; resume from the last good one with: distral "
+              f"{command} --resume {run_dir}", file=sys.stderr)  # fmt: skip
+        return 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
     config, run_dir = _config_and_run_dir(args, "train", seeds, {})
     from distral.envs.two_room import LayoutError
-    from distral.guard import DivergenceError
     from distral.train import Trainer, run
 
     # Everything is checked and built before the first file is written.
@@ -116,24 +134,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except LayoutError as e:
         _fail(str(e))
     print(f"distral train: {config.variant}, seeds {list(config.seeds)}, run directory {run_dir}")
-    # Ctrl-C stops the run even when started with SIGINT ignored (a parent that ignores it,
-    # as pytest-xdist's workers do, passes that on through exec), as `distral launch` does.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        result = run(
-            config,
-            run_dir,
-            resume=args.resume is not None,
-            progress=not args.quiet,
+    result = _run_in_process(
+        "train",
+        run_dir,
+        lambda: run(
+            config, run_dir, resume=args.resume is not None, progress=not args.quiet,
             trainer=trainer,
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with: distral train --resume {run_dir}", file=sys.stderr)
-        return 130
-    except DivergenceError as e:
-        print(f"distral train: error: {e}; resume from the last good one with: distral "
-              f"train --resume {run_dir}", file=sys.stderr)  # fmt: skip
-        return 1
+        ),
+    )  # fmt: skip
+    if isinstance(result, int):
+        return result
     _print_summary(result.summary)
     print(f"curves: {result.run_dir / 'curves.png'}")
     return 0
@@ -142,7 +152,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_distill(args: argparse.Namespace) -> int:
     from distral.config import load_config, load_run_config
     from distral.distill import Distiller, run
-    from distral.guard import DivergenceError
     from distral.rundir import check_run_dir
 
     seeds = list(_parse_seeds(args.seeds)) if args.seeds is not None else None
@@ -181,22 +190,16 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         f"distral distill: {config.distill.loss} from {len(config.distill.teachers)} teacher "
         f"run(s), seeds {list(config.seeds)}, run directory {run_dir}"
     )
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        result = run(
-            config,
-            run_dir,
-            resume=args.resume is not None,
-            progress=not args.quiet,
+    result = _run_in_process(
+        "distill",
+        run_dir,
+        lambda: run(
+            config, run_dir, resume=args.resume is not None, progress=not args.quiet,
             distiller=distiller,
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with: distral distill --resume {run_dir}", file=sys.stderr)
-        return 130
-    except DivergenceError as e:
-        print(f"distral distill: error: {e}; resume from the last good one with: distral "
-              f"distill --resume {run_dir}", file=sys.stderr)  # fmt: skip
-        return 1
+        ),
+    )  # fmt: skip
+    if isinstance(result, int):
+        return result
     _print_summary(result.summary)
     s = result.summary
     print("task  student  teacher")

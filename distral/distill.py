@@ -101,10 +101,9 @@ class Distiller:
         self.parts = experiment.parts._replace(learner_config=learner)
         self.uses_features = learner.loss.uses_features
         self.feature_size = max(learner.feature_dims) if self.uses_features else 1
-        returns = policy_returns_fn(
+        self._returns = policy_returns_fn(
             self.env_params, config.eval_episodes_per_task, config.env.step_limit
         )
-        self._returns = returns
         self.init = jax.jit(jax.vmap(self._init))
         self.run_chunk = jax.jit(jax.vmap(self._chunk, in_axes=(0, None)))
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))

@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from distill_two_room import teachers  # the same teacher run (this script's directory)
 
-from distral import distill, train
+from distral import distill
+from distral.compare import iqm_with_ci
 from distral.config import load_config
 from distral.plotting import learning_curve, plot_band, pyplot, read_metrics, save_figure
-from distral.stats import interval_estimates
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,21 +43,6 @@ SETTINGS = {  # name -> distill section overrides
 }
 
 
-def teacher_run(runs: Path) -> Path:
-    run_dir = runs / "teacher"
-    if not (run_dir / "summary.json").is_file():
-        overrides = {"variant": "a3c", "seeds": [0, 1, 2, 3, 4]}
-        config = load_config(ROOT / "experiments" / "two_room.yaml", overrides=overrides)
-        train.run(config, run_dir, progress=False)
-    return run_dir
-
-
-def iqm(scores: np.ndarray) -> np.ndarray:
-    from rliable import metrics
-
-    return np.array([metrics.aggregate_iqm(scores)])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "experiments/results/distill/losses"))
@@ -67,7 +53,7 @@ def main() -> None:
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    teacher = teacher_run(runs)
+    teacher = teachers(runs, seeds=5)
     sets = ["env_steps_per_task=32000", "log_every=20", *args.set]
     auc, final, gap, run_dirs = {}, {}, {}, {}
     for name, section in SETTINGS.items():
@@ -92,8 +78,7 @@ def main() -> None:
         )
         run_dirs[name] = run_dir
         print(name, f"auc {auc[name].mean():.3f} final {final[name].mean():.3f}", flush=True)
-    auc_ci = interval_estimates(auc, iqm)
-    final_ci = interval_estimates(final, iqm)
+    auc_ci, final_ci = iqm_with_ci(auc), iqm_with_ci(final)  # (IQM, low, high) per setting
     lines = [
         "| setting | IQM return over the run (AUC) [95% CI] | IQM final return [95% CI] "
         "| final gap to teacher |",
@@ -105,18 +90,18 @@ def main() -> None:
         rows.append(
             {
                 "setting": name,
-                "auc_iqm": float(a.point[0]),
-                "auc_low": float(a.low[0]),
-                "auc_high": float(a.high[0]),
-                "final_iqm": float(f.point[0]),
-                "final_low": float(f.low[0]),
-                "final_high": float(f.high[0]),
+                "auc_iqm": a[0],
+                "auc_low": a[1],
+                "auc_high": a[2],
+                "final_iqm": f[0],
+                "final_low": f[1],
+                "final_high": f[2],
                 "gap_to_teacher": gap[name],
             }
         )
         lines.append(
-            f"| {name} | {a.point[0]:.3f} [{a.low[0]:.3f}, {a.high[0]:.3f}] "
-            f"| {f.point[0]:.3f} [{f.low[0]:.3f}, {f.high[0]:.3f}] | {gap[name]:.3f} |"
+            f"| {name} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
+            f"| {f[0]:.3f} [{f[1]:.3f}, {f[2]:.3f}] | {gap[name]:.3f} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     summary = {"rows": rows, "seeds": args.seeds, "sets": sets}
