@@ -180,6 +180,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         )
         run_dir = Path(args.out) if args.out else _default_run_dir(f"distill-{config.distill.loss}")
         check_run_dir(run_dir, resume=False)
+    if config.env.name != "two_room":  # the games: actors, Reverb and a learner
+        summary = _launch_student(config, run_dir, resume=args.resume is not None)
+        if isinstance(summary, int):
+            return summary
+        _print_student(summary)
+        print(f"learner steps: {summary['learner_steps']}; curves: {run_dir / 'curves.png'}")
+        return 0
     from distral.envs.two_room import LayoutError
 
     try:
@@ -200,16 +207,47 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if isinstance(result, int):
         return result
-    _print_summary(result.summary)
-    s = result.summary
-    print("task  student  teacher")
-    for name, a, b in zip(
-        s["tasks"], s["student_returns_per_task"], s["teacher_returns_per_task"], strict=True
-    ):
-        print(f"{name}  {a:.3f}  {b:.3f}")
-    print(f"student parameters {s['student_params']:,}, teachers' {s['teacher_params']:,}")
+    _print_student(result.summary)
     print(f"curves: {result.run_dir / 'curves.png'}")
     return 0
+
+
+def _launch_student(config: Any, run_dir: Path, *, resume: bool) -> dict | int:
+    """`distral distill` on the games: `distral launch`'s processes (local) with the
+    student's actors; its summary, or the exit code of a failed or stopped run."""
+    from distral.distributed.launch import LaunchError, launch
+
+    d = config.distributed
+    print(
+        f"distral distill: {config.distill.loss} from {len(config.distill.teachers)} teacher "
+        f"run(s), seed {config.seeds[0]}, {d.actors_per_task} actor(s) per task, run "
+        f"directory {run_dir}",
+        flush=True,
+    )
+    try:
+        return launch(config, run_dir, resume=resume)
+    except LaunchError as e:
+        print(f"distral distill: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"stopped; resume with: distral distill --resume {run_dir}", file=sys.stderr)
+        return 130
+
+
+def _print_student(summary: dict) -> None:
+    """The run's summary, then the student's and the teachers' returns per task."""
+    _print_summary(summary)
+    print("task  student  teacher")
+    for name, a, b in zip(
+        summary["tasks"],
+        summary["student_returns_per_task"],
+        summary["teacher_returns_per_task"],
+        strict=True,
+    ):
+        print(f"{name}  {a:.3f}  {b:.3f}")
+    print(
+        f"student parameters {summary['student_params']:,}, teachers' {summary['teacher_params']:,}"
+    )
 
 
 def _timestamp() -> str:
@@ -289,8 +327,8 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
     import threading
 
     from distral.config import load_config
+    from distral.distill import experiment_and_teachers
     from distral.distributed.launch import check_port_free
-    from distral.experiment import make_experiment
 
     config = load_config(args.config, args.set)
     if not 1 <= args.port < 65536:
@@ -299,7 +337,9 @@ def _cmd_replay_server(args: argparse.Namespace) -> int:
     from distral.distributed import replay
     from distral.distributed.replay import make_replay_tables
 
-    server = replay.start_server(make_replay_tables(make_experiment(config)), port=args.port)
+    # A student's tables hold its teachers' features: their sizes come from their runs.
+    experiment, _ = experiment_and_teachers(config)
+    server = replay.start_server(make_replay_tables(experiment), port=args.port)
     print(
         f"distral replay-server: listening on port {server.port} (all interfaces, no "
         f"authentication: keep it on a private network). Use it with "
@@ -343,13 +383,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from distral.compare import compare, default_grid, parse_grid
-    from distral.config import read_yaml
+    from distral.config import load_config, read_yaml
 
     read_yaml(args.config)  # a missing or broken CONFIG is reported before anything else
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     grid = None
     if args.grid is not None:
         if args.grid == "default":
+            if load_config(args.config, args.set).algorithm == "distill":
+                _fail("--grid alone is Distral's beta x learning-rate grid: a distill config "
+                      "needs its settings, e.g. --grid distill.loss=nll,mse,kl")  # fmt: skip
             grid = default_grid(args.config, args.set)
         else:
             grid = parse_grid(args.grid)
@@ -362,7 +405,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     specs = plan(args.config, args.set, variants, args.seeds, grid, args.mode, out)
     check_out(specs, args.mode)
     print(
-        f"distral compare: {len(variants)} variant(s) x {args.seeds} seeds, "
+        f"distral compare: {len({s.variant for s in specs})} method(s) x {args.seeds} seeds, "
         f"{len(specs)} setting(s), mode {args.mode}, output {out}",
         flush=True,
     )

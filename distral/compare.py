@@ -135,6 +135,13 @@ def plan(
         raise CompareError(f"--mode {mode!r}; valid: train, launch")
     if seeds < 1:
         raise CompareError(f"--seeds {seeds} must be >= 1")
+    if load_config(config_path, sets).algorithm == "distill":
+        if list(variants) != list(VARIANTS):
+            raise CompareError(
+                "--variants names Distral variants; a distill config compares the settings "
+                "of its --grid (e.g. --grid distill.loss=nll,mse,kl)"
+            )
+        return _plan_students(config_path, sets, seeds, grid or {}, mode, out)
     for name in variants:
         get_variant(name)  # VariantError names the bad one
     if len(set(variants)) != len(variants):
@@ -159,6 +166,39 @@ def plan(
                     f"--mode train needs a pure-JAX environment; {spec.config.env.name!r} "
                     "runs with --mode launch"
                 )
+    return specs
+
+
+def _plan_students(
+    config_path: str | Path,
+    sets: Sequence[str],
+    seeds: int,
+    grid: dict[str, list[Any]],
+    mode: str,
+    out: Path,
+) -> list[RunSpec]:
+    """A distillation config: each grid setting is a method of its own (a table row named
+    by its setting), run by `distral distill`'s runner (two_room, --mode train) or through
+    `distral launch` (the games, --mode launch), into OUT/runs/distill/SETTING[/seedK].
+    Teacher paths become absolute, as `distral distill` makes them."""
+    specs = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values, strict=True))
+        config = load_config(
+            config_path, [*sets, *_as_sets(setting)], {"seeds": list(range(seeds))}
+        )
+        teachers = tuple(str(Path(t).absolute()) for t in config.distill.teachers)
+        config = dataclasses.replace(
+            config, distill=dataclasses.replace(config.distill, teachers=teachers)
+        )
+        if (mode == "train") != (config.env.name == "two_room"):
+            raise CompareError(
+                f"a distill config on {config.env.name!r} compares with --mode "
+                f"{'train' if config.env.name == 'two_room' else 'launch'}"
+            )
+        base = out / "runs" / "distill" / setting_tag(setting)
+        dirs = (base,) if mode == "train" else tuple(base / f"seed{s}" for s in range(seeds))
+        specs.append(RunSpec(setting_tag(setting), setting, config, dirs))
     return specs
 
 
@@ -216,9 +256,10 @@ def execute(
             print(f"compare: {label}: {'resuming' if state == 'resume' else 'running'}", flush=True)
             start = time.perf_counter()
             if mode == "train":
-                from distral.train import run
+                from distral import distill, train
 
-                run(spec.config, run_dir, resume=state == "resume", progress=progress)
+                runner = distill if spec.config.algorithm == "distill" else train
+                runner.run(spec.config, run_dir, resume=state == "resume", progress=progress)
             else:
                 from distral.distributed.launch import launch
 

@@ -1,4 +1,4 @@
-"""`distral distill`: a multitask student learns from finished runs, in one jit.
+"""`distral distill`: a multitask student learns from finished runs, in one jit (two_room).
 
 Policy Distillation (Rusu et al., 2016, arXiv:1511.06295) and Actor-Mimic (Parisotto et
 al., 2016, arXiv:1511.06342) on the pure-JAX two-room tasks. One compiled chunk repeats
@@ -15,6 +15,13 @@ KL from softmax(teacher / tau) to the student), checkpoints whose `runner/train/
 are the student network's (so `rundir.load_run` reads it and a student can teach in its
 turn), curves.png and summary.json with per-task student and teacher returns and the
 parameter counts.
+
+On the games (MinAtar, Atari) `distral distill` runs `distral launch`'s processes instead:
+each actor holds the student's head for its task and that task's teacher (`actor_policy`)
+and writes every state with the teacher's labels into its task's Reverb table; the
+learner takes `batch_per_task` samples of every task per step
+(`distral.distributed.replay.TeacherSampler`) and evaluates student and teachers
+(`experiment_and_teachers` builds what each process needs).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from distral.config import ConfigError, TrainConfig
 from distral.core import distillation
 from distral.envs import two_room
 from distral.evaluator import evaluation_key, policy_returns_fn
-from distral.experiment import make_experiment
+from distral.experiment import Experiment, make_experiment
 from distral.guard import NanGuard
 from distral.progress import Progress
 from distral.teachers import Teacher, load_teachers, num_params, total_params
@@ -64,6 +71,59 @@ class DistillRunner(NamedTuple):
     key: Array
 
 
+def student_experiment(experiment: Experiment, teachers: Sequence[Teacher]) -> Experiment:
+    """`experiment` (of `algorithm: distill`) with its learner told the teachers' feature
+    sizes, which size Actor-Mimic's regression heads f_i."""
+    learner = dataclasses.replace(
+        experiment.parts.learner_config, feature_dims=tuple(t.feature_dim for t in teachers)
+    )
+    return dataclasses.replace(experiment, parts=experiment.parts._replace(learner_config=learner))
+
+
+def feature_size(learner: distillation.LearnerConfig) -> int:
+    """The width of the teacher features kept per sample: the largest teacher's with
+    feature regression, else 1 (a zero: nothing to regress)."""
+    return max(learner.feature_dims) if learner.loss.uses_features else 1
+
+
+def labels(
+    teacher: Teacher, params: Any, obs: Array, learner: distillation.LearnerConfig
+) -> tuple[Array, Array]:
+    """Teacher outputs [B, A] and features [B, `feature_size`] of observations [B, ...]:
+    the features zero-padded to the largest teacher's, or one zero without feature
+    regression."""
+    outputs, features = teacher.apply(params, obs)
+    if not learner.loss.uses_features:
+        return outputs, jnp.zeros((*outputs.shape[:-1], 1))
+    return outputs, jnp.pad(features, ((0, 0), (0, feature_size(learner) - features.shape[-1])))
+
+
+def actor_policy(experiment: Experiment, teacher: Teacher) -> Any:
+    """The distributed actor's policy for `teacher`'s task (`distral.distributed.actor.
+    Policy`): the behaviour (`distill.behaviour`: the student's head for the task, the
+    teacher, or a per-step mixture) picks the actions; every state goes out with the
+    teacher's outputs and (padded) features. The student's parameters are the actor's
+    one-task slice (`network.task_params`), so its head is head 0."""
+    network = experiment.network
+    settings = experiment.config.distill
+    learner = experiment.parts.learner_config
+
+    @jax.jit
+    def act(student: Any, teacher_params: Any, obs: Array, key: Array) -> tuple[Array, dict]:
+        k_act, k_mix = jax.random.split(key)
+        outputs, features = labels(teacher, teacher_params, obs, learner)
+        logits = outputs
+        if settings.behaviour != "teacher":
+            logits = network.apply_task(student, obs, jnp.zeros((), jnp.int32)).logits
+            if settings.behaviour == "mixture":
+                use_teacher = jax.random.bernoulli(k_mix, settings.teacher_prob, logits.shape[:1])
+                logits = jnp.where(use_teacher[:, None], outputs, logits)
+        action = jax.random.categorical(k_act, logits)
+        return action, {"teacher_outputs": outputs, "teacher_features": features}
+
+    return lambda params, obs, key: act(params, teacher.params, obs, key)
+
+
 class Distiller:
     """Builds the jitted programs of one `algorithm: distill` configuration."""
 
@@ -75,8 +135,9 @@ class Distiller:
             )
         if config.env.name != "two_room":
             raise ConfigError(
-                f"distral distill runs pure-JAX environments (two_room); env.name="
-                f"{config.env.name!r} is not one yet"
+                f"the one-program student runs the pure-JAX two_room; env.name="
+                f"{config.env.name!r} runs through distral launch's processes "
+                "(distral distill does that for the games)"
             )
         per_rollout = config.num_envs_per_task * config.unroll_length
         if config.distill.replay_per_task < per_rollout:
@@ -95,12 +156,8 @@ class Distiller:
             teachers = load_teachers(self.settings.teachers, experiment, self.settings.teacher_seed)
         self.teachers = tuple(teachers)
         self.teacher_params = tuple(t.params for t in self.teachers)
-        learner = dataclasses.replace(
-            experiment.parts.learner_config, feature_dims=tuple(t.feature_dim for t in teachers)
-        )
-        self.parts = experiment.parts._replace(learner_config=learner)
-        self.uses_features = learner.loss.uses_features
-        self.feature_size = max(learner.feature_dims) if self.uses_features else 1
+        self.parts = student_experiment(experiment, self.teachers).parts
+        self.feature_size = feature_size(self.parts.learner_config)
         self._returns = policy_returns_fn(
             self.env_params, config.eval_episodes_per_task, config.env.step_limit
         )
@@ -133,12 +190,8 @@ class Distiller:
         """(outputs [N, E, A], features [N, E, D_max]): teacher i labels row i."""
         outputs, features = [], []
         for i, (teacher, params) in enumerate(zip(self.teachers, teacher_params, strict=True)):
-            out, feat = teacher.apply(params, obs[i])
+            out, feat = labels(teacher, params, obs[i], self.parts.learner_config)
             outputs.append(out)
-            if self.uses_features:
-                feat = jnp.pad(feat, ((0, 0), (0, self.feature_size - feat.shape[-1])))
-            else:
-                feat = jnp.zeros((*out.shape[:-1], 1))
             features.append(feat)
         return jnp.stack(outputs), jnp.stack(features)
 
@@ -406,11 +459,36 @@ def _summary(
         distiller.experiment.task_names,
         seeds=list(config.seeds),
         wall_seconds=round(wall, 2),
-        loss=config.distill.loss,
-        student_returns_per_task=[float(x) for x in student],
-        teacher_returns_per_task=[float(x) for x in teacher],
-        worst_gap_to_teacher=float(np.max(teacher - student)),
-        student_params=distiller.student_params,
-        teacher_params=distiller.teacher_params_total,
-        teachers=[t.source for t in distiller.teachers],
+        **student_fields(config, student, teacher, distiller.student_params, distiller.teachers),
     )
+
+
+def student_fields(
+    config: TrainConfig,
+    student: np.ndarray,
+    teacher: np.ndarray,
+    student_params: int,
+    teachers: Sequence[Teacher],
+) -> dict[str, Any]:
+    """A student's summary.json entries (both runners): per-task student and teacher
+    returns of the final evaluation, the worst gap, and the parameter counts."""
+    return {
+        "loss": config.distill.loss,
+        "student_returns_per_task": [float(x) for x in student],
+        "teacher_returns_per_task": [float(x) for x in teacher],
+        "worst_gap_to_teacher": float(np.max(teacher - student)),
+        "student_params": student_params,
+        "teacher_params": total_params(teachers),
+        "teachers": [t.source for t in teachers],
+    }
+
+
+def experiment_and_teachers(config: TrainConfig) -> tuple[Experiment, tuple[Teacher, ...] | None]:
+    """What each process of a distributed run builds: the experiment, and for a
+    distillation student its teachers (read from their runs; their feature sizes told to
+    the learner). Other families have no teachers (None)."""
+    experiment = make_experiment(config)
+    if config.algorithm != "distill":
+        return experiment, None
+    teachers = load_teachers(config.distill.teachers, experiment, config.distill.teacher_seed)
+    return student_experiment(experiment, teachers), teachers

@@ -10,7 +10,7 @@ evaluates exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -104,9 +104,10 @@ class GameEvaluator:
     """The evaluator of the game environments (MinAtar, Atari): dm_env episodes in Python.
 
     Each task keeps `episodes` environments; an evaluation resets them, runs pi_i (then
-    pi_0) on all of them in lockstep (one jitted action selection per step) until every
-    episode ended or the step limit, and returns the mean return per task. It runs in the
-    learner process and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
+    pi_0, or with `teachers` each task's teacher: a distillation student's run) on all of
+    them in lockstep (one jitted action selection per step) until every episode ended or
+    the step limit, and returns the mean return per task. It runs in the learner process
+    and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class GameEvaluator:
         episodes: int,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
+        teachers: Sequence[Any] | None = None,
     ) -> None:
         from distral.core import acting
 
@@ -127,19 +129,28 @@ class GameEvaluator:
             for task in range(experiment.num_tasks)
         ]  # fmt: skip
         self._select = {False: acting.select_action, True: acting.select_action_pi0}
+        self._teachers = None if teachers is None else [_teacher_policy(t) for t in teachers]
 
-    def _returns(self, params: Any, key: Array, use_pi0: bool) -> np.ndarray:
-        network = self._experiment.network
+    def _network(self, params: Any, use_pi0: bool) -> Callable[[int], _Act]:
+        """Task -> (obs, key) -> actions of pi_i or pi_0, on the task's column alone."""
+        network, select = self._experiment.network, self._select[use_pi0]
+
+        def for_task(task: int) -> _Act:
+            column = network.task_params(params, task)
+            return lambda obs, key: select(column, obs, np.int32(0), key, network=network)[0]
+
+        return for_task
+
+    def _returns(self, policy: Callable[[int], _Act], key: Array) -> np.ndarray:
         out = np.zeros(self._experiment.num_tasks)
         for task, envs in enumerate(self._envs):
             obs = np.stack([np.asarray(env.reset().observation) for env in envs])
-            column = network.task_params(params, task)  # this task's column alone
+            act = policy(task)
             total = np.zeros(len(envs))
             alive = np.ones(len(envs), bool)
             for _ in range(self._limit):
                 key, sub = jax.random.split(key)
-                action, _ = self._select[use_pi0](column, obs, np.int32(0), sub, network=network)
-                action = np.asarray(action)
+                action = np.asarray(act(obs, sub))
                 for e, env in enumerate(envs):
                     if not alive[e]:
                         continue
@@ -155,12 +166,26 @@ class GameEvaluator:
         return out
 
     def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`."""
+        """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`; with
+        teachers, (the student's returns, the teachers')."""
         k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
-        pi_i = self._returns(params, k_i, use_pi0=False)
+        pi_i = self._returns(self._network(params, use_pi0=False), k_i)
+        if self._teachers is not None:
+            return pi_i, self._returns(self._teachers.__getitem__, k_0)
         if not self._experiment.has_pi0:
             return pi_i, np.full_like(pi_i, np.nan)
-        return pi_i, self._returns(params, k_0, use_pi0=True)
+        return pi_i, self._returns(self._network(params, use_pi0=True), k_0)
+
+
+_Act = Callable[[np.ndarray, Array], Array]  # (observations [B, ...], key) -> actions [B]
+
+
+def _teacher_policy(teacher: Any) -> _Act:
+    """A teacher's sampled actions (softmax of its outputs), jitted once."""
+    sample = jax.jit(
+        lambda params, obs, key: jax.random.categorical(key, teacher.apply(params, obs)[0])
+    )
+    return lambda obs, key: sample(teacher.params, obs, key)
 
 
 def make_evaluator(
@@ -168,12 +193,14 @@ def make_evaluator(
     episodes: int,
     seed: int,
     should_stop: Callable[[], bool] | None = None,
+    teachers: Sequence[Any] | None = None,
 ):
-    """The evaluator of a distributed run: jitted for two_room, dm_env episodes for games.
+    """The evaluator of a distributed run: jitted for two_room, dm_env episodes for games
+    (where `teachers`, a distillation student's, take pi_0's place).
 
     A game evaluation gives up (NaN returns) as soon as `should_stop()` is true, so that a
     stop request is honoured within the launcher's 10 s; the two-room one takes ~0.1 s.
     """
     if experiment.config.env.name == "two_room":
         return Evaluator(experiment, episodes, seed)
-    return GameEvaluator(experiment, episodes, seed, should_stop)
+    return GameEvaluator(experiment, episodes, seed, should_stop, teachers)

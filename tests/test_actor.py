@@ -224,7 +224,9 @@ def make_actor(network, client, unroll_length, refresh_every, writer=None, refre
         TASK,
         network,
         variables,
-        ReplayWriter(client, unroll_length) if writer is None else writer,
+        ReplayWriter(client, replay.UnrollWriter(client, unroll_length))
+        if writer is None
+        else writer,
         seed=0,
         first_fetch_timeout=30,
     )

@@ -254,7 +254,7 @@ def test_train_and_launch_refuse_the_distill_family():
     config = _config()
     with pytest.raises(cfg.ConfigError, match="distral train runs algorithm 'distral'"):
         Trainer(config)
-    with pytest.raises(cfg.ConfigError, match="distral launch runs algorithm 'distral'"):
+    with pytest.raises(cfg.ConfigError, match="on two_room runs in one jitted program"):
         preflight(config, backend="local", ray_address=None)
     with pytest.raises(cfg.ConfigError, match="distral distill runs algorithm 'distill'"):
         distill.Distiller(cfg.load_config(None))
@@ -270,3 +270,30 @@ def test_cli_teacher_flags_add_to_the_files_teachers(teacher_run, tmp_path):
     p = cli("distill", str(preset), "--teacher", str(teacher_run / "teacher"), "--out", str(out))
     assert p.returncode == 2 and "has two teachers" in p.stderr, p.stderr
     assert not out.exists()
+
+
+def test_cli_compare_runs_each_distillation_setting_as_a_method(teacher_run, tmp_path):
+    preset = tmp_path / "student.yaml"
+    teacher = str(teacher_run / "teacher")
+    preset.write_text(yaml.safe_dump({**SMALL, "distill": {"teachers": [teacher]}}))
+    out = tmp_path / "compare"
+    args = ["compare", str(preset), "--seeds", "2", "--out", str(out), "--quiet"]
+    p = cli(*args, "--grid", "distill.loss=nll,kl")
+    assert p.returncode == 0, p.stderr
+    with open(out / "table.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"distill.loss=nll", "distill.loss=kl"}
+    assert all(r["seeds"] == "2" for r in rows.values())
+    for loss in ("nll", "kl"):
+        config = cfg.load_run_config(out / "runs" / "distill" / f"distill.loss={loss}")
+        assert config.distill.loss == loss and config.distill.teachers == (teacher,)
+        assert config.seeds == (0, 1)
+    p = cli(*args, "--grid", "distill.loss=nll,kl")  # a re-run skips what is finished
+    assert p.returncode == 0 and p.stdout.count("done, skipped") == 2, p.stdout
+    for extra, fragment in (
+        (["--variants", "a3c"], "a distill config compares the settings of its --grid"),
+        (["--grid"], "a distill config needs its settings, e.g. --grid distill.loss="),
+    ):
+        p = cli(*args, *extra)
+        lines = [x for x in p.stderr.splitlines() if x.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and fragment in lines[0], p.stderr

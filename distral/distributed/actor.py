@@ -30,6 +30,10 @@ from distral.envs.vector import VectorEnv
 
 _POLL_MS = 500  # how often a blocked actor looks at its stop event
 
+Policy = Callable[[Any, np.ndarray, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+"""(parameters held, observations [B, ...], key) -> (actions [B], what to write beside
+them): Distral's `behaviour_logits`, a distillation student's teacher labels."""
+
 
 def _identity(params: Any) -> Any:
     return params
@@ -139,14 +143,18 @@ def _wait(wait: Callable[[int | None], None], stop_event: threading.Event | None
 
 
 class ReplayWriter:
-    """An actor's writer to the Reverb server: unrolls of T+1 steps to `trajectories`
-    (`replay.UnrollWriter`) and finished episodes to `episodes`, sent with each unroll.
+    """An actor's writer to the Reverb server: its experience through `items` (unrolls of
+    T+1 steps to `trajectories`: `replay.UnrollWriter`; or one item per step to its task's
+    table: `replay.SampleWriter`) and finished episodes to `episodes`, sent with each item.
 
-    Back-pressure: while `trajectories` is full, `append` waits, looking at the stop event
-    every 0.5 s (an actor blocked inside Reverb could not see it otherwise)."""
+    Back-pressure: while the table refuses more (a full queue, a rate limiter), `append`
+    waits, looking at the stop event every 0.5 s (an actor blocked inside Reverb could not
+    see it otherwise)."""
 
-    def __init__(self, client: reverb.Client, unroll_length: int) -> None:
-        self._unrolls = replay.UnrollWriter(client, unroll_length)
+    def __init__(
+        self, client: reverb.Client, items: replay.UnrollWriter | replay.SampleWriter
+    ) -> None:
+        self._unrolls = items
         self._episodes = replay.EpisodeWriter(client)
 
     def append(self, step: dict[str, Any], stop_event: threading.Event | None) -> bool:
@@ -180,12 +188,14 @@ class ReplayWriter:
 class Actor:
     """Steps B environments of task `task_id` with pi_i and hands every step to `writer`.
 
-    Every vectorised step is (s_t, a_t, r_t, d_t, behaviour logits at s_t, task id, params
-    step): the layout of `learning.Batch`; each finished episode goes to the writer with
-    its undiscounted return and length. `variables` holds this task's column of the
-    published parameters (`network.task_params`, its `select`), so acting runs one task
-    column; each `run` first refreshes them (the first fetch waits up to
-    `first_fetch_timeout` s for the learner to publish).
+    Every vectorised step is (s_t, a_t, r_t, d_t, task id, params step) and what `policy`
+    returns beside the action: by default pi_i's behaviour logits at s_t (the layout of
+    `learning.Batch`); a distillation student's policy returns its teacher's labels
+    (`distral.distill.actor_policy`). Each finished episode goes to the writer with its
+    undiscounted return and length. `variables` holds this task's column of the published
+    parameters (`network.task_params`, its `select`), so acting runs one task column; each
+    `run` first refreshes them (the first fetch waits up to `first_fetch_timeout` s for the
+    learner to publish).
     """
 
     def __init__(
@@ -198,6 +208,7 @@ class Actor:
         *,
         seed: int,
         first_fetch_timeout: float | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if not 0 <= task_id < network.num_tasks:
             raise ValueError(f"task_id {task_id} out of range: the network has {network.num_tasks}")
@@ -214,6 +225,7 @@ class Actor:
         self._first_fetch_timeout = first_fetch_timeout
         self._episodes = EpisodeStatistics(env.num_envs)
         self._column = np.int32(0)  # the index of this task in its sliced parameters
+        self._policy = policy or self._pi_i
         self._obs: np.ndarray | None = None  # s_t of the B envs between calls to run
         self._key = jax.random.PRNGKey(seed)
         self.num_steps = 0  # actor steps taken (each steps all B environments)
@@ -227,23 +239,27 @@ class Actor:
         """The learner step of the parameters acting now (-1: none fetched yet)."""
         return self._variables.step
 
+    def _pi_i(self, params: Any, obs: np.ndarray, key: jax.Array) -> tuple[Any, dict[str, Any]]:
+        """Distral's policy: pi_i's action and its logits (what V-trace corrects for)."""
+        action, logits = acting.select_action(params, obs, self._column, key, network=self._network)
+        return action, {"behaviour_logits": logits}
+
     def _step(self, stop_event: threading.Event | None) -> bool:
         """One actor step; False if asked to stop while the writer was blocked."""
         self._variables.update()
-        # ACT with pi_i at s_t, then STEP the environments (auto-reset).
+        # ACT at s_t, then STEP the environments (auto-reset).
         key, act_key = jax.random.split(self._key)
-        action, logits = acting.select_action(
-            self._variables.params, self._obs, self._column, act_key, network=self._network
-        )
-        action, logits = np.asarray(action), np.asarray(logits)
+        assert self._obs is not None  # `run` resets the environments first
+        action, extras = self._policy(self._variables.params, self._obs, act_key)
+        action = np.asarray(action)
         next_obs, reward, discount, done = self._env.step(action)
-        # WRITE s_t with a_t, r_t, d_t and the behaviour logits at s_t.
+        # WRITE s_t with a_t, r_t, d_t and the policy's extras at s_t.
         step = {
             "observation": self._obs,
             "action": action,
             "reward": reward,
             "discount": discount,
-            "behaviour_logits": logits,
+            **{name: np.asarray(x) for name, x in extras.items()},
             "task_id": np.int32(self._task_id),
             "params_step": np.int64(self.params_step),
         }

@@ -103,16 +103,52 @@ def check_reachable(address: str, what: str, timeout: float = 3.0) -> None:
         raise ConfigError(f"{what} {address!r} is unreachable: {e.strerror or e}") from None
 
 
+def check_distill(config: TrainConfig) -> None:
+    """A distillation student's launch: a game environment, replay sizes in whole items of
+    envs_per_actor samples, and teachers that can teach it (read here, before any process
+    starts: a bad one is a one-line error naming it)."""
+    from distral.distributed.replay import distill_replay
+
+    if config.env.name == "two_room":
+        raise ConfigError(
+            "algorithm 'distill' on two_room runs in one jitted program: use distral distill "
+            "(the distributed student is for the games, env.name minatar or atari)"
+        )
+    d, s = config.distributed, config.distill
+    for name, value in (
+        ("batch_per_task", s.batch_per_task),
+        ("replay_per_task", s.replay_per_task),
+    ):
+        if value % d.envs_per_actor:
+            raise ConfigError(
+                f"distill.{name}={value} is not a multiple of distributed.envs_per_actor="
+                f"{d.envs_per_actor} (replay items hold one actor step of its environments)"
+            )
+    sizes = distill_replay(config)
+    if sizes.max_items < sizes.min_items + sizes.items_per_update:
+        raise ConfigError(
+            f"distill.replay_per_task={s.replay_per_task} holds {sizes.max_items} items of "
+            f"{d.envs_per_actor} samples; the first sample needs {sizes.min_items} and a step "
+            f"{sizes.items_per_update} more: raise it"
+        )
+    from distral.distill import experiment_and_teachers
+
+    experiment_and_teachers(config)
+
+
 def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> int:
     """Checks a launch before anything starts; returns the number of tasks. It reads the
     tasks without building the algorithm: the launcher never imports rlax, whose
-    tensorflow_probability imports TensorFlow (seconds to load, seconds more at exit)."""
+    tensorflow_probability imports TensorFlow (seconds to load, seconds more at exit),
+    except for a distillation student, whose teachers are read here (`check_distill`)."""
     from distral.experiment import task_spec
 
-    if config.algorithm != "distral":
+    if config.algorithm == "distill":
+        check_distill(config)
+    elif config.algorithm != "distral":
         raise ConfigError(
-            f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral' "
-            "(distill runs with distral distill, on two_room)"
+            f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral' or "
+            "'distill' (on the games)"
         )
     if len(config.seeds) != 1:
         raise ConfigError(

@@ -26,15 +26,20 @@ from distral.collapse import CollapseMonitor
 from distral.config import TrainConfig
 from distral.core import learning
 from distral.core.algorithm import Algorithm, Parts
+from distral.distill import experiment_and_teachers
 from distral.distributed import replay
 from distral.evaluator import make_evaluator
-from distral.experiment import Experiment, make_experiment
+from distral.experiment import Experiment
 from distral.guard import NanGuard
 from distral.transfer import init_state_fn
 
 
 class Learner:
-    """Batches from Reverb -> `update_step` -> published parameters."""
+    """Batches from Reverb -> `update_step` -> published parameters.
+
+    `sampler` is the learner's side of the family's replay (`algorithm.replay_table`):
+    `replay.UnrollSampler` (the queue of unrolls) by default, `replay.TeacherSampler`
+    (per-task teacher samples) for `distill`."""
 
     def __init__(
         self,
@@ -47,6 +52,7 @@ class Learner:
         seed: int = 0,
         publish_every: int = 1,
         state: Any = None,
+        sampler: Any = None,
     ) -> None:
         if batch_size < 1 or publish_every < 1:
             raise ValueError(f"batch_size={batch_size}, publish_every={publish_every}: need >= 1")
@@ -54,8 +60,7 @@ class Learner:
         self._parts = parts
         self._num_tasks = parts.network.num_tasks
         self._client = client
-        self._sampler = replay.QueueSampler(client)
-        self._batch_size = batch_size
+        self.sampler = sampler or replay.UnrollSampler(client, self._num_tasks, batch_size)
         self._publish_every = publish_every
         self.state = state or algorithm.init_state(jax.random.PRNGKey(seed), parts, example_obs)
         self._frames = 0
@@ -72,32 +77,30 @@ class Learner:
         replay.publish_params(self._client, self.state.params, self.step)
 
     def update(self) -> dict[str, Any]:
-        """One learner step on `batch_size` unrolls from the queue (blocks until they exist)."""
+        """One learner step on a batch from the replay (blocks until it exists)."""
         t0 = time.perf_counter()
-        sampled = self._sampler.sample(self._batch_size)
+        batch, params_step, frames_per_task = self.sampler.sample()
         t_sampled = time.perf_counter()
-        lag = self.step - sampled.params_step
-        batch = jax.tree.map(np.asarray, sampled.batch)
+        lag = self.step - params_step
+        batch = jax.tree.map(np.asarray, batch)
         self.state, metrics = self._algorithm.update_step(self.state, batch, self._parts)
         metrics = jax.device_get(metrics)
         if self.step % self._publish_every == 0:
             self.publish()
         t_done = time.perf_counter()
-        T1, B = sampled.batch.action.shape
-        self._frames += (T1 - 1) * B
+        self._frames += int(np.sum(frames_per_task))
         self._updates += 1
         elapsed = t_done - self._t_start
         out: dict[str, Any] = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         out.update(
             learner_step=self.step,
-            frames_per_task=np.bincount(
-                sampled.batch.task_id, minlength=self._parts.network.num_tasks
-            )
-            * (T1 - 1),
+            frames_per_task=frames_per_task,
+            # the per-task metrics' weights: unrolls (distral) or samples (distill) per task
+            items_per_task=np.bincount(batch.task_id, minlength=self._num_tasks),
             **{k: np.asarray(v) for k, v in metrics.items() if k.endswith("_per_task")},
             parameter_lag_mean=float(np.mean(lag)),
             parameter_lag_max=int(np.max(lag)),
-            queue_size=float(replay.table_size(self._client, replay.TRAJECTORIES)),
+            queue_size=self.sampler.size(),
             sample_seconds=t_sampled - t0,
             update_seconds=t_done - t_sampled,
             updates_per_second=self._updates / elapsed if elapsed > 0 else 0.0,
@@ -120,10 +123,15 @@ DISTRIBUTED_COLUMNS = [
 
 def learner_budget(config: TrainConfig, num_tasks: int) -> int:
     """Learner steps of the run: `max_learner_steps`, or as many as consume the env-step
-    budget (env_steps_per_task x tasks frames) in batches of batch_size x B x T frames."""
+    budget (env_steps_per_task x tasks frames) in batches of batch_size x B x T frames.
+    A distillation student's step is matched with T actor steps of each of its task's
+    actors (`replay.distill_replay`): env_steps_per_task / (actors x B x T) steps."""
     d = config.distributed
     if d.max_learner_steps is not None:
         return d.max_learner_steps
+    if config.algorithm == "distill":
+        per_task = d.actors_per_task * d.envs_per_actor * config.unroll_length
+        return -(-config.env_steps_per_task // per_task)
     frames_per_step = d.batch_size * d.envs_per_actor * config.unroll_length
     return -(-config.env_steps_per_task * num_tasks // frames_per_step)
 
@@ -140,10 +148,10 @@ def checkpoint_parts(
 
 
 def metric_columns(experiment: Experiment) -> list[str]:
-    columns = (
-        rundir.metric_columns(experiment.num_tasks, experiment.algorithm.metrics)
-        + DISTRIBUTED_COLUMNS
-    )
+    scalars = list(experiment.algorithm.metrics)
+    if experiment.config.algorithm == "distill":  # the teachers' mean return, same episodes
+        scalars.append("teacher_eval_return")
+    columns = rundir.metric_columns(experiment.num_tasks, scalars) + DISTRIBUTED_COLUMNS
     if experiment.config.env.name == "atari":  # human-normalised scores (Mnih et al., 2015)
         columns += ["eval_hns", *(f"eval_hns_task_{i}" for i in range(experiment.num_tasks))]
     return columns
@@ -152,9 +160,9 @@ def metric_columns(experiment: Experiment) -> list[str]:
 class Window:
     """What happened since the last log row: update metrics, frames, lag and episodes."""
 
-    def __init__(self, num_tasks: int) -> None:
+    def __init__(self, num_tasks: int, per_task_metrics: Sequence[str]) -> None:
         self.sums: dict[str, float] = {}
-        self.task_sums = {name: np.zeros(num_tasks) for name in learning.PER_TASK_METRICS}
+        self.task_sums = {name: np.zeros(num_tasks) for name in per_task_metrics}
         self.task_unrolls = np.zeros(num_tasks)
         self.episode_sums = np.zeros(num_tasks)
         self.episode_counts = np.zeros(num_tasks)
@@ -168,7 +176,7 @@ class Window:
         for k, v in metrics.items():
             if isinstance(v, float):
                 self.sums[k] = self.sums.get(k, 0.0) + v
-        unrolls = metrics["unrolls_per_task"]
+        unrolls = metrics["items_per_task"]
         for name, total in self.task_sums.items():  # NaN (task absent) counts 0 unrolls
             total += np.nan_to_num(metrics[f"{name}_per_task"]) * unrolls
         self.task_unrolls += unrolls
@@ -236,9 +244,17 @@ def _stderr_line(line: str) -> None:
 class LearnerRun:
     """The learner process's run: the `Learner`, its evaluation, rows and checkpoints."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path, resume: bool, client: Any) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: Path,
+        resume: bool,
+        client: Any,
+        teachers: Sequence[Any] | None = None,
+    ) -> None:
         config = self.config = experiment.config
         self.experiment = experiment
+        self.teachers = teachers  # a distillation student's: evaluated beside it
         self.client = client
         self.seed = config.seeds[0]
         N = experiment.num_tasks
@@ -265,22 +281,36 @@ class LearnerRun:
             example_obs=experiment.example_obs,
             publish_every=d.publish_every,
             state=state,
+            sampler=self._sampler(),
         )
+        self.last_evaluation: tuple[np.ndarray, np.ndarray] | None = None
         self.monitor = CollapseMonitor(
             experiment.task_names,
             experiment.floor_returns,
             config.collapse_entropy,
             warn=_stderr_line,
         )
-        self.window = Window(N)
+        self.window = Window(N, experiment.algorithm.per_task_metrics)
         self.guard = NanGuard(config.halt_on_nan, _stderr_line)
         self.saved_at = self.log_step
         self.t0 = time.perf_counter()
         self.evaluate: Any = None  # set by `start_evaluator`
 
+    def _sampler(self) -> Any:
+        """The learner's side of the replay: per-task teacher samples for a student, else
+        the unroll queue (`Learner`'s default)."""
+        if self.experiment.algorithm.replay_table != "uniform":
+            return None
+        sizes = replay.distill_replay(self.config)
+        return replay.TeacherSampler(self.client, self.experiment.num_tasks, sizes.items_per_update)
+
     def start_evaluator(self, should_stop: Callable[[], bool]) -> None:
         self.evaluate = make_evaluator(
-            self.experiment, self.config.eval_episodes_per_task, self.seed, should_stop
+            self.experiment,
+            self.config.eval_episodes_per_task,
+            self.seed,
+            should_stop,
+            teachers=self.teachers,
         )
 
     def wall(self) -> float:
@@ -309,6 +339,12 @@ class LearnerRun:
         window.add_episodes(replay.drain_episodes(self.client))
         self.log_step += 1
         eval_step, pi_i, pi_0 = self.evaluation(final)
+        scalars = {k: window.mean(k) for k in window.sums if k in self.log.columns}
+        if self.teachers is not None:  # a student's row: the teachers' returns as a scalar
+            scalars["teacher_eval_return"] = rundir.nanmean(pi_0)
+            if np.all(np.isfinite(pi_i)):
+                self.last_evaluation = pi_i, pi_0
+            pi_0 = np.full_like(pi_0, math.nan)
         returns = window.returns()
         env_steps = int(self.frames_per_task.mean())
         head = {
@@ -323,19 +359,18 @@ class LearnerRun:
         tasks = rundir.TaskStats(
             returns, pi_i, pi_0, window.task_mean("kl"), window.task_mean("entropy")
         )
-        scalars = {k: window.mean(k) for k in window.sums if k in self.log.columns}
         row = rundir.metrics_row(
             head,
             tasks,
             scalars,
             optimal_return=float(self.experiment.optimal_returns.mean()),
             collapsed_tasks=self.monitor.check(self.seed, env_steps, tasks.entropy, returns),
-            has_kl=self.experiment.has_pi0,
+            has_kl=self.experiment.has_pi0 or self.teachers is not None,
         )
         if self.config.env.name == "atari":
             row.update(human_normalised_columns(self.experiment.task_names, pi_i))
         self.log.write([row])
-        self.window = Window(self.experiment.num_tasks)
+        self.window = Window(self.experiment.num_tasks, self.experiment.algorithm.per_task_metrics)
 
     def save(self) -> None:
         parts = checkpoint_parts(self.learner.state, self.frames_per_task, self.wall())
@@ -346,8 +381,7 @@ class LearnerRun:
         """Waits for a batch, updates, publishes; a log row every `log_every` steps."""
         config = self.config
         while self.learner.step < budget and not should_stop():
-            batch_size = config.distributed.batch_size
-            if not replay.wait_for_items(self.client, replay.TRAJECTORIES, batch_size, should_stop):
+            if not self.learner.sampler.wait(should_stop):
                 break
             metrics = self.learner.update()
             self.guard.check(f"learner step {self.learner.step}", metrics)
@@ -394,11 +428,11 @@ def learner_main(
     (budget or stop) it calls `request_stop()` first, so the actors wind down while it
     writes a last log row, a checkpoint and the summary.
     """
-    experiment = make_experiment(config)
+    experiment, teachers = experiment_and_teachers(config)
     budget = learner_budget(config, experiment.num_tasks)
     server, address, client = serve_replay(experiment, host)
     try:
-        run = LearnerRun(experiment, Path(run_dir), resume, client)
+        run = LearnerRun(experiment, Path(run_dir), resume, client, teachers)
         try:
             run.start_evaluator(should_stop)
             report(("ready", address, run.learner.step))
@@ -422,5 +456,17 @@ def learner_main(
         learner_budget=budget,
         actors_per_task=config.distributed.actors_per_task,
         reverb_address=address,
+        **({} if teachers is None else student_summary(run, teachers)),
     )
     return run.log.finish(summary, plot=run.learner.step >= budget)
+
+
+def student_summary(run: LearnerRun, teachers: Sequence[Any]) -> dict[str, Any]:
+    """A distillation student's summary entries, from its last complete evaluation."""
+    from distral.distill import student_fields
+    from distral.teachers import num_params
+
+    nan = np.full(run.experiment.num_tasks, math.nan)
+    student, teacher = run.last_evaluation or (nan, nan)
+    params = num_params(run.learner.state.params)
+    return student_fields(run.config, student, teacher, params, teachers)

@@ -15,6 +15,10 @@ back. The Reverb tables:
   learner; never rate-limited, so actors never block on it.
 - `evaluations`: the evaluator process's results (learner step of the parameters, pi_i
   and pi_0 mean returns per task), drained by the learner like `episodes`.
+- `teacher_samples_i` (a distillation student, `algorithm: distill`, instead of
+  `trajectories`): one table per task, uniform sampling, oldest removed first, each item
+  one actor step of B states with the task's teacher outputs and features; a
+  SampleToInsertRatio rate limiter holds the replay ratio (`distill_replay`).
 
 Step layout (that of `learning.Batch`): entry t holds s_t, the action a_t taken there, the
 reward r_t and discount d_t that followed, the behaviour logits at s_t, the task id and the
@@ -33,6 +37,7 @@ import reverb
 import tensorflow as tf
 from dm_env import specs
 
+from distral.core.distillation import Batch as DistillBatch
 from distral.core.learning import Batch
 
 TRAJECTORIES = "trajectories"
@@ -114,6 +119,13 @@ def make_tables(
     evaluation logs (`num_tasks` sizes the evaluations' per-task returns)."""
     if max_queue_size < 1:
         raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+    queue = reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature))
+    return [queue, *service_tables(variables_signature, num_tasks)]
+
+
+def service_tables(variables_signature: Any, num_tasks: int) -> list[reverb.Table]:
+    """The tables every run has beside its experience: the parameter slot and its step, the
+    episode and evaluation logs."""
 
     def slot(name: str, slot_signature: Any) -> reverb.Table:  # holds the latest insert
         return reverb.Table(
@@ -137,7 +149,6 @@ def make_tables(
         )
 
     return [
-        reverb.Table.queue(TRAJECTORIES, max_size=max_queue_size, signature=dict(signature)),
         slot(VARIABLES, variables_signature),
         slot(VARIABLES_STEP, [tf.TensorSpec([], tf.int64)]),
         log(EPISODES, EPISODE_SIGNATURE),
@@ -146,14 +157,21 @@ def make_tables(
 
 
 def make_replay_tables(experiment: Any) -> list:
-    """The Reverb tables of a configuration (signatures from its environment spec)."""
+    """The Reverb tables of a configuration (signatures from its environment spec): an
+    unroll queue (`algorithm.replay_table` "queue"), or one uniform table of teacher
+    samples per task ("uniform": `distill_tables`)."""
     config = experiment.config
     d = config.distributed
     obs_spec = experiment.observation_spec
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
+    if experiment.algorithm.replay_table == "uniform":
+        return [
+            *distill_tables(experiment),
+            *service_tables(variables_signature(params), experiment.num_tasks),
+        ]
     signature = unroll_signature(
         obs_spec, experiment.network.num_actions, config.unroll_length, d.envs_per_actor
     )
-    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
     return make_tables(
         signature,
         max_queue_size=d.queue_size,
@@ -177,8 +195,167 @@ def table_size(client: reverb.Client, table: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# TEACHER SAMPLES (algorithm: distill): one uniform table per task
+# ----------------------------------------------------------------------------------------
+
+
+def teacher_table(task_id: int) -> str:
+    """The table of task `task_id`'s teacher samples."""
+    return f"teacher_samples_{task_id}"
+
+
+def teacher_sample_signature(
+    obs_spec: specs.Array, num_actions: int, feature_size: int, num_envs: int
+) -> dict[str, tf.TensorSpec]:
+    """The spec of one teacher-sample item: one actor step of its B environments, each
+    state with its teacher's outputs and features (zero-padded to the largest teacher's;
+    one zero without feature regression), and the student's learner step that acted."""
+    if min(num_actions, feature_size, num_envs) < 1:
+        raise ValueError(
+            f"need num_actions, feature_size, num_envs >= 1, got "
+            f"{num_actions}, {feature_size}, {num_envs}"
+        )
+    b = num_envs
+    return {
+        "observation": tf.TensorSpec([b, *obs_spec.shape], tf.as_dtype(obs_spec.dtype)),
+        "teacher_outputs": tf.TensorSpec([b, num_actions], tf.float32),
+        "teacher_features": tf.TensorSpec([b, feature_size], tf.float32),
+        "params_step": tf.TensorSpec([], tf.int64),
+    }
+
+
+class DistillReplay(NamedTuple):
+    """The per-task replays of a distributed distillation, in items of B samples."""
+
+    items_per_update: int  # k: items of each task in one learner step (batch_per_task / B)
+    max_items: int  # items a task's table holds (replay_per_task / B), oldest removed first
+    samples_per_insert: float  # k / (actors_per_task x T): the learner's replay ratio
+    min_items: int  # items a table needs before its first sample: one update's inserts
+
+
+def distill_replay(config: Any) -> DistillReplay:
+    """The replay sizes of `config` (`algorithm: distill` under `distral launch`).
+
+    Each learner step takes `batch_per_task` samples from every task, and is matched with
+    `unroll_length` actor steps of every actor of the task (the replay ratio of `distral
+    distill` on two_room: a rollout of num_envs x unroll_length steps per update), which
+    a SampleToInsertRatio rate limiter holds: actors wait when ahead, the learner when it
+    is. Config checks made it divide: batch_per_task and replay_per_task by envs_per_actor.
+    """
+    d, s = config.distributed, config.distill
+    k = s.batch_per_task // d.envs_per_actor
+    inserts = d.actors_per_task * config.unroll_length
+    return DistillReplay(k, s.replay_per_task // d.envs_per_actor, k / inserts, max(k, inserts))
+
+
+def distill_tables(experiment: Any) -> list[reverb.Table]:
+    """One table per task: uniform sampling, the oldest item removed when full, and a
+    SampleToInsertRatio rate limiter (`distill_replay`) with a slack of 4 learner steps."""
+    config = experiment.config
+    sizes = distill_replay(config)
+    learner = experiment.parts.learner_config
+    feature_size = max(learner.feature_dims) if learner.loss.uses_features else 1
+    signature = teacher_sample_signature(
+        experiment.observation_spec,
+        experiment.network.num_actions,
+        feature_size,
+        config.distributed.envs_per_actor,
+    )
+    slack = 4.0 * sizes.items_per_update + 2.0 * max(1.0, sizes.samples_per_insert)
+    return [
+        reverb.Table(
+            name=teacher_table(i),
+            sampler=reverb.selectors.Uniform(),
+            remover=reverb.selectors.Fifo(),
+            max_size=sizes.max_items,
+            rate_limiter=reverb.rate_limiters.SampleToInsertRatio(
+                sizes.samples_per_insert, sizes.min_items, slack
+            ),
+            signature=signature,
+        )
+        for i in range(experiment.num_tasks)
+    ]
+
+
+class SampleWriter:
+    """Writes each appended actor step (B states with their teachers' labels) as one item
+    of its task's table. The same interface as `UnrollWriter`: a table whose rate limiter
+    holds the actor back makes `append` wait (`timeout_ms` bounds it:
+    reverb.errors.DeadlineExceededError; call `wait` again)."""
+
+    def __init__(
+        self,
+        client: reverb.Client,
+        task_id: int,
+        *,
+        signature: Mapping[str, tf.TensorSpec] | None = None,
+        max_in_flight_items: int = 1,
+    ) -> None:
+        self._table = teacher_table(task_id)
+        if signature is None:
+            signature = client.server_info()[self._table].signature
+            if signature is None:
+                raise ValueError(f"table {self._table!r} has no signature; pass `signature`")
+        self._specs = step_specs(signature, skip=0)
+        self._max_in_flight = max_in_flight_items
+        self._writer = client.trajectory_writer(num_keep_alive_refs=1)
+        self.num_items = 0
+
+    def append(self, step: Mapping[str, Any], *, timeout_ms: int | None = None) -> bool:
+        """Writes the step's fields of this table (others, e.g. the reward, are not
+        kept); returns True (every step is an item)."""
+        missing = set(self._specs) - set(step)
+        if missing:
+            raise ValueError(f"a step for {self._table!r} lacks the fields {sorted(missing)}")
+        fields = {k: step[k] for k in self._specs}
+        self._writer.append(checked_step(fields, self._specs, self._table))
+        trajectory = {k: self._writer.history[k][-1] for k in self._specs}
+        self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
+        self.num_items += 1
+        self.wait(timeout_ms=timeout_ms)
+        return True
+
+    def wait(self, timeout_ms: int | None = None) -> None:
+        self._writer.flush(block_until_num_items=self._max_in_flight, timeout_ms=timeout_ms)
+
+    def flush(self, timeout_ms: int | None = None) -> None:
+        self._writer.flush(timeout_ms=timeout_ms)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+# ----------------------------------------------------------------------------------------
 # WRITING UNROLLS
 # ----------------------------------------------------------------------------------------
+
+
+def step_specs(signature: Mapping[str, tf.TensorSpec], skip: int) -> dict[str, tuple]:
+    """{field: (shape, dtype)} of one appended step: an item's spec less its first `skip`
+    axes (1 for an unroll's time axis, 0 for a one-step item)."""
+    return {
+        k: (tuple(spec.shape.as_list()[skip:]), np.dtype(spec.dtype.as_numpy_dtype))
+        for k, spec in signature.items()
+    }
+
+
+def checked_step(
+    step: Mapping[str, Any], specs: Mapping[str, tuple], table: str
+) -> dict[str, np.ndarray]:
+    """The fields `specs` names, taken from `step` and cast; a missing field, a wrong shape
+    or an unsafe dtype is a ValueError naming the field and the table."""
+    if set(step) != set(specs):
+        raise ValueError(f"a step needs exactly the fields {sorted(specs)}, got {sorted(step)}")
+    out = {}
+    for name, (shape, dtype) in specs.items():
+        x = np.asarray(step[name])
+        if x.shape != shape or not np.can_cast(x.dtype, dtype, "same_kind"):
+            raise ValueError(
+                f"step field {name!r} has shape {x.shape} and dtype {x.dtype}; the "
+                f"{table!r} table expects shape {shape} and dtype {dtype} per step"
+            )
+        out[name] = x.astype(dtype, copy=False)
+    return out
 
 
 class UnrollWriter:
@@ -204,10 +381,7 @@ class UnrollWriter:
             signature = client.server_info()[TRAJECTORIES].signature
             if signature is None:
                 raise ValueError(f"table {TRAJECTORIES!r} has no signature; pass `signature`")
-        self._specs = {
-            k: (tuple(spec.shape.as_list()[1:]), np.dtype(spec.dtype.as_numpy_dtype))
-            for k, spec in signature.items()
-        }
+        self._specs = step_specs(signature, skip=1)
         steps = {spec.shape.as_list()[0] for spec in signature.values()}
         if steps != {unroll_length + 1}:
             raise ValueError(
@@ -220,25 +394,9 @@ class UnrollWriter:
         self._num_appends = 0
         self.num_items = 0
 
-    def _check(self, step: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if set(step) != set(self._specs):
-            raise ValueError(
-                f"a step needs exactly the fields {sorted(self._specs)}, got {sorted(step)}"
-            )
-        out = {}
-        for name, (shape, dtype) in self._specs.items():
-            x = np.asarray(step[name])
-            if x.shape != shape or not np.can_cast(x.dtype, dtype, "same_kind"):
-                raise ValueError(
-                    f"step field {name!r} has shape {x.shape} and dtype {x.dtype}; the "
-                    f"{TRAJECTORIES!r} table expects shape {shape} and dtype {dtype} per step"
-                )
-            out[name] = x.astype(dtype, copy=False)
-        return out
-
     def append(self, step: Mapping[str, Any], *, timeout_ms: int | None = None) -> bool:
         """Appends one vectorised step; returns True if it completed an unroll item."""
-        self._writer.append(self._check(step))
+        self._writer.append(checked_step(step, self._specs, TRAJECTORIES))
         self._num_appends += 1
         t = self.unroll_length
         if self._num_appends < t + 1 or (self._num_appends - 1) % t != 0:
@@ -480,9 +638,108 @@ class QueueSampler:
         return items_to_batch([next(self._samples).data for _ in range(batch_size)])
 
 
+class UnrollSampler:
+    """The learner's side of the unroll queue, with `TeacherSampler`'s interface:
+    `batch_size` unrolls per step."""
+
+    def __init__(self, client: reverb.Client, num_tasks: int, batch_size: int) -> None:
+        self._client = client
+        self._num_tasks = num_tasks
+        self._batch_size = batch_size
+        self._queue = QueueSampler(client)
+
+    def wait(self, should_stop: Any) -> bool:
+        """True once the queue holds a step's unrolls; False if `should_stop()` first."""
+        return wait_for_items(self._client, TRAJECTORIES, self._batch_size, should_stop)
+
+    def size(self) -> float:
+        return float(table_size(self._client, TRAJECTORIES))
+
+    def sample(self) -> tuple[Batch[np.ndarray], np.ndarray, np.ndarray]:
+        """(the batch, the oldest learner step of each unroll, env steps per task in it)."""
+        sampled = self._queue.sample(self._batch_size)
+        steps = sampled.batch.action.shape[0] - 1
+        unrolls = np.bincount(sampled.batch.task_id, minlength=self._num_tasks)
+        return sampled.batch, sampled.params_step, unrolls * steps
+
+
 def sample_batch(client: reverb.Client, batch_size: int) -> SampledBatch:
     """Takes `batch_size` unrolls from the queue (blocking until there are that many)."""
     samples = client.sample(
         TRAJECTORIES, num_samples=batch_size, emit_timesteps=False, unpack_as_table_signature=True
     )
     return items_to_batch([s.data for s in samples])
+
+
+def can_sample(info: Any, num_samples: int) -> bool:
+    """Whether a table's rate limiter lets `num_samples` more samples through now, plus the
+    one a long-lived sampler fetches ahead (Reverb's rule: the table holds at least
+    min_size_to_sample items, and inserts x samples_per_insert - samples stays >= min_diff
+    after them)."""
+    limiter = info.rate_limiter_info
+    if info.current_size < limiter.min_size_to_sample:
+        return False
+    inserted = limiter.insert_stats.completed * limiter.samples_per_insert
+    return inserted - limiter.sample_stats.completed - (num_samples + 1) >= limiter.min_diff
+
+
+class TeacherSampler:
+    """The learner's side of the per-task teacher-sample tables: each step takes
+    `items_per_update` items of every task (task-major: tasks interleaved evenly, as in
+    Rusu et al. and Parisotto et al.), through one long-lived sampler per table.
+
+    `wait` polls until every table's rate limiter lets a step's items through (Reverb's
+    Python sampler has no timeout: a learner blocked inside it could not see a stop).
+    """
+
+    def __init__(self, client: reverb.Client, num_tasks: int, items_per_update: int) -> None:
+        if num_tasks < 1 or items_per_update < 1:
+            raise ValueError(f"num_tasks={num_tasks}, items_per_update={items_per_update}")
+        self._client = client
+        self._tables = [teacher_table(i) for i in range(num_tasks)]
+        self._k = items_per_update
+        self._samples = [
+            client.sample(
+                t, num_samples=1 << 62, emit_timesteps=False, unpack_as_table_signature=True
+            )
+            for t in self._tables
+        ]
+        self._inserted = np.zeros(num_tasks, np.int64)  # items per table, as of the last step
+        self._info: Any = None
+
+    def wait(self, should_stop: Any, poll: float = 0.002) -> bool:
+        """True once every table can give a step's items; False if `should_stop()` first."""
+        while True:
+            self._info = self._client.server_info()
+            if all(can_sample(self._info[t], self._k) for t in self._tables):
+                return True
+            if should_stop():
+                return False
+            time.sleep(poll)
+
+    def size(self) -> float:
+        """Mean items per table (as of the last `wait`)."""
+        if self._info is None:
+            return 0.0
+        return float(np.mean([self._info[t].current_size for t in self._tables]))
+
+    def sample(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """(`distillation.Batch` of N x k x B samples, the student's learner step of each
+        item [N x k], env steps per task written since the previous step [N])."""
+        items = [[next(s).data for _ in range(self._k)] for s in self._samples]
+        flat = [item for task in items for item in task]
+
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([item[name] for item in flat], axis=0)
+
+        b = flat[0]["observation"].shape[0]
+        task_id = np.repeat(np.arange(len(items), dtype=np.int32), self._k * b)
+        batch = DistillBatch(
+            cat("observation"), cat("teacher_outputs"), cat("teacher_features"), task_id
+        )
+        params_step = np.array([int(item["params_step"]) for item in flat], np.int64)
+        inserted = np.array(
+            [self._info[t].rate_limiter_info.insert_stats.completed for t in self._tables], np.int64
+        )
+        frames, self._inserted = (inserted - self._inserted) * b, inserted
+        return batch, params_step, frames

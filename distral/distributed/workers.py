@@ -74,17 +74,28 @@ def actor_seed(seed: int, task_id: int, replica: int, attempt: int) -> int:
 def make_actor(
     config: TrainConfig, address: str, task_id: int, seed: int, *, writer: Any = None
 ) -> Any:
-    """The `Actor` of one slot: task `task_id`'s B environments, pi_i's column of the
+    """The `Actor` of one slot: task `task_id`'s B environments, its column of the
     parameters published on the server at `address`, and `writer` (None: a `ReplayWriter`
-    to that server; benchmarks/distributed.py passes one that drops everything)."""
+    to that server; benchmarks/distributed.py passes one that drops everything). A
+    distillation student's actor also holds its task's teacher and writes its labels."""
     import reverb
 
+    from distral.distill import actor_policy, experiment_and_teachers
+    from distral.distributed import replay
     from distral.distributed.actor import Actor, ReplayWriter, VariableClient
-    from distral.experiment import make_experiment
 
-    experiment = make_experiment(config)
+    experiment, teachers = experiment_and_teachers(config)
     d = config.distributed
     client = reverb.Client(address)
+    # A student acts with its task's teacher beside it, and writes that teacher's labels.
+    policy = None if teachers is None else actor_policy(experiment, teachers[task_id])
+    if writer is None:
+        items: Any = (
+            replay.UnrollWriter(client, config.unroll_length)
+            if policy is None
+            else replay.SampleWriter(client, task_id)
+        )
+        writer = ReplayWriter(client, items)
     variables = VariableClient(
         client,
         experiment.params_template(),
@@ -97,8 +108,9 @@ def make_actor(
         task_id,
         experiment.network,
         variables,
-        ReplayWriter(client, config.unroll_length) if writer is None else writer,
+        writer,
         seed=seed,
+        policy=policy,
     )
 
 
@@ -165,14 +177,16 @@ def evaluator_main(
     """
     import reverb
 
+    from distral.distill import experiment_and_teachers
     from distral.distributed import replay
     from distral.evaluator import make_evaluator
-    from distral.experiment import make_experiment
 
-    experiment = make_experiment(config)
+    experiment, teachers = experiment_and_teachers(config)  # a student's: in pi_0's place
     client = reverb.Client(address)
     source = replay.VariableSource(client, experiment.params_template())
-    evaluate = make_evaluator(experiment, config.eval_episodes_per_task, seed, should_stop)
+    evaluate = make_evaluator(
+        experiment, config.eval_episodes_per_task, seed, should_stop, teachers=teachers
+    )
     last: int | None = None
     while not should_stop():
         params, step = source.fetch(allow_stale=True)

@@ -1,0 +1,315 @@
+"""The distributed student (`algorithm: distill` on the games, through `distral launch`'s
+processes): the per-task teacher-sample tables and their rate limiter against hand-computed
+bounds, the learner's task-major batches, the actor's teacher labels, and `distral distill`
+on MinAtar end to end from a real `distral launch` teacher run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reverb
+from launching import ROOT, sets
+
+from distral import config as cfg
+from distral import distill, rundir, teachers
+from distral.distributed import replay
+from distral.distributed.actor import Actor, VariableClient
+from distral.experiment import make_experiment
+
+GAMES = ["breakout", "asterix"]
+
+
+def _config(**overrides):
+    """A 2-game student: items of B = 2 states, k = 2 items per game and step, T = 4 actor
+    steps per step: samples_per_insert 2 / 4 = 0.5, a first sample after 4 items."""
+    base = {
+        "algorithm": "distill",
+        "torso": "minatar_cnn",
+        "unroll_length": 4,
+        "env": {"name": "minatar", "games": GAMES},
+        "distributed": {"envs_per_actor": 2},
+        "distill": {"batch_per_task": 4, "replay_per_task": 100},
+    }
+    for key, value in overrides.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+    return cfg.load_config(None, overrides=base)
+
+
+def _step(experiment, task, t, b=2):
+    """Actor step t of game `task`: every observation cell and teacher output holds
+    100 * task + t, so a sampled row names its game and step."""
+    value = 100.0 * task + t
+    return {
+        "observation": np.full((b, *experiment.obs_shape), value, np.float32),
+        "teacher_outputs": np.full((b, experiment.network.num_actions), value, np.float32),
+        "teacher_features": np.zeros((b, 1), np.float32),
+        "params_step": np.int64(t),
+        "reward": np.zeros(b, np.float32),  # an actor's other fields are not kept
+    }
+
+
+@pytest.fixture
+def served():
+    experiment = make_experiment(_config())
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    yield experiment, client
+    server.stop()
+
+
+def test_replay_sizes_and_the_rate_limiters_bounds(served):
+    experiment, client = served
+    sizes = replay.distill_replay(experiment.config)
+    assert sizes == replay.DistillReplay(2, 50, 0.5, 4)
+    info = client.server_info()
+    assert sorted(k for k in info if k.startswith("teacher_samples_")) == [
+        "teacher_samples_0",
+        "teacher_samples_1",
+    ]
+    limiter = info["teacher_samples_0"].rate_limiter_info
+    # offset = 0.5 x 4 = 2; slack = 4 k + 2 max(1, 0.5) = 10
+    assert (limiter.min_diff, limiter.max_diff, info["teacher_samples_0"].max_size) == (-8, 12, 50)
+    writer = replay.SampleWriter(client, 0)
+    for t in range(3):
+        writer.append(_step(experiment, 0, t), timeout_ms=2000)
+    writer.flush()  # an append may leave one item in flight
+    assert not replay.can_sample(client.server_info()["teacher_samples_0"], 1)  # 3 < 4 items
+    writer.append(_step(experiment, 0, 3), timeout_ms=2000)
+    writer.flush()
+    info = client.server_info()["teacher_samples_0"]
+    # 4 x 0.5 - 0 samples - (k + 1 ahead) >= -8  <=>  k <= 9
+    assert replay.can_sample(info, 9) and not replay.can_sample(info, 10)
+    # Actors are held back at max_diff: n x 0.5 <= 12 lets 24 items in, then appends wait.
+    with pytest.raises(reverb.errors.DeadlineExceededError):
+        for t in range(4, 30):
+            writer.append(_step(experiment, 0, t), timeout_ms=300)
+    assert replay.table_size(client, "teacher_samples_0") == 24
+    writer.close()
+
+
+def test_samples_are_task_major_whole_items_with_the_frames_written(served):
+    experiment, client = served
+    writers = [replay.SampleWriter(client, task) for task in (0, 1)]
+    for task, writer in enumerate(writers):
+        for t in range(6):
+            writer.append(_step(experiment, task, t), timeout_ms=2000)
+        writer.flush()
+    sampler = replay.TeacherSampler(client, 2, items_per_update=2)
+    assert sampler.wait(lambda: False)
+    batch, params_step, frames = sampler.sample()
+    np.testing.assert_array_equal(batch.task_id, [0, 0, 0, 0, 1, 1, 1, 1])
+    values = batch.observation.reshape(8, -1)
+    assert (values == values[:, :1]).all()  # no row mixes two states
+    value = values[:, 0]
+    np.testing.assert_array_equal(value // 100, batch.task_id)  # each row from its game
+    np.testing.assert_array_equal(batch.teacher_outputs[:, 0], value)  # with its labels
+    np.testing.assert_array_equal(value[0::2], value[1::2])  # the B = 2 states of an item
+    np.testing.assert_array_equal(params_step, value[0::2] % 100)
+    np.testing.assert_array_equal(frames, [12, 12])  # 6 items of 2 states per game
+    assert sampler.size() == 6.0
+    writers[1].append(_step(experiment, 1, 6), timeout_ms=2000)
+    writers[1].flush()
+    assert sampler.wait(lambda: False)
+    np.testing.assert_array_equal(sampler.sample()[2], [0, 2])  # only what is new
+    for writer in writers:
+        writer.close()
+
+
+def test_a_step_missing_a_field_is_named():
+    experiment = make_experiment(_config())
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    try:
+        writer = replay.SampleWriter(client, 1)
+        step = _step(experiment, 1, 0)
+        del step["teacher_outputs"]
+        with pytest.raises(ValueError, match=r"'teacher_samples_1' lacks the fields \['teacher"):
+            writer.append(step)
+        step = _step(experiment, 1, 0, b=3)
+        with pytest.raises(ValueError, match=r"has shape \(3, .*'teacher_samples_1' table expects"):
+            writer.append(step)
+    finally:
+        server.stop()
+
+
+class _Record:
+    """An `ExperienceWriter` that keeps every step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def append(self, step, stop_event) -> bool:
+        self.steps.append(step)
+        return True
+
+    def episode(self, *args) -> None:
+        pass
+
+    def flush_unrolls(self, stop_event) -> None:
+        pass
+
+    def flush_episodes(self, stopping) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _teacher(experiment, dim):
+    """A hand-made teacher: logits favour action 2 by 30 nats; features = the first `dim`
+    observation cells (x 3)."""
+    bias = jnp.zeros(experiment.network.num_actions).at[2].set(30.0)
+
+    def apply(params, obs):
+        flat = obs.reshape(obs.shape[0], -1)
+        return jnp.broadcast_to(params["bias"], (obs.shape[0], bias.shape[0])), 3 * flat[:, :dim]
+
+    name = experiment.task_names[0]
+    return teachers.Teacher(name, "hand-made", {"bias": bias}, apply, "logits", 6, dim)
+
+
+@pytest.mark.parametrize(
+    ("distill_section", "all_twos"),
+    [
+        ({"behaviour": "teacher"}, True),
+        ({"behaviour": "mixture", "teacher_prob": 1.0}, True),
+        ({"behaviour": "student", "loss": "actor_mimic"}, False),
+    ],
+)
+def test_the_actor_acts_as_told_and_writes_its_teachers_labels(distill_section, all_twos):
+    experiment = make_experiment(_config(distill=distill_section))
+    hand_made = [_teacher(experiment, 3), _teacher(experiment, 5)]
+    experiment = distill.student_experiment(experiment, hand_made)
+    params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
+
+    class Fixed(VariableClient):  # the student's initial parameters, no server
+        def __init__(self) -> None:
+            self.params, self.step = experiment.network.task_params(params, 0), 7
+
+        def refresh(self, timeout=None) -> None:
+            pass
+
+        def update(self) -> None:
+            pass
+
+    record = _Record()
+    actor = Actor(
+        experiment.make_vector_env(0, 16, seed=0),
+        0,
+        experiment.network,
+        Fixed(),
+        record,
+        seed=0,
+        policy=distill.actor_policy(experiment, hand_made[0]),
+    )
+    actor.run(max_steps=4)
+    actions = np.concatenate([s["action"] for s in record.steps])
+    assert (actions == 2).all() == all_twos  # near-uniform student: 64 actions not all 2
+    for s in record.steps:
+        np.testing.assert_array_equal(s["teacher_outputs"][:, 2], 30.0)
+        flat = s["observation"].reshape(16, -1)
+        if distill_section.get("loss") == "actor_mimic":  # features padded to the widest
+            np.testing.assert_allclose(s["teacher_features"][:, :3], 3 * flat[:, :3])
+            np.testing.assert_array_equal(s["teacher_features"][:, 3:], 0.0)
+        else:
+            assert s["teacher_features"].shape == (16, 1) and not s["teacher_features"].any()
+        assert s["params_step"] == 7
+
+
+def test_launch_refuses_replays_not_in_whole_items():
+    from distral.distributed.launch import preflight
+
+    with pytest.raises(cfg.ConfigError, match=r"distill.batch_per_task=5 is not a multiple of"):
+        preflight(_config(distill={"batch_per_task": 5}), backend="local", ray_address=None)
+    with pytest.raises(cfg.ConfigError, match=r"replay_per_task=8 holds 4 items of 2 samples"):
+        preflight(_config(distill={"replay_per_task": 8}), backend="local", ray_address=None)
+
+
+# END TO END: a real teacher run, the student through distral distill's processes
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "distral.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+TINY = [
+    "env.max_steps=100",
+    "distributed.envs_per_actor=4",
+    "distributed.refresh_every=5",
+    "eval_episodes_per_task=2",
+    "checkpoint_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """An a3c `distral launch` run of the two games (one teaches both), 4 learner steps."""
+    root = tmp_path_factory.mktemp("minatar_teacher")
+    p = _cli(
+        "launch", str(ROOT / "experiments" / "minatar_5games.yaml"), "--variant", "a3c",
+        "--out", str(root / "teacher"), "--max-learner-steps", "4",
+        *sets([*TINY, f"env.games=[{','.join(GAMES)}]", "distributed.batch_size=2",
+               "log_every=2", "unroll_length=5"]),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return root / "teacher"
+
+
+def test_distral_distill_runs_a_minatar_student_through_the_processes(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    p = _cli(
+        "distill", str(ROOT / "experiments" / "minatar_distill.yaml"),
+        "--teacher", str(teacher_run), "--out", str(out),
+        *sets([*TINY, f"env.games=[{','.join(GAMES)}]", "distill.teachers=[]",
+               "distill.batch_per_task=8", "distill.replay_per_task=400", "unroll_length=5",
+               "log_every=5", "distributed.max_learner_steps=10"]),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "task  student  teacher" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 10 and summary["loss"] == "kl"
+    assert len(summary["student_returns_per_task"]) == len(summary["teacher_returns_per_task"]) == 2
+    assert all(math.isfinite(x) for x in summary["teacher_returns_per_task"])
+    assert summary["teachers"] == [f"{teacher_run}, task 0", f"{teacher_run}, task 1"]
+    # The rate limiter holds actors to T = 5 steps of B = 4 per learner step (20 frames a
+    # step: 200 after 10), within its slack: inserts x 0.4 - (10 k + 1) in [-8, 12], k = 2.
+    assert 120 <= summary["env_steps_per_task"] <= 330, summary["env_steps_per_task"]
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["updates"]) for r in rows] == [5, 10]
+    for r in rows:
+        assert math.isfinite(float(r["teacher_eval_return"]))
+        assert float(r["kl_task_0"]) >= 0 and math.isfinite(float(r["kl_task_1"]))
+        assert r["pi0_eval_return"] in ("", "nan")  # a student has no pi_0
+    # The student is itself a teacher: its checkpoint loads through the public API.
+    experiment = make_experiment(_config())
+    student = teachers.load_teachers([out], experiment)
+    loaded = rundir.load_run(out)
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.2, (3, *experiment.obs_shape))
+    obs = obs.astype(jnp.float32)
+    want = loaded.experiment.network.apply(loaded.params, obs, jnp.full(3, 1, jnp.int32)).logits
+    np.testing.assert_allclose(student[1].apply(student[1].params, obs)[0], want, rtol=1e-5)
+
+
+def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    p = _cli(
+        "distill", str(ROOT / "experiments" / "minatar_distill.yaml"),
+        "--teacher", str(teacher_run), "--out", str(out),
+        *sets(["env.games=[breakout,seaquest]", "distill.teachers=[]"]), timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "no teacher for task 'seaquest'" in lines[0], p.stderr
+    assert not out.exists()
