@@ -8,6 +8,7 @@ and reads the PIDs the launcher logs, so it can kill a child or check that none 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from launching import (
@@ -33,6 +36,8 @@ from launching import (
     port_free,
     sets,
 )
+
+from distral import rundir, teachers
 
 # ----------------------------------------------------------------------------------------
 # BAD INPUT: one line, exit code 2, nothing started or written
@@ -488,3 +493,88 @@ def test_ray_cpu_requests_fit_the_cluster():
     for cpus, slots in [(2.0, 3), (2.0, 9), (1.0, 2), (3.0, 17)]:
         learner, each = cpu_shares(cpus, slots)
         assert learner + slots * each <= cpus + 1e-9
+
+
+# ----------------------------------------------------------------------------------------
+# A DISTILLATION STUDENT: its actors hold their game's teacher (tests/test_distill_games.py)
+# ----------------------------------------------------------------------------------------
+
+
+def _distral(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "distral.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+GAMES = ["breakout", "asterix"]
+TINY = [
+    "env.max_steps=100",
+    "distributed.envs_per_actor=4",
+    "distributed.refresh_every=5",
+    "eval_episodes_per_task=2",
+    "checkpoint_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """An a3c `distral launch` run of the two games (one teaches both), 4 learner steps."""
+    root = tmp_path_factory.mktemp("minatar_teacher")
+    p = _distral(
+        "launch", str(ROOT / "experiments" / "minatar_5games.yaml"), "--variant", "a3c",
+        "--out", str(root / "teacher"), "--max-learner-steps", "4",
+        *sets([*TINY, f"env.games=[{','.join(GAMES)}]", "distributed.batch_size=2",
+               "log_every=2", "unroll_length=5"]),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return root / "teacher"
+
+
+def test_distral_distill_runs_a_minatar_student_through_the_processes(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    p = _distral(
+        "distill", str(ROOT / "experiments" / "minatar_distill.yaml"),
+        "--teacher", str(teacher_run), "--out", str(out),
+        *sets([*TINY, f"env.games=[{','.join(GAMES)}]", "distill.teachers=[]",
+               "distill.batch_per_task=8", "distill.replay_per_task=400", "unroll_length=5",
+               "log_every=5", "distributed.max_learner_steps=10"]),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "task  student  teacher" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 10 and summary["loss"] == "kl"
+    assert len(summary["student_returns_per_task"]) == len(summary["teacher_returns_per_task"]) == 2
+    assert all(math.isfinite(x) for x in summary["teacher_returns_per_task"])
+    assert summary["teachers"] == [f"{teacher_run}, task 0", f"{teacher_run}, task 1"]
+    # The rate limiter holds actors to T = 5 steps of B = 4 per learner step (20 frames a
+    # step: 200 after 10), within its slack: inserts x 0.4 - (10 k + 1) in [-8, 12], k = 2.
+    assert 120 <= summary["env_steps_per_task"] <= 330, summary["env_steps_per_task"]
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["updates"]) for r in rows] == [5, 10]
+    for r in rows:
+        assert math.isfinite(float(r["teacher_eval_return"]))
+        assert float(r["kl_task_0"]) >= 0 and math.isfinite(float(r["kl_task_1"]))
+        assert r["pi0_eval_return"] in ("", "nan")  # a student has no pi_0
+    # The student is itself a teacher: its checkpoint loads through the public API.
+    loaded = rundir.load_run(out)
+    experiment = loaded.experiment
+    student = teachers.load_teachers([out], experiment)
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.2, (3, *experiment.obs_shape))
+    obs = obs.astype(jnp.float32)
+    want = loaded.experiment.network.apply(loaded.params, obs, jnp.full(3, 1, jnp.int32)).logits
+    np.testing.assert_allclose(student[1].apply(student[1].params, obs)[0], want, rtol=1e-5)
+
+
+def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    p = _distral(
+        "distill", str(ROOT / "experiments" / "minatar_distill.yaml"),
+        "--teacher", str(teacher_run), "--out", str(out),
+        *sets(["env.games=[breakout,seaquest]", "distill.teachers=[]"]), timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "no teacher for task 'seaquest'" in lines[0], p.stderr
+    assert not out.exists()
