@@ -6,11 +6,15 @@ launch` teacher run, is in tests/test_launch.py (the tests that start processes)
 
 from __future__ import annotations
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import reverb
+import tensorflow as tf
+from dm_env import specs
 
 from distral import config as cfg
 from distral import distill, teachers
@@ -81,12 +85,58 @@ def test_replay_sizes_and_the_rate_limiters_bounds(served):
     info = client.server_info()["teacher_samples_0"]
     # 4 x 0.5 - 0 samples - (k + 1 ahead) >= -8  <=>  k <= 9
     assert replay.can_sample(info, 9) and not replay.can_sample(info, 10)
-    # Actors are held back at max_diff: n x 0.5 <= 12 lets 24 items in, then appends wait.
+    # Actors are held back at max_diff: n x 0.5 <= 12 lets 24 items in, then appends wait;
+    # the writer runs one item ahead, so the 26th append is the one that waits.
+    appended = 4
     with pytest.raises(reverb.errors.DeadlineExceededError):
         for t in range(4, 30):
-            writer.append(_step(experiment, 0, t), timeout_ms=300)
-    assert replay.table_size(client, "teacher_samples_0") == 24
+            assert writer.append(_step(experiment, 0, t), timeout_ms=300) is True
+            appended += 1
+    assert replay.table_size(client, "teacher_samples_0") == 24 and appended == 25
+    assert writer.num_items == 26  # the one that waits was created (the actor waits on it)
     writer.close()
+
+
+def test_item_layout_sizes_and_slack_with_features_and_a_high_replay_ratio():
+    """Integer item counts; an Atari-like uint8 observation stays uint8; Actor-Mimic's
+    features are as wide as the widest teacher's; and the slack at samples_per_insert 2:
+    k = 4 items (8 / 2), T = 2: spi 4 / 2 = 2, offset 2 x 4 = 8, slack 4 x 4 + 2 x 2 = 20."""
+    config = _config(unroll_length=2, distill={"batch_per_task": 8, "loss": "actor_mimic"})
+    sizes = replay.distill_replay(config)
+    assert sizes == replay.DistillReplay(4, 50, 2.0, 4)
+    assert all(type(n) is int for n in (sizes.items_per_update, sizes.max_items, sizes.min_items))
+    experiment = make_experiment(config)
+    experiment = distill.student_experiment(
+        experiment, [_teacher(experiment, 3), _teacher(experiment, 5)]
+    )
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    try:
+        info = reverb.Client(replay.server_address(server)).server_info()["teacher_samples_1"]
+        limiter = info.rate_limiter_info
+        assert (limiter.min_diff, limiter.max_diff) == (-12, 28)
+        assert info.signature["teacher_features"].shape.as_list() == [2, 5]
+        assert info.signature["params_step"].dtype == tf.int64
+    finally:
+        server.stop()
+    uint8 = specs.Array((84, 84, 4), np.uint8)
+    signature = replay.teacher_sample_signature(uint8, 18, 1, 8)
+    assert signature["observation"].dtype == tf.uint8
+    assert signature["observation"].shape.as_list() == [8, 84, 84, 4]
+    for bad in ((0, 1, 8), (18, 0, 8), (18, 1, 0)):
+        want = r"need num_actions, feature_size, num_envs >= 1, got " + ", ".join(map(str, bad))
+        with pytest.raises(ValueError, match=want):
+            replay.teacher_sample_signature(uint8, *bad)
+
+
+def test_a_table_without_a_signature_is_named():
+    table = reverb.Table.queue("teacher_samples_0", max_size=4)  # no signature
+    server = replay.start_server([table])
+    try:
+        client = reverb.Client(replay.server_address(server))
+        with pytest.raises(ValueError, match=r"'teacher_samples_0' has no signature; pass"):
+            replay.SampleWriter(client, 0)
+    finally:
+        server.stop()
 
 
 def test_samples_are_task_major_whole_items_with_the_frames_written(served):
@@ -97,9 +147,12 @@ def test_samples_are_task_major_whole_items_with_the_frames_written(served):
             writer.append(_step(experiment, task, t), timeout_ms=2000)
         writer.flush()
     sampler = replay.TeacherSampler(client, 2, items_per_update=2)
+    assert sampler.size() == 0.0  # nothing seen before the first wait
     assert sampler.wait(lambda: False)
     batch, params_step, frames = sampler.sample()
+    assert (batch.task_id.dtype, params_step.dtype, frames.dtype) == (np.int32, np.int64, np.int64)
     np.testing.assert_array_equal(batch.task_id, [0, 0, 0, 0, 1, 1, 1, 1])
+    assert batch.teacher_features.shape == (8, 1) and not batch.teacher_features.any()
     values = batch.observation.reshape(8, -1)
     assert (values == values[:, :1]).all()  # no row mixes two states
     value = values[:, 0]
@@ -115,6 +168,59 @@ def test_samples_are_task_major_whole_items_with_the_frames_written(served):
     np.testing.assert_array_equal(sampler.sample()[2], [0, 2])  # only what is new
     for writer in writers:
         writer.close()
+
+
+def test_the_sampler_sees_a_stop_and_checks_its_sizes(served):
+    _, client = served
+    for bad in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match=rf"num_tasks={bad[0]}, items_per_update={bad[1]}"):
+            replay.TeacherSampler(client, *bad)
+    sampler = replay.TeacherSampler(client, 1, 1)  # one task, one item: valid
+    calls = []
+
+    def stop_at_the_second_look() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    assert sampler.wait(stop_at_the_second_look) is False  # empty tables: never ready
+    assert len(calls) == 2  # it polled (and slept) once before the stop
+
+
+def test_can_sample_follows_reverbs_rule_on_known_counters():
+    """10 inserts x 0.5 - 3 samples - (k + 1) >= -2  <=>  k <= 3; a table under its
+    minimum size gives nothing."""
+    from types import SimpleNamespace as NS
+
+    def info(size, inserts, samples):
+        stats = NS(insert_stats=NS(completed=inserts), sample_stats=NS(completed=samples))
+        limiter = NS(min_size_to_sample=4, samples_per_insert=0.5, min_diff=-2, **vars(stats))
+        return NS(current_size=size, rate_limiter_info=limiter)
+
+    assert replay.can_sample(info(10, 10, 3), 3) and not replay.can_sample(info(10, 10, 3), 4)
+    assert replay.can_sample(info(4, 10, 3), 3) and not replay.can_sample(info(3, 10, 3), 1)
+
+
+def test_a_sample_writer_flush_gives_up_when_the_server_is_gone():
+    """An actor stopping flushes with a timeout: a gone server costs it that, no hang."""
+    experiment = make_experiment(_config())
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    writer = replay.SampleWriter(reverb.Client(replay.server_address(server)), 0)
+    writer.append(_step(experiment, 0, 0), timeout_ms=2000)
+    writer.flush(timeout_ms=2000)
+    server.stop()
+    errors = []
+
+    def flush():
+        writer.append(_step(experiment, 0, 1), timeout_ms=300)
+        try:
+            writer.flush(timeout_ms=300)
+        except reverb.errors.DeadlineExceededError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=flush, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and len(errors) == 1
 
 
 def test_a_step_missing_a_field_is_named():

@@ -128,6 +128,30 @@ def test_game_evaluator_walks_each_episode_to_its_own_end(variant):
         np.testing.assert_allclose(pi_0, want_0, rtol=1e-5)
     stopped = GameEvaluator(experiment, episodes, seed, should_stop=lambda: True)
     assert np.isnan(stopped(_deterministic_params(experiment), 1)[0]).all()
+    # A distillation student's evaluator: each task's teacher plays where pi_0 would (task
+    # 0's teacher goes right, task 1's left: neither is pi_0's nor pi_i's walk).
+    teacher_actions = [RIGHT, LEFT]
+    hand_made = [_teacher(experiment, i, a) for i, a in enumerate(teacher_actions)]
+    student, teacher = GameEvaluator(experiment, episodes, seed, teachers=hand_made)(
+        _deterministic_params(experiment), 1
+    )
+    np.testing.assert_allclose(student, pi_i, rtol=1e-6)
+    want = [expected(i, teacher_actions[i], 2) for i in range(2)]
+    np.testing.assert_allclose(teacher, want, rtol=1e-5)
+    assert want[1] != expected(1, PI_0_ACTION, 2)
+
+
+def _teacher(experiment, task, action):
+    """A teacher that always takes `action` (its logits favour it by 100 nats)."""
+    from distral.teachers import Teacher
+
+    logits = 100.0 * jax.nn.one_hot(action, experiment.network.num_actions)
+
+    def apply(params, obs):
+        return jnp.broadcast_to(params, (obs.shape[0], params.shape[0])), obs
+
+    name = experiment.task_names[task]
+    return Teacher(name, "hand-made", logits, apply, "logits", 4, experiment.obs_size)
 
 
 def test_evaluation_keys_are_pinned_per_seed_and_log_step():

@@ -725,7 +725,8 @@ class TeacherSampler:
 
     def sample(self) -> tuple[Any, np.ndarray, np.ndarray]:
         """(`distillation.Batch` of N x k x B samples, the student's learner step of each
-        item [N x k], env steps per task written since the previous step [N])."""
+        item [N x k], env steps per task written since the previous step [N]). Call it
+        after `wait` returned True: it samples what `wait` saw could be sampled."""
         items = [[next(s).data for _ in range(self._k)] for s in self._samples]
         flat = [item for task in items for item in task]
 
