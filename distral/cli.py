@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from distral import __version__
 from distral.config import ConfigError, Figure3Config, TrainConfig, describe_fields
@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         _fail(message)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"distral: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
@@ -215,8 +215,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _launch_student(config: Any, run_dir: Path, *, resume: bool) -> dict | int:
     """`distral distill` on the games: `distral launch`'s processes (local) with the
     student's actors; its summary, or the exit code of a failed or stopped run."""
-    from distral.distributed.launch import LaunchError, launch
-
     d = config.distributed
     print(
         f"distral distill: {config.distill.loss} from {len(config.distill.teachers)} teacher "
@@ -224,13 +222,24 @@ def _launch_student(config: Any, run_dir: Path, *, resume: bool) -> dict | int:
         f"directory {run_dir}",
         flush=True,
     )
+    return _launch_or_code("distill", config, run_dir, resume=resume)
+
+
+def _launch_or_code(command: str, config: Any, run_dir: Path, **kwargs: Any) -> dict | int:
+    """`launch.launch(config, run_dir, **kwargs)`'s summary, or the exit code of a run that
+    failed (1) or was stopped (130), with the line that says how to resume it."""
+    from distral.distributed.launch import LaunchError, launch
+    from distral.envs.two_room import LayoutError
+
     try:
-        return launch(config, run_dir, resume=resume)
+        return launch(config, run_dir, **kwargs)
+    except LayoutError as e:
+        _fail(str(e))
     except LaunchError as e:
-        print(f"distral distill: error: {e}", file=sys.stderr)
+        print(f"distral {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"stopped; resume with: distral distill --resume {run_dir}", file=sys.stderr)
+        print(f"stopped; resume with: distral {command} --resume {run_dir}", file=sys.stderr)
         return 130
 
 
@@ -292,31 +301,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     }
     seeds = [args.seed] if args.seed is not None else None
     config, run_dir = _config_and_run_dir(args, "launch", seeds, distributed)
-    from distral.distributed.launch import LaunchError, launch
-    from distral.envs.two_room import LayoutError
-
     d = config.distributed
     print(
         f"distral launch: {config.variant}, seed {config.seeds[0]}, backend {args.backend}, "
         f"{d.actors_per_task} actor(s) per task, run directory {run_dir}",
         flush=True,
     )
-    try:
-        summary = launch(
-            config,
-            run_dir,
-            resume=args.resume is not None,
-            backend=args.backend,
-            ray_address=args.ray_address,
-        )
-    except LayoutError as e:
-        _fail(str(e))
-    except LaunchError as e:
-        print(f"distral launch: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"stopped; resume with: distral launch --resume {run_dir}", file=sys.stderr)
-        return 130
+    summary = _launch_or_code(
+        "launch",
+        config,
+        run_dir,
+        resume=args.resume is not None,
+        backend=args.backend,
+        ray_address=args.ray_address,
+    )
+    if isinstance(summary, int):
+        return summary
     _print_summary(summary)
     print(f"learner steps: {summary['learner_steps']}; curves: {Path(run_dir) / 'curves.png'}")
     return 0

@@ -277,11 +277,55 @@ def distill_tables(experiment: Any) -> list[reverb.Table]:
     ]
 
 
-class SampleWriter:
+class ItemWriter:
+    """What the experience writers share: a trajectory writer on one table whose steps are
+    checked against the table's signature (less `skip` leading axes; the server's when
+    `signature` is None), the items created so far, and the back-pressure wait: after an
+    item is created the writer waits until at most `max_in_flight_items` items are
+    unconfirmed, so a table that refuses more blocks the actor; `timeout_ms` bounds that
+    wait (reverb.errors.DeadlineExceededError; the item stays pending, call `wait` again)."""
+
+    def __init__(
+        self,
+        client: reverb.Client,
+        table: str,
+        signature: Mapping[str, tf.TensorSpec] | None,
+        *,
+        skip: int,
+        max_in_flight_items: int,
+        keep_alive: int,
+    ) -> None:
+        if signature is None:
+            signature = client.server_info()[table].signature
+            if signature is None:
+                raise ValueError(f"table {table!r} has no signature; pass `signature`")
+        self._table = table
+        self._signature = signature
+        self._specs = step_specs(signature, skip=skip)
+        self._max_in_flight = max_in_flight_items
+        self._writer = client.trajectory_writer(num_keep_alive_refs=keep_alive)
+        self.num_items = 0
+
+    def _create(self, trajectory: Mapping[str, Any], timeout_ms: int | None) -> None:
+        self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
+        self.num_items += 1
+        self.wait(timeout_ms=timeout_ms)
+
+    def wait(self, timeout_ms: int | None = None) -> None:
+        """Blocks until at most `max_in_flight_items` items are unconfirmed by the server."""
+        self._writer.flush(block_until_num_items=self._max_in_flight, timeout_ms=timeout_ms)
+
+    def flush(self, timeout_ms: int | None = None) -> None:
+        """Blocks until every created item is in the table."""
+        self._writer.flush(timeout_ms=timeout_ms)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class SampleWriter(ItemWriter):
     """Writes each appended actor step (B states with their teachers' labels) as one item
-    of its task's table. The same interface as `UnrollWriter`: a table whose rate limiter
-    holds the actor back makes `append` wait (`timeout_ms` bounds it:
-    reverb.errors.DeadlineExceededError; call `wait` again)."""
+    of its task's table (`ItemWriter`'s wait: the table's rate limiter holds the actor)."""
 
     def __init__(
         self,
@@ -291,15 +335,14 @@ class SampleWriter:
         signature: Mapping[str, tf.TensorSpec] | None = None,
         max_in_flight_items: int = 1,
     ) -> None:
-        self._table = teacher_table(task_id)
-        if signature is None:
-            signature = client.server_info()[self._table].signature
-            if signature is None:
-                raise ValueError(f"table {self._table!r} has no signature; pass `signature`")
-        self._specs = step_specs(signature, skip=0)
-        self._max_in_flight = max_in_flight_items
-        self._writer = client.trajectory_writer(num_keep_alive_refs=1)
-        self.num_items = 0
+        super().__init__(
+            client,
+            teacher_table(task_id),
+            signature,
+            skip=0,
+            max_in_flight_items=max_in_flight_items,
+            keep_alive=1,
+        )
 
     def append(self, step: Mapping[str, Any], *, timeout_ms: int | None = None) -> bool:
         """Writes the step's fields of this table (others, e.g. the reward, are not
@@ -309,20 +352,8 @@ class SampleWriter:
             raise ValueError(f"a step for {self._table!r} lacks the fields {sorted(missing)}")
         fields = {k: step[k] for k in self._specs}
         self._writer.append(checked_step(fields, self._specs, self._table))
-        trajectory = {k: self._writer.history[k][-1] for k in self._specs}
-        self._writer.create_item(self._table, priority=1.0, trajectory=trajectory)
-        self.num_items += 1
-        self.wait(timeout_ms=timeout_ms)
+        self._create({k: self._writer.history[k][-1] for k in self._specs}, timeout_ms)
         return True
-
-    def wait(self, timeout_ms: int | None = None) -> None:
-        self._writer.flush(block_until_num_items=self._max_in_flight, timeout_ms=timeout_ms)
-
-    def flush(self, timeout_ms: int | None = None) -> None:
-        self._writer.flush(timeout_ms=timeout_ms)
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 # ----------------------------------------------------------------------------------------
@@ -358,15 +389,13 @@ def checked_step(
     return out
 
 
-class UnrollWriter:
+class UnrollWriter(ItemWriter):
     """Appends vectorised steps and cuts them into overlapping unrolls of T+1 steps.
 
     After T+1 appends, and then after every T more, one item covering the last T+1 steps
     goes to `trajectories`. Each append is checked against the table's signature (a wrong
-    shape or an unsafe dtype raises ValueError naming the field). After an item is created
-    the writer waits until at most `max_in_flight_items` items are unconfirmed, so a full
-    queue blocks the actor; `timeout_ms` bounds that wait (reverb.errors.DeadlineExceededError;
-    the item stays pending, call `wait` again).
+    shape or an unsafe dtype raises ValueError naming the field); a full queue blocks the
+    actor (`ItemWriter`'s wait).
     """
 
     def __init__(
@@ -377,22 +406,23 @@ class UnrollWriter:
         signature: Mapping[str, tf.TensorSpec] | None = None,
         max_in_flight_items: int = 1,
     ) -> None:
-        if signature is None:
-            signature = client.server_info()[TRAJECTORIES].signature
-            if signature is None:
-                raise ValueError(f"table {TRAJECTORIES!r} has no signature; pass `signature`")
-        self._specs = step_specs(signature, skip=1)
-        steps = {spec.shape.as_list()[0] for spec in signature.values()}
+        super().__init__(
+            client,
+            TRAJECTORIES,
+            signature,
+            skip=1,
+            max_in_flight_items=max_in_flight_items,
+            keep_alive=unroll_length + 1,
+        )
+        steps = {spec.shape.as_list()[0] for spec in self._signature.values()}
         if steps != {unroll_length + 1}:
+            self.close()
             raise ValueError(
                 f"unroll_length={unroll_length} needs items of {unroll_length + 1} steps; "
                 f"the signature has {sorted(steps)}"
             )
         self.unroll_length = unroll_length
-        self._max_in_flight = max_in_flight_items
-        self._writer = client.trajectory_writer(num_keep_alive_refs=unroll_length + 1)
         self._num_appends = 0
-        self.num_items = 0
 
     def append(self, step: Mapping[str, Any], *, timeout_ms: int | None = None) -> bool:
         """Appends one vectorised step; returns True if it completed an unroll item."""
@@ -401,22 +431,8 @@ class UnrollWriter:
         t = self.unroll_length
         if self._num_appends < t + 1 or (self._num_appends - 1) % t != 0:
             return False
-        trajectory = {k: self._writer.history[k][-(t + 1) :] for k in self._specs}
-        self._writer.create_item(TRAJECTORIES, priority=1.0, trajectory=trajectory)
-        self.num_items += 1
-        self.wait(timeout_ms=timeout_ms)
+        self._create({k: self._writer.history[k][-(t + 1) :] for k in self._specs}, timeout_ms)
         return True
-
-    def wait(self, timeout_ms: int | None = None) -> None:
-        """Blocks until at most `max_in_flight_items` items are unconfirmed by the server."""
-        self._writer.flush(block_until_num_items=self._max_in_flight, timeout_ms=timeout_ms)
-
-    def flush(self, timeout_ms: int | None = None) -> None:
-        """Blocks until every created item is in the table."""
-        self._writer.flush(timeout_ms=timeout_ms)
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 class EpisodeWriter:
