@@ -81,6 +81,24 @@ def test_core_runs_where_reverb_tensorflow_and_ray_cannot_be_imported():
     assert result.stdout.strip().splitlines()[-1] == "loaded:"
 
 
+def test_the_single_process_runners_start_without_tensorflow_where_it_is_installed():
+    """TensorFlow is installed (Reverb needs it), yet `distral train`, `distill` and
+    `compare` do not load it (4-5 s of every start): rlax's tensorflow_probability would,
+    only for docstrings (`losses._import_rlax`). Reverb's processes still can."""
+    code = (
+        "import sys\n"
+        "import distral.cli, distral.train, distral.distill, distral.compare\n"
+        "assert 'rlax' in sys.modules\n"
+        "print('loaded:' + ','.join(sorted({m.split('.')[0] for m in sys.modules}"
+        f" & set({HEAVY!r}))))\n"
+        "import reverb, tensorflow\n"
+        "print(tensorflow.constant(2).numpy() + 1)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["loaded:", "3"]
+
+
 def test_no_module_imports_a_private_name_of_another():
     offenders = []
     for path, tree in _sources():

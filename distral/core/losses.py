@@ -34,14 +34,35 @@ the objective's gradient (tests/test_losses.py proves it by exact enumeration).
 from __future__ import annotations
 
 import dataclasses
+import sys
+from types import ModuleType
 from typing import Literal, NamedTuple, cast
 
 import chex
 import jax
 import jax.numpy as jnp
-import rlax
 
 from distral.core.variants import Variant
+
+
+def _import_rlax() -> ModuleType:
+    """rlax imports distrax, whose tensorflow_probability (JAX substrate) imports TensorFlow
+    when it is installed (Reverb brings it), only to copy docstrings: 4-5 s at start-up of
+    every process that trains, and more at exit. Unless TensorFlow is loaded already, it is
+    hidden while rlax loads, so TFP takes the path it takes where TensorFlow is not
+    installed; then it is importable again (Reverb's processes import it)."""
+    if "tensorflow" in sys.modules:
+        import rlax
+    else:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes it ImportError
+        try:
+            import rlax
+        finally:
+            del sys.modules["tensorflow"]
+    return rlax
+
+
+rlax = _import_rlax()
 
 # rlax annotates its results as chex.Array, a union with numpy arrays and scalars; on jax
 # inputs they are jax.Array, which the casts below record.
