@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,14 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distral import rundir
+from distral import rundir, runloop
 from distral.config import ConfigError, TrainConfig
 from distral.core import distillation
 from distral.envs import two_room
 from distral.evaluator import evaluation_key, policy_returns_fn
 from distral.experiment import Experiment, make_experiment
-from distral.guard import NanGuard
-from distral.progress import Progress
 from distral.teachers import Teacher, load_teachers, num_params, total_params
 
 Array = jax.Array
@@ -185,6 +182,35 @@ class Distiller:
         keys = [jax.random.split(evaluation_key(s, log_step))[0] for s in self.config.seeds]
         return jnp.stack(keys)
 
+    # THE RUN LOOP'S PARTS (`runloop.ChunkRunner`)
+    progress_column = "eval_return"  # the student's evaluation
+
+    @property
+    def progress_label(self) -> str:
+        return f"distill {self.settings.loss}"
+
+    def columns(self) -> list[str]:
+        scalars = [*self.experiment.algorithm.metrics, "teacher_eval_return"]
+        return rundir.metric_columns(self.num_tasks, scalars)
+
+    def chunk(self, runner: DistillRunner, log_step: int) -> tuple[DistillRunner, Any]:
+        runner, stats = self.run_chunk(runner, self.teacher_params)
+        keys = self.eval_keys(log_step)
+        student, teacher = self.evaluate(runner.train.params, self.teacher_params, keys)
+        return runner, jax.device_get((stats, student, teacher))
+
+    def row_writer(self, warn: Callable[[str], None]) -> _StudentRows:
+        return _StudentRows(self)
+
+    def summary_fields(self, runner: DistillRunner) -> dict[str, Any]:
+        """A student's entries: per-task student and teacher returns of the final
+        evaluation (means over seeds) and the parameter counts (compression)."""
+        student, teacher = self.evaluate(
+            runner.train.params, self.teacher_params, self.eval_keys(self.config.num_log_steps)
+        )
+        student, teacher = np.asarray(student).mean(0), np.asarray(teacher).mean(0)
+        return student_fields(self.config, student, teacher, self.student_params, self.teachers)
+
     # TEACHERS: labels of a task-major observation batch [N, E, ...]
     def teach(self, teacher_params: tuple[Any, ...], obs: Array) -> tuple[Array, Array]:
         """(outputs [N, E, A], features [N, E, D_max]): teacher i labels row i."""
@@ -317,66 +343,57 @@ class Distiller:
         return runner, stats
 
 
-# THE RUN: Python between chunks.
+# THE RUN: Python between chunks (`distral/runloop.py`).
 
 
-def checkpoint_parts(runner: DistillRunner, wall_seconds: float) -> dict[str, Any]:
-    """What a `distral distill` checkpoint holds (`rundir.load_run` reads `runner/train`)."""
-    return {"runner": runner, "wall_seconds": np.asarray(wall_seconds, np.float64)}
+class _StudentRows:
+    """The metrics rows of one chunk, one per seed: the student's evaluation in pi_i's
+    place, the teachers' mean return beside it."""
 
+    def __init__(self, distiller: Distiller) -> None:
+        self.distiller = distiller
 
-def _rows(
-    distiller: Distiller,
-    log_step: int,
-    stats: dict[str, Any],
-    student: np.ndarray,
-    teacher: np.ndarray,
-    wall: float,
-    seconds: float,
-) -> list[dict[str, float]]:
-    config = distiller.config
-    per_chunk = config.steps_per_update * config.log_every
-    rows = []
-    for j, seed in enumerate(config.seeds):
-        count = stats["episode_count"][j]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            returns = np.where(count > 0, stats["return_sum"][j] / count, np.nan)
-        metrics = {name: value[j] for name, value in stats["metrics"].items()}
-        tasks = rundir.TaskStats(
-            returns,
-            student[j],
-            np.full(distiller.num_tasks, np.nan),
-            metrics["kl_per_task"],
-            metrics["entropy_per_task"],
-        )
-        head = {
-            "seed": seed,
-            "log_step": log_step,
-            "updates": log_step * config.log_every,
-            "env_steps_per_task": log_step * per_chunk,
-            "wall_seconds": round(wall, 3),
-            "steps_per_second": round(
-                per_chunk * distiller.num_tasks * len(config.seeds) / seconds, 1
-            ),
-        }
-        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-        scalars["teacher_eval_return"] = float(np.mean(teacher[j]))
-        rows.append(
-            rundir.metrics_row(
-                head,
-                tasks,
-                scalars,
-                optimal_return=float(distiller.experiment.optimal_returns.mean()),
-                collapsed_tasks=math.nan,
-                has_kl=True,
+    def rows(self, log_step: int, data: Any, wall: float, seconds: float) -> list[dict[str, float]]:
+        stats, student, teacher = data
+        distiller = self.distiller
+        config = distiller.config
+        per_chunk = config.steps_per_update * config.log_every
+        rows = []
+        for j, seed in enumerate(config.seeds):
+            count = stats["episode_count"][j]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                returns = np.where(count > 0, stats["return_sum"][j] / count, np.nan)
+            metrics = {name: value[j] for name, value in stats["metrics"].items()}
+            tasks = rundir.TaskStats(
+                returns,
+                student[j],
+                np.full(distiller.num_tasks, np.nan),
+                metrics["kl_per_task"],
+                metrics["entropy_per_task"],
             )
-        )
-    return rows
-
-
-def metric_columns(distiller: Distiller) -> list[str]:
-    scalars = [*distiller.experiment.algorithm.metrics, "teacher_eval_return"]
-    return rundir.metric_columns(distiller.num_tasks, scalars)
+            head = {
+                "seed": seed,
+                "log_step": log_step,
+                "updates": log_step * config.log_every,
+                "env_steps_per_task": log_step * per_chunk,
+                "wall_seconds": round(wall, 3),
+                "steps_per_second": round(
+                    per_chunk * distiller.num_tasks * len(config.seeds) / seconds, 1
+                ),
+            }
+            scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+            scalars["teacher_eval_return"] = float(np.mean(teacher[j]))
+            rows.append(
+                rundir.metrics_row(
+                    head,
+                    tasks,
+                    scalars,
+                    optimal_return=float(distiller.experiment.optimal_returns.mean()),
+                    collapsed_tasks=math.nan,
+                    has_kl=True,
+                )
+            )
+        return rows
 
 
 def run(
@@ -393,74 +410,7 @@ def run(
     rundir.check_run_dir(run_dir, resume=resume)
     config = rundir.inline_layout(config)
     distiller = distiller or Distiller(config)
-    seeds = list(config.seeds)
-    runner = distiller.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    log, restored, start_log = rundir.open_log(
-        run_dir, config, metric_columns(distiller), checkpoint_parts(runner, 0.0),
-        resume=resume, seeds=seeds,
-    )  # fmt: skip
-    wall_before = 0.0
-    if restored is not None:
-        runner, wall_before = restored["runner"], float(restored["wall_seconds"])
-    per_chunk = config.steps_per_update * config.log_every
-    bar = Progress(
-        f"distill {config.distill.loss} x{len(seeds)} seeds",
-        config.num_log_steps * per_chunk,
-        start_log * per_chunk,
-        enabled=progress,
-    )
-    guard = NanGuard(config.halt_on_nan, bar.write)
-    teacher_params = distiller.teacher_params
-    t0 = time.perf_counter()
-    try:
-        for log_step in range(start_log, config.num_log_steps):
-            t_chunk = time.perf_counter()
-            runner, stats = distiller.run_chunk(runner, teacher_params)
-            keys = distiller.eval_keys(log_step + 1)
-            student, teacher = distiller.evaluate(runner.train.params, teacher_params, keys)
-            stats, student, teacher = jax.device_get((stats, student, teacher))
-            wall = wall_before + time.perf_counter() - t0
-            seconds = time.perf_counter() - t_chunk
-            rows = _rows(distiller, log_step + 1, stats, student, teacher, wall, seconds)
-            log.write(rows)
-            for j, row in enumerate(rows):
-                where = f"seed {row['seed']}, log step {row['log_step']}"
-                guard.check(where, row, jax.tree.map(lambda x, j=j: x[j], runner.train.params))
-            mean_return = rundir.nanmean(np.array([r["eval_return"] for r in rows]))
-            optimal = float(distiller.experiment.optimal_returns.mean())
-            sps = rows[0]["steps_per_second"]
-            bar.update((log_step + 1) * per_chunk, per_chunk, mean_return, optimal, sps)
-            if (
-                log_step + 1
-            ) % config.checkpoint_every == 0 or log_step + 1 == config.num_log_steps:
-                log.save(log_step + 1, checkpoint_parts(runner, wall))
-    finally:
-        bar.close()
-        log.close()
-    return rundir.RunResult(run_dir, log.finish(_summary(distiller, runner, log, t0, wall_before)))
-
-
-def _summary(
-    distiller: Distiller, runner: DistillRunner, log: rundir.RunLog, t0: float, before: float
-) -> dict[str, Any]:
-    """summary.json: `distral train`'s, plus per-task student and teacher returns of the
-    final evaluation (means over seeds) and the parameter counts (compression)."""
-    config = distiller.config
-    last = rundir.last_rows_or_empty(log.metrics_path)
-    wall = max([before + time.perf_counter() - t0, *(r["wall_seconds"] for r in last.values())])
-    student, teacher = distiller.evaluate(
-        runner.train.params, distiller.teacher_params, distiller.eval_keys(config.num_log_steps)
-    )
-    student, teacher = np.asarray(student).mean(0), np.asarray(teacher).mean(0)
-    return rundir.summarise(
-        log.metrics_path,
-        config,
-        distiller.experiment.optimal_returns,
-        distiller.experiment.task_names,
-        seeds=list(config.seeds),
-        wall_seconds=round(wall, 2),
-        **student_fields(config, student, teacher, distiller.student_params, distiller.teachers),
-    )
+    return runloop.run(distiller, config, run_dir, resume=resume, progress=progress)
 
 
 def student_fields(

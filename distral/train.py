@@ -12,7 +12,6 @@ Run directory: config.yaml, metrics.csv (appended), tb/ (TensorBoard), checkpoin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, NamedTuple
@@ -21,15 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distral import rundir
+from distral import rundir, runloop
 from distral.collapse import CollapseMonitor
 from distral.config import ConfigError, TrainConfig
 from distral.core import learning
 from distral.envs import two_room
 from distral.evaluator import evaluation_fn, evaluation_key
 from distral.experiment import make_experiment
-from distral.guard import NanGuard
-from distral.progress import Progress
 from distral.transfer import init_state_fn
 
 Array = jax.Array
@@ -88,6 +85,27 @@ class Trainer:
     def eval_keys(self, log_step: int) -> Array:
         """Evaluation keys [seeds] of a log step: a function of each seed alone."""
         return jnp.stack([evaluation_key(s, log_step) for s in self.config.seeds])
+
+    # THE RUN LOOP'S PARTS (`runloop.ChunkRunner`)
+    progress_column = "mean_return"  # training episodes' return
+
+    @property
+    def progress_label(self) -> str:
+        return self.config.variant
+
+    def columns(self) -> list[str]:
+        return rundir.metric_columns(self.num_tasks, self.algorithm.metrics)
+
+    def chunk(self, runner: RunnerState, log_step: int) -> tuple[RunnerState, Any]:
+        runner, stats = self.run_chunk(runner)
+        pi_i, pi_0 = self.evaluate(runner.train.params, self.eval_keys(log_step))
+        return runner, jax.device_get((stats, pi_i, pi_0))
+
+    def row_writer(self, warn: Callable[[str], None]) -> _ChunkLogger:
+        return _ChunkLogger(self, warn)
+
+    def summary_fields(self, runner: RunnerState) -> dict[str, Any]:
+        return {}
 
     # ENVIRONMENT BATCH: [N tasks, E envs]
     def task_ids(self, num_envs: int) -> Array:
@@ -169,12 +187,7 @@ class Trainer:
         return runner, stats
 
 
-# THE RUN: Python between chunks.
-
-
-def checkpoint_parts(runner: RunnerState, wall_seconds: float) -> dict[str, Any]:
-    """What a `distral train` checkpoint holds (`rundir.load_run` reads `runner/train`)."""
-    return {"runner": runner, "wall_seconds": np.asarray(wall_seconds, np.float64)}
+# THE RUN: Python between chunks (`distral/runloop.py`).
 
 
 def run(
@@ -194,96 +207,32 @@ def run(
     rundir.check_run_dir(run_dir, resume=resume)
     config = rundir.inline_layout(config)
     trainer = trainer or Trainer(config)
-    seeds = list(config.seeds)
-    runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    log, restored, start_log = rundir.open_log(
-        run_dir,
-        config,
-        rundir.metric_columns(trainer.num_tasks, trainer.experiment.algorithm.metrics),
-        checkpoint_parts(runner, 0.0),
-        resume=resume,
-        seeds=seeds,
-    )
-    wall_before = 0.0
-    if restored is not None:
-        runner, wall_before = restored["runner"], float(restored["wall_seconds"])
-    steps_per_chunk = config.steps_per_update * config.log_every
-    bar = Progress(
-        f"{config.variant} x{len(seeds)} seeds",
-        config.num_log_steps * steps_per_chunk,
-        start_log * steps_per_chunk,
-        enabled=progress,
-    )
-    logger = _ChunkLogger(trainer, bar, halt_on_nan=config.halt_on_nan)
-    t0 = time.perf_counter()
-    try:
-        for log_step in range(start_log, config.num_log_steps):
-            t_chunk = time.perf_counter()
-            runner, stats = trainer.run_chunk(runner)
-            pi_i, pi_0 = trainer.evaluate(runner.train.params, trainer.eval_keys(log_step + 1))
-            stats, pi_i, pi_0 = jax.device_get((stats, pi_i, pi_0))
-            wall = wall_before + time.perf_counter() - t0
-            rows = logger.rows(log_step + 1, stats, pi_i, pi_0, wall, time.perf_counter() - t_chunk)
-            log.write(rows)
-            logger.guard_rows(rows, runner.train.params)
-            bar.update(
-                int(rows[0]["env_steps_per_task"]),
-                steps_per_chunk,
-                rundir.nanmean(np.array([r["mean_return"] for r in rows])),
-                logger.optimal,
-                rows[0]["steps_per_second"],
-            )
-            done = log_step + 1 == config.num_log_steps
-            if (log_step + 1) % config.checkpoint_every == 0 or done:
-                log.save(log_step + 1, checkpoint_parts(runner, wall))
-            if on_log is not None:
-                on_log(log_step + 1)
-    finally:
-        bar.close()
-        log.close()
-    if start_log < config.num_log_steps:
-        wall = wall_before + time.perf_counter() - t0
-    else:  # resumed a run that had finished: its wall time is in its metrics
-        wall = max(r["wall_seconds"] for r in rundir.last_rows(log.metrics_path).values())
-    experiment = trainer.experiment
-    summary = rundir.summarise(
-        log.metrics_path, config, experiment.optimal_returns, experiment.task_names, seeds=seeds,
-        wall_seconds=round(wall, 2),
-    )  # fmt: skip
-    return rundir.RunResult(run_dir, log.finish(summary))
+    return runloop.run(trainer, config, run_dir, resume=resume, progress=progress, on_log=on_log)
 
 
 class _ChunkLogger:
-    """The metrics rows of one compiled chunk, one per seed."""
+    """The metrics rows of one compiled chunk, one per seed; the collapse monitor's
+    warnings go to `warn`."""
 
-    def __init__(self, trainer: Trainer, progress: Progress, *, halt_on_nan: bool) -> None:
+    def __init__(self, trainer: Trainer, warn: Callable[[str], None]) -> None:
         self.trainer = trainer
-        self.guard = NanGuard(halt_on_nan, progress.write)
         experiment = trainer.experiment
         self.monitor = CollapseMonitor(
             experiment.task_names,
             experiment.floor_returns,
             trainer.config.collapse_entropy,
-            warn=progress.write,
+            warn=warn,
         )
         self.optimal = float(trainer.optimal_returns.mean())
-
-    def guard_rows(self, rows: list[dict[str, float]], params: Any) -> None:
-        """Stops (or warns) at a non-finite loss, gradient norm or parameter of any seed,
-        before the chunk's checkpoint."""
-        for j, row in enumerate(rows):
-            where = f"seed {row['seed']}, log step {row['log_step']} (updates {row['updates']})"
-            self.guard.check(where, row, jax.tree.map(lambda x, j=j: x[j], params))
 
     def rows(
         self,
         log_step: int,
-        stats: ChunkStats[np.ndarray],
-        pi_i: np.ndarray,
-        pi_0: np.ndarray,
+        data: tuple[ChunkStats[np.ndarray], np.ndarray, np.ndarray],
         wall: float,
         seconds: float,
     ) -> list[dict[str, float]]:
+        stats, pi_i, pi_0 = data
         config = self.trainer.config
         env_steps = log_step * config.steps_per_update * config.log_every
         frames = config.steps_per_update * config.log_every * self.trainer.num_tasks
