@@ -1,11 +1,12 @@
 """MinAtar policy distillation: one student learns the five games from five one-game teachers.
 
 1. Teachers: one `distral launch` run of a3c per game (`experiments/minatar_5games.yaml
-   --variant a3c --set env.games=[GAME]`, 2 actors, the preset's 1M env steps), into
-   RUNS/teachers/GAME, unless a finished one is there.
+   --variant a3c --set env.games=[GAME]`, 2 actors, the preset's 1M env steps, and any
+   `--teacher-set`), into RUNS/teachers/TEACHERS/GAME, unless a finished one is there.
 2. Students: for each setting (`distill_losses.SETTINGS`' names; default `kl tau 1`) and
    seed, `distral distill experiments/minatar_distill.yaml` (actors with the student and
-   their game's teacher, Reverb, the learner) into RUNS/students/SETTING/seedS.
+   their game's teacher, Reverb, the learner) into RUNS/students/TEACHERS/SETTING/seedS,
+   where TEACHERS names the teachers' `--teacher-set` settings ("preset" without).
 3. Scores: each finished student, then the teachers, play `--eval-episodes` more episodes
    per game on the same environments (the run's own 8-episode evaluations are too few to
    compare two policies), and each game's student score is reported as a fraction of its
@@ -16,7 +17,7 @@ Writes table.md and summary.json to OUT.
 
     .venv/bin/python experiments/distill_minatar.py [--out experiments/results/distill/minatar]
         [--runs runs/distill_minatar] [--seeds 1] [--settings "kl tau 1,nll"]
-        [--eval-episodes 100] [--set KEY=VALUE ...]
+        [--eval-episodes 100] [--set KEY=VALUE ...] [--teacher-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ ROOT = Path(__file__).resolve().parents[1]
 GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
 
 
-def teachers(runs: Path) -> list[Path]:
-    """The five one-game a3c runs (launched here unless finished)."""
+def teachers(runs: Path, sets: list[str]) -> list[Path]:
+    """The five one-game a3c runs (launched here unless finished), with the preset's
+    settings and `sets` (e.g. a3c's learning rate), into a directory named by `sets`."""
     out = []
+    tag = ",".join(sets) or "preset"
     for game in GAMES:
-        run_dir = runs / "teachers" / game
+        run_dir = runs / "teachers" / tag / game
         if not (run_dir / "summary.json").is_file():
             overrides = {
                 "variant": "a3c",
                 "env": {"games": [game]},
                 "distributed": {"actors_per_task": 2},
             }
-            config = load_config(ROOT / "experiments" / "minatar_5games.yaml", (), overrides)
+            preset = ROOT / "experiments" / "minatar_5games.yaml"
+            config = load_config(preset, sets, overrides)
             launch(config, run_dir, resume=(run_dir / "config.yaml").is_file())
         out.append(run_dir)
     return out
@@ -59,8 +63,9 @@ def teachers(runs: Path) -> list[Path]:
 
 def student(runs: Path, teacher_dirs: list[Path], setting: str, seed: int, sets: list[str]):
     """The run directory of the student of `setting` and `seed` (distilled here unless
-    finished)."""
-    run_dir = runs / "students" / setting.replace(" ", "_").replace(",", "") / f"seed{seed}"
+    finished), beside the other students of the same teachers."""
+    name = setting.replace(" ", "_").replace(",", "")
+    run_dir = runs / "students" / teacher_dirs[0].parent.name / name / f"seed{seed}"
     if not (run_dir / "summary.json").is_file():
         distill = {**SETTINGS[setting], "teachers": [str(t.absolute()) for t in teacher_dirs]}
         overrides = {"seeds": [seed], "distill": distill}
@@ -87,6 +92,10 @@ def main() -> None:
     p.add_argument("--settings", default="kl tau 1")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the teachers' a3c runs (RUNS/teachers/SETTINGS/GAME)",
+    )  # fmt: skip
     args = p.parse_args()
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,7 @@ def main() -> None:
     if unknown:
         p.error(f"--settings: unknown {unknown[0]!r}; valid: {', '.join(SETTINGS)}")
     t0 = time.perf_counter()
-    teacher_dirs = teachers(runs)
+    teacher_dirs = teachers(runs, args.teacher_set)
     random = np.array([RANDOM_SCORES[g] for g in GAMES])
     rows = []
     for setting in settings:
@@ -144,6 +153,7 @@ def main() -> None:
         "random": random.tolist(),
         "eval_episodes": args.eval_episodes,
         "sets": args.set,
+        "teacher_sets": args.teacher_set,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
