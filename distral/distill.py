@@ -357,12 +357,9 @@ class _StudentRows:
         stats, student, teacher = data
         distiller = self.distiller
         config = distiller.config
-        per_chunk = config.steps_per_update * config.log_every
         rows = []
         for j, seed in enumerate(config.seeds):
-            count = stats["episode_count"][j]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                returns = np.where(count > 0, stats["return_sum"][j] / count, np.nan)
+            returns = runloop.mean_returns(stats["return_sum"][j], stats["episode_count"][j])
             metrics = {name: value[j] for name, value in stats["metrics"].items()}
             tasks = rundir.TaskStats(
                 returns,
@@ -371,16 +368,7 @@ class _StudentRows:
                 metrics["kl_per_task"],
                 metrics["entropy_per_task"],
             )
-            head = {
-                "seed": seed,
-                "log_step": log_step,
-                "updates": log_step * config.log_every,
-                "env_steps_per_task": log_step * per_chunk,
-                "wall_seconds": round(wall, 3),
-                "steps_per_second": round(
-                    per_chunk * distiller.num_tasks * len(config.seeds) / seconds, 1
-                ),
-            }
+            head = runloop.row_head(config, distiller.num_tasks, seed, log_step, wall, seconds)
             scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
             scalars["teacher_eval_return"] = float(np.mean(teacher[j]))
             rows.append(

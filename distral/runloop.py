@@ -143,6 +143,28 @@ def run(
     return rundir.RunResult(run_dir, log.finish(summary))
 
 
+def row_head(
+    config: TrainConfig, num_tasks: int, seed: int, log_step: int, wall: float, seconds: float
+) -> dict[str, float]:
+    """A row's first entries: where the run is, and its speed (one chunk of every seed
+    took `seconds`)."""
+    per_chunk = config.steps_per_update * config.log_every
+    return {
+        "seed": seed,
+        "log_step": log_step,
+        "updates": log_step * config.log_every,
+        "env_steps_per_task": log_step * per_chunk,
+        "wall_seconds": round(wall, 3),
+        "steps_per_second": round(per_chunk * num_tasks * len(config.seeds) / seconds, 1),
+    }
+
+
+def mean_returns(return_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per task, the mean return of the episodes that ended in a chunk (NaN where none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, return_sum / count, np.nan)
+
+
 def _guard(guard: NanGuard, rows: Rows, params: Any) -> None:
     """Stops (or warns) at a non-finite loss, gradient norm or parameter of any seed,
     before the chunk's checkpoint."""

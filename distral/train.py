@@ -234,25 +234,15 @@ class _ChunkLogger:
     ) -> list[dict[str, float]]:
         stats, pi_i, pi_0 = data
         config = self.trainer.config
-        env_steps = log_step * config.steps_per_update * config.log_every
-        frames = config.steps_per_update * config.log_every * self.trainer.num_tasks
         rows = []
         for j, seed in enumerate(config.seeds):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                returns = stats.return_sum[j] / stats.episode_count[j]
-            returns = np.where(stats.episode_count[j] > 0, returns, np.nan)
+            returns = runloop.mean_returns(stats.return_sum[j], stats.episode_count[j])
             metrics = {name: value[j] for name, value in stats.metrics.items()}
             tasks = rundir.TaskStats(
                 returns, pi_i[j], pi_0[j], metrics["kl_per_task"], metrics["entropy_per_task"]
             )
-            head = {
-                "seed": seed,
-                "log_step": log_step,
-                "updates": log_step * config.log_every,
-                "env_steps_per_task": env_steps,
-                "wall_seconds": round(wall, 3),
-                "steps_per_second": round(frames * len(config.seeds) / seconds, 1),
-            }
+            head = runloop.row_head(config, self.trainer.num_tasks, seed, log_step, wall, seconds)
+            env_steps = int(head["env_steps_per_task"])
             scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
             collapsed = self.monitor.check(seed, env_steps, tasks.entropy, returns)
             rows.append(
