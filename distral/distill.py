@@ -172,11 +172,6 @@ class Distiller:
         """Scalars of the student network (the regression heads f_i are not the student)."""
         return num_params(self.experiment.params_template())
 
-    @property
-    def teacher_params_total(self) -> int:
-        """The teachers' parameters, each counted once (`teachers.total_params`)."""
-        return total_params(self.teachers)
-
     def eval_keys(self, log_step: int) -> Array:
         """Evaluation keys [seeds] of a log step: pi_i's half of `distral train`'s keys."""
         keys = [jax.random.split(evaluation_key(s, log_step))[0] for s in self.config.seeds]
