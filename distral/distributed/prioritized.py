@@ -1,0 +1,314 @@
+"""Ape-X's prioritised replay on Reverb (Horgan et al., 2018, arXiv:1803.00933).
+
+Ape-X actors turn their steps into n-step transitions, give each an initial priority (the
+absolute TD error under the actor's copy of the network) and insert them into a prioritised
+replay; the learner samples with probability P(i) = p_i^omega / sum_k p_k^omega, corrects
+with importance-sampling weights, and writes each sampled item's new priority back. Here:
+
+- `transitions_i`: one table per task (the task label is known; a multitask learner
+  samples every task evenly), Reverb's `Prioritized(omega)` selector (or `Uniform`, the
+  `replay.selector` setting, to compare the two on one run), the oldest item removed
+  first when full. An item is ONE transition (s_t, a_t, R, G, s_{t+n}) with its priority.
+- `NStepAccumulator` (actor side, numpy): the B environments' steps in the step layout of
+  `learning.Batch` (entry t: s_t and the a_t, r_t, d_t that followed; auto-reset) become B
+  transitions per step once n steps are held, each emitted n steps after it began; an
+  episode's end (d = 0) cuts the later rewards and the bootstrap (`apex.n_step_transition`).
+- `TransitionWriter` inserts them with their priorities; `PrioritizedSampler` samples a
+  learner step's items of every table and `update_priorities` writes the new ones.
+
+No pickle: items are arrays.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import reverb
+import tensorflow as tf
+from dm_env import specs
+
+from distral.core.apex import PRIORITY_EXPONENT, Batch
+from distral.distributed.replay import ItemWriter, checked_step
+
+Selector = Literal["prioritized", "uniform"]
+SELECTORS: tuple[str, ...] = ("prioritized", "uniform")
+
+
+def transition_table(task_id: int) -> str:
+    """The table of task `task_id`'s n-step transitions."""
+    return f"transitions_{task_id}"
+
+
+def transition_signature(obs_spec: specs.Array) -> dict[str, tf.TensorSpec]:
+    """The spec of one transition item: (s_t, a_t, R, G, s_{t+n}) and the learner step of
+    the parameters that acted at s_t."""
+    obs = tf.TensorSpec(obs_spec.shape, tf.as_dtype(obs_spec.dtype))
+    return {
+        "observation": obs,
+        "action": tf.TensorSpec([], tf.int32),
+        "reward": tf.TensorSpec([], tf.float32),
+        "discount": tf.TensorSpec([], tf.float32),
+        "next_observation": obs,
+        "params_step": tf.TensorSpec([], tf.int64),
+    }
+
+
+def transition_tables(
+    obs_spec: specs.Array,
+    num_tasks: int,
+    *,
+    max_size: int,
+    min_size: int,
+    selector: Selector = "prioritized",
+    priority_exponent: float = PRIORITY_EXPONENT,
+) -> list[reverb.Table]:
+    """One table per task of at most `max_size` transitions (oldest removed first); the
+    learner may sample once a table holds `min_size` (Ape-X's free-running actors:
+    a MinSize rate limiter, never blocking them)."""
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown replay selector {selector!r}; valid: {', '.join(SELECTORS)}")
+    if not 1 <= min_size <= max_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size} and {max_size}")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    signature = transition_signature(obs_spec)
+
+    def sampler() -> Any:
+        if selector == "uniform":
+            return reverb.selectors.Uniform()
+        return reverb.selectors.Prioritized(priority_exponent)
+
+    return [
+        reverb.Table(
+            name=transition_table(i),
+            sampler=sampler(),
+            remover=reverb.selectors.Fifo(),
+            max_size=max_size,
+            rate_limiter=reverb.rate_limiters.MinSize(min_size),
+            signature=signature,
+        )
+        for i in range(num_tasks)
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# ACTOR SIDE: n-step transitions and their initial priorities
+# ----------------------------------------------------------------------------------------
+
+
+class Transitions(NamedTuple):
+    """B n-step transitions, one per environment, with the actor's priorities."""
+
+    observation: np.ndarray  # s_t [B, *obs]
+    action: np.ndarray  # a_t [B] int32
+    reward: np.ndarray  # R [B] float32
+    discount: np.ndarray  # G [B] float32
+    next_observation: np.ndarray  # s_{t+n} [B, *obs]
+    params_step: np.ndarray  # [B] int64: the learner step that acted at s_t
+    priority: np.ndarray  # |R + G max_a Q(s_{t+n}, a) - Q(s_t, a_t)| [B] float64
+
+
+class NStepAccumulator:
+    """Turns B environments' steps into n-step transitions (numpy, no jit per step).
+
+    `append(observation, action, reward, discount, q_values, params_step)` takes entry t of
+    the step layout (s_t, the action taken there, the reward and environment discount that
+    followed, Q(s_t, .) under the acting parameters) and returns the B transitions that
+    began n steps earlier, or None while fewer than n steps are held. R and G use
+    d = gamma x the environment's discount; a 0 (episode end) zeroes every later reward
+    and G. The priority is the absolute double-Q TD error under the acting network, whose
+    online and target copies are the same on an actor (Ape-X): |R + G max_a Q(s_{t+n}, a)
+    - Q(s_t, a_t)|.
+    """
+
+    def __init__(self, n: int, gamma: float) -> None:
+        if n < 1:
+            raise ValueError(f"n_step must be >= 1, got {n}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {gamma}")
+        self.n = n
+        self.gamma = gamma
+        self._held: deque[tuple[np.ndarray, ...]] = deque(maxlen=n)
+
+    def append(
+        self,
+        observation: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        discount: np.ndarray,
+        q_values: np.ndarray,
+        params_step: np.ndarray,
+    ) -> Transitions | None:
+        """Holds entry t; returns the transitions of entry t - n (next observation s_t)."""
+        out = None
+        if len(self._held) == self.n:
+            out = self._transitions(observation, q_values)
+        a = np.asarray(action)
+        q_taken = np.take_along_axis(np.asarray(q_values), a[:, None].astype(np.int64), 1)[:, 0]
+        self._held.append(
+            (np.asarray(observation), a, np.asarray(reward), np.asarray(discount), q_taken,
+             np.asarray(params_step))
+        )  # fmt: skip
+        return out
+
+    def _transitions(self, next_observation: np.ndarray, q_next: np.ndarray) -> Transitions:
+        first = self._held[0]
+        reward_sum = np.zeros(first[2].shape, np.float64)
+        carried = np.ones(first[3].shape, np.float64)
+        for _, _, r, d, _, _ in self._held:
+            reward_sum += carried * r
+            carried *= self.gamma * d
+        bootstrap = np.max(np.asarray(q_next, np.float64), axis=-1)
+        priority = np.abs(reward_sum + carried * bootstrap - first[4])
+        return Transitions(
+            observation=first[0],
+            action=first[1].astype(np.int32),
+            reward=reward_sum.astype(np.float32),
+            discount=carried.astype(np.float32),
+            next_observation=np.asarray(next_observation),
+            params_step=first[5].astype(np.int64),
+            priority=priority,
+        )
+
+
+class TransitionWriter(ItemWriter):
+    """Inserts each transition of a `Transitions` batch as one item of its task's table,
+    with the actor's priority; the batch is checked against the signature once, and
+    `ItemWriter`'s back-pressure wait follows the batch's items."""
+
+    FIELDS = ("observation", "action", "reward", "discount", "next_observation", "params_step")
+
+    def __init__(
+        self,
+        client: reverb.Client,
+        task_id: int,
+        *,
+        signature: Mapping[str, tf.TensorSpec] | None = None,
+        max_in_flight_items: int = 64,
+    ) -> None:
+        super().__init__(
+            client,
+            transition_table(task_id),
+            signature,
+            skip=0,
+            max_in_flight_items=max_in_flight_items,
+            keep_alive=1,
+        )
+
+    def write(self, transitions: Transitions, *, timeout_ms: int | None = None) -> int:
+        """Writes the B transitions; returns how many."""
+        count = transitions.action.shape[0]
+        batched = {k: ((count, *shape), dtype) for k, (shape, dtype) in self._specs.items()}
+        steps = {k: getattr(transitions, k) for k in self.FIELDS}
+        fields = checked_step(steps, batched, self._table)
+        for b in range(count):
+            self._writer.append({k: x[b] for k, x in fields.items()})
+            trajectory = {k: self._writer.history[k][-1] for k in self._specs}
+            priority = float(transitions.priority[b])
+            self._writer.create_item(self._table, priority=priority, trajectory=trajectory)
+        self.num_items += count
+        self.wait(timeout_ms=timeout_ms)  # once per call: a wait per item halves the rate
+        return count
+
+
+# ----------------------------------------------------------------------------------------
+# LEARNER SIDE: prioritised samples and priority updates
+# ----------------------------------------------------------------------------------------
+
+
+class SampledTransitions(NamedTuple):
+    batch: Batch  # apex.Batch of N x k transitions, task-major, numpy
+    keys: list[np.ndarray]  # per table: the k sampled items' keys (uint64)
+    params_step: np.ndarray  # [N x k] the learner step that acted at each s_t
+
+
+class PrioritizedSampler:
+    """Each learner step takes `items_per_task` transitions of every task's table.
+
+    One `client.sample` per table per step, so every step's draw sees the priorities the
+    previous step wrote (a long-lived sampler would fetch ahead of the update).
+    """
+
+    def __init__(self, client: reverb.Client, num_tasks: int, items_per_task: int) -> None:
+        if num_tasks < 1 or items_per_task < 1:
+            raise ValueError(f"num_tasks={num_tasks}, items_per_task={items_per_task}")
+        self._client = client
+        self._tables = [transition_table(i) for i in range(num_tasks)]
+        self._k = items_per_task
+
+    def sample(self) -> SampledTransitions:
+        """Blocks until every table can be sampled (its MinSize), then draws k items each."""
+        data: dict[str, list[np.ndarray]] = {k: [] for k in TransitionWriter.FIELDS}
+        probability, size, keys, task_id = [], [], [], []
+        for i, table in enumerate(self._tables):
+            samples = list(
+                self._client.sample(
+                    table, num_samples=self._k, emit_timesteps=False, unpack_as_table_signature=True
+                )
+            )
+            keys.append(np.array([s.info.key for s in samples], np.uint64))
+            probability.append(np.array([s.info.probability for s in samples], np.float64))
+            size.append(np.array([s.info.table_size for s in samples], np.float64))
+            task_id.append(np.full(self._k, i, np.int32))
+            for name in data:
+                data[name].append(np.stack([np.asarray(s.data[name]) for s in samples]))
+        cat = {name: np.concatenate(parts) for name, parts in data.items()}
+        batch = Batch(
+            observation=cat["observation"],
+            action=cat["action"],
+            reward=cat["reward"],
+            discount=cat["discount"],
+            next_observation=cat["next_observation"],
+            task_id=np.concatenate(task_id),
+            probability=np.concatenate(probability).astype(np.float32),
+            table_size=np.concatenate(size).astype(np.float32),
+        )
+        return SampledTransitions(batch, keys, cat["params_step"])
+
+    def update_priorities(self, keys: list[np.ndarray], priorities: np.ndarray) -> None:
+        """Writes the new priorities of a step's items (task-major, as `sample` gave them).
+        An item removed meanwhile is skipped by Reverb."""
+        priorities = np.asarray(priorities, np.float64).reshape(len(self._tables), self._k)
+        for table, table_keys, table_priorities in zip(self._tables, keys, priorities, strict=True):
+            updates = {int(k): float(p) for k, p in zip(table_keys, table_priorities, strict=True)}
+            self._client.mutate_priorities(table, updates=updates)
+
+
+class NStepWriter(TransitionWriter):
+    """An Ape-X actor's item writer (`actor.ReplayWriter`'s `items`): takes the actor's
+    vectorised steps (the step layout, with the acting network's `q_values` at s_t),
+    turns them into n-step transitions (`NStepAccumulator`) and inserts them with their
+    initial priorities. A step that completes transitions returns True."""
+
+    def __init__(
+        self,
+        client: reverb.Client,
+        task_id: int,
+        n_step: int,
+        discount: float,
+        *,
+        signature: Mapping[str, tf.TensorSpec] | None = None,
+        max_in_flight_items: int = 64,
+    ) -> None:
+        self._accumulator = NStepAccumulator(n_step, discount)
+        super().__init__(
+            client, task_id, signature=signature, max_in_flight_items=max_in_flight_items
+        )
+
+    def append(self, step: Mapping[str, Any], *, timeout_ms: int | None = None) -> bool:
+        action = np.asarray(step["action"])
+        transitions = self._accumulator.append(
+            step["observation"],
+            action,
+            step["reward"],
+            step["discount"],
+            step["q_values"],
+            np.broadcast_to(np.asarray(step["params_step"], np.int64), action.shape),
+        )
+        if transitions is None:
+            return False
+        self.write(transitions, timeout_ms=timeout_ms)
+        return True
