@@ -23,7 +23,7 @@ from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # The algorithm families (`distral.algorithms` maps each name to its parts).
-ALGORITHMS = ("distral", "distill")
+ALGORITHMS = ("distral", "distill", "apex")
 
 
 class ConfigError(ValueError):
@@ -253,6 +253,72 @@ class DistillSection:
         _positive("distill.batch_per_task", self.batch_per_task)
 
 
+REPLAY_SELECTORS = ("prioritized", "uniform")  # `distral.distributed.prioritized.SELECTORS`
+
+
+@dataclasses.dataclass(frozen=True)
+class ApexSection:
+    """`algorithm: apex` (`distral launch`): Ape-X DQN (Horgan et al., 2018,
+    arXiv:1803.00933), dueling double DQN with n-step targets from a prioritised replay."""
+
+    n_step: int = _f(3, "n of the n-step double-Q targets (Ape-X: 3)")
+    target_update_period: int = _f(
+        2500, "learner steps between copies of the online network into the target (Ape-X: 2500)"
+    )
+    hidden: int = _f(128, "units of each dueling stream's hidden layer (one pair per task)")
+    epsilon_base: float = _f(
+        0.4,
+        "exploration ladder: environment b of an actor's B acts with epsilon "
+        "epsilon_base ** (1 + epsilon_alpha b / (B - 1)) (Ape-X: 0.4, over its actors)",
+    )
+    epsilon_alpha: float = _f(7.0, "exploration ladder's exponent range (Ape-X: 7)")
+    selector: str = _f(
+        "prioritized", "replay sampling: prioritized (Ape-X) or uniform (the same run otherwise)"
+    )
+    priority_exponent: float = _f(0.6, "omega: item i is sampled w.p. ~ p_i ** omega (Ape-X: 0.6)")
+    is_exponent_start: float = _f(
+        0.4, "importance-sampling exponent at the start, annealed to 1 over the run (Ape-X: 0.4)"
+    )
+    replay_per_task: int = _f(100_000, "transitions each task's table holds (oldest removed)")
+    min_replay_per_task: int = _f(
+        5_000, "transitions each task's table holds before the learner's first sample"
+    )
+    batch_per_task: int = _f(64, "transitions of each task in one learner step")
+    samples_per_insert: float = _f(
+        1.0,
+        "replay ratio held by a rate limiter: transitions sampled per transition inserted "
+        "(actors wait when ahead, the learner when it is; Acme's DQN holds one too)",
+    )
+
+    def __post_init__(self) -> None:
+        _choice("apex.selector", self.selector, REPLAY_SELECTORS)
+        for name in ("n_step", "target_update_period", "hidden", "replay_per_task"):
+            _positive(f"apex.{name}", getattr(self, name))
+        _positive("apex.min_replay_per_task", self.min_replay_per_task)
+        _positive("apex.batch_per_task", self.batch_per_task)
+        if self.min_replay_per_task > self.replay_per_task:
+            raise ConfigError(
+                f"apex.min_replay_per_task={self.min_replay_per_task!r} exceeds "
+                f"apex.replay_per_task={self.replay_per_task!r}"
+            )
+        if self.batch_per_task > self.min_replay_per_task:
+            raise ConfigError(
+                f"apex.batch_per_task={self.batch_per_task!r} exceeds "
+                f"apex.min_replay_per_task={self.min_replay_per_task!r}"
+            )
+        if not 0.0 < self.epsilon_base <= 1.0:
+            raise ConfigError(f"apex.epsilon_base={self.epsilon_base!r} is outside (0, 1]")
+        for name in ("epsilon_alpha", "priority_exponent"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"apex.{name}={getattr(self, name)!r} must be >= 0")
+        if not 0.0 <= self.is_exponent_start <= 1.0:
+            raise ConfigError(
+                f"apex.is_exponent_start={self.is_exponent_start!r} is outside [0, 1]"
+            )
+        if not self.samples_per_insert > 0:
+            raise ConfigError(f"apex.samples_per_insert={self.samples_per_insert!r} must be > 0")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
@@ -333,6 +399,9 @@ class TrainConfig:
     )
     distill: DistillSection = dataclasses.field(
         default_factory=DistillSection, metadata={"help": "distral distill section"}
+    )
+    apex: ApexSection = dataclasses.field(
+        default_factory=ApexSection, metadata={"help": "algorithm: apex section (Ape-X DQN)"}
     )
 
     def __post_init__(self) -> None:

@@ -132,8 +132,14 @@ class GameEvaluator:
         self._teachers = None if teachers is None else [_teacher_policy(t) for t in teachers]
 
     def _network(self, params: Any, use_pi0: bool) -> Callable[[int], _Act]:
-        """Task -> (obs, key) -> actions of pi_i or pi_0, on the task's column alone."""
-        network, select = self._experiment.network, self._select[use_pi0]
+        """Task -> (obs, key) -> actions of pi_i (the family's `select_action`) or pi_0,
+        on the task's column alone."""
+        experiment = self._experiment
+        network = experiment.network
+        select: Callable[..., Any] = self._select[use_pi0]
+        if not use_pi0:  # the family's acting function (Ape-X's is near-greedy on Q)
+            act = experiment.algorithm.select_action
+            select = lambda p, o, t, k, network: act(p, o, t, k, experiment.parts)  # noqa: E731
 
         def for_task(task: int) -> _Act:
             column = network.task_params(params, task)

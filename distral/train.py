@@ -57,7 +57,7 @@ class Trainer:
         if config.algorithm != "distral":
             raise ConfigError(
                 f"algorithm={config.algorithm!r}: distral train runs algorithm 'distral' "
-                "(distill runs with distral distill)"
+                "(distill runs with distral distill, apex with distral launch)"
             )
         if config.env.name != "two_room":
             raise ConfigError(

@@ -168,3 +168,22 @@ def test_a_run_config_older_than_a_learner_default_loads_as_it_ran(tmp_path):
     assert (resumed.task_column_output, resumed.regulariser) == ("f", "sampled")
     assert resumed.beta == 20 and resumed.seeds == (3,)
     assert cfg.load_config(tmp_path / "config.yaml").regulariser == "expected"  # today's
+
+
+def test_the_apex_section_checks_its_values():
+    load_config, ConfigError = cfg.load_config, cfg.ConfigError
+    config = load_config(None, ["algorithm=apex", "apex.n_step=5", "apex.selector=uniform"])
+    assert (config.apex.n_step, config.apex.selector) == (5, "uniform")
+    bad = {
+        "apex.selector=fifo": r"apex.selector='fifo'; valid choices: prioritized, uniform",
+        "apex.n_step=0": r"apex.n_step=0 must be >= 1",
+        "apex.min_replay_per_task=200000": r"apex.min_replay_per_task=200000 exceeds",
+        "apex.batch_per_task=6000": r"apex.batch_per_task=6000 exceeds",
+        "apex.epsilon_base=0": r"apex.epsilon_base=0.0 is outside \(0, 1\]",
+        "apex.priority_exponent=-1": r"apex.priority_exponent=-1.0 must be >= 0",
+        "apex.is_exponent_start=2": r"apex.is_exponent_start=2.0 is outside \[0, 1\]",
+        "apex.samples_per_insert=0": r"apex.samples_per_insert=0.0 must be > 0",
+    }
+    for setting, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [setting])

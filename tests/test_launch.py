@@ -578,3 +578,53 @@ def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run,
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "no teacher for task 'seaquest'" in lines[0], p.stderr
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# APE-X DQN (algorithm: apex): prioritised transitions through the processes
+# ----------------------------------------------------------------------------------------
+
+
+def test_apex_dqn_learns_through_the_processes_and_resumes(tmp_path):
+    out = tmp_path / "apex"
+    apex_sets = sets([
+        *TINY, "env.games=[breakout,asterix]", "distributed.actors_per_task=1",
+        "apex.min_replay_per_task=64", "apex.batch_per_task=16", "apex.replay_per_task=1000",
+        "apex.target_update_period=3", "log_every=5", "distributed.publish_every=1",
+    ])  # fmt: skip
+    preset = str(ROOT / "experiments" / "minatar_apex_dqn.yaml")
+    p = _distral("launch", preset, "--out", str(out), "--max-learner-steps", "10", *apex_sets)
+    assert p.returncode == 0, p.stderr
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["updates"]) for r in rows] == [5, 10]
+    # The IS exponent runs 0.4 -> 1 over the run's 10 steps: steps 0-4 then 5-9 average
+    # 0.4 + 0.06 x 2 and 0.4 + 0.06 x 7.
+    assert float(rows[0]["is_exponent"]) == pytest.approx(0.52, abs=1e-5)
+    assert float(rows[1]["is_exponent"]) == pytest.approx(0.82, abs=1e-5)
+    for r in rows:
+        assert all(math.isfinite(float(r[f"eval_return_task_{i}"])) for i in (0, 1))
+        assert float(r["td_abs"]) > 0 and 0 < float(r["is_weight_min"]) <= 1
+    # The rate limiter: 1 sample per insert, k = 16 a step and game; after 10 steps each
+    # game inserted 64 (the first sample's minimum) + 160, within its slack (4 k + one
+    # actor step of 4 envs + 2 = 70 samples) and one actor step.
+    summary = json.loads((out / "summary.json").read_text())
+    assert 64 + 160 - 70 <= summary["env_steps_per_task"] <= 64 + 160 + 70 + 4
+    loaded = rundir.load_run(out)
+    obs = jnp.zeros((2, *loaded.experiment.obs_shape))
+    q = loaded.experiment.network.apply(loaded.params, obs, jnp.array([0, 1]))
+    assert q.shape == (2, 6) and bool(jnp.all(jnp.isfinite(q)))
+
+    # Resumed: the learner state (online and target networks, Adam, step) comes back.
+    p = _distral("launch", "--resume", str(out), "--max-learner-steps", "15")
+    assert p.returncode == 0, p.stderr
+    with (out / "metrics.csv").open() as f:
+        assert [int(r["updates"]) for r in csv.DictReader(f)] == [5, 10, 15]
+
+
+def test_apex_on_two_room_and_in_distral_train_are_one_line_errors(tmp_path):
+    _one_line_error(
+        _cli(str(PRESET), "--out", str(tmp_path / "x"), "--set", "algorithm=apex"),
+        "algorithm='apex' runs on the games",
+    )
+    assert not (tmp_path / "x").exists()

@@ -119,3 +119,16 @@ def test_learner_step_takes_the_reference_loss_and_adam_step_on_the_queued_unrol
     # Both rates divide by the same elapsed time: their ratio is the frames of one update.
     ratio = metrics["env_frames_per_second"] / metrics["updates_per_second"]
     assert ratio == pytest.approx(T * 2 * B_ENV)
+
+
+def test_apex_budget_and_a_family_without_per_task_metrics():
+    from distral.config import load_config
+    from distral.distributed.learner import Window, learner_budget
+
+    preset = "experiments/minatar_apex_dqn.yaml"
+    # 1M transitions per game, 1 sample per insert, 64 a step: 15,625 steps, any games.
+    assert learner_budget(load_config(preset), 1) == 15_625
+    config = load_config(preset, ["apex.samples_per_insert=0.5", "apex.batch_per_task=48"])
+    assert learner_budget(config, 3) == 10_417  # ceil(1e6 x 0.5 / 48)
+    window = Window(2, ())
+    assert np.isnan(window.task_mean("kl")).all() and window.task_mean("kl").shape == (2,)

@@ -166,8 +166,8 @@ def test_load_run_gives_each_seeds_final_parameters(tmp_path):
 def test_the_algorithm_key_names_a_registered_family():
     assert cfg.ALGORITHMS == tuple(algorithm.ALGORITHMS)
     assert cfg.load_config(None).algorithm == "distral"
-    with pytest.raises(cfg.ConfigError, match="algorithm='apex'; valid choices: distral"):
-        cfg.load_config(None, overrides={"algorithm": "apex"})
+    with pytest.raises(cfg.ConfigError, match="algorithm='gated'; valid choices: distral"):
+        cfg.load_config(None, overrides={"algorithm": "gated"})
     distral = algorithm.get_algorithm("distral")
     columns = rundir.metric_columns(2, distral.metrics)
     assert columns[10:12] == ["loss", "policy_loss"] and "collapsed_tasks" in columns

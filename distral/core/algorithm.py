@@ -31,15 +31,17 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from distral.core import acting, distillation, learning
+from distral.core import acting, apex, distillation, learning
 from distral.core.losses import LossConfig, LossMetrics
 from distral.core.networks import make_torso
 from distral.core.variants import Variant, get_variant
 
-# T+1 steps of one environment (IMPALA); one state with its teacher's outputs (distillation).
-REPLAY_ITEMS = ("unroll", "teacher_sample")
-# FIFO, each item sampled once (on-policy with lag); uniform sampling of a per-task replay.
-REPLAY_TABLES = ("queue", "uniform")
+# T+1 steps of one environment (IMPALA); one state with its teacher's outputs (distillation);
+# one n-step transition (Ape-X).
+REPLAY_ITEMS = ("unroll", "teacher_sample", "transition")
+# FIFO, each item sampled once (on-policy with lag); uniform sampling of a per-task replay;
+# prioritised sampling of a per-task replay (Ape-X; its `selector` may make it uniform).
+REPLAY_TABLES = ("queue", "uniform", "prioritized")
 
 
 class Parts(NamedTuple):
@@ -185,7 +187,66 @@ DISTILL = Algorithm(
     per_task_metrics=distillation.PER_TASK_METRICS,
 )
 
-ALGORITHMS: dict[str, Algorithm] = {DISTRAL.name: DISTRAL, DISTILL.name: DISTILL}
+# APE-X DQN (Horgan et al., 2018)
+
+
+def build_apex(config: Any, num_tasks: int, num_actions: int) -> Parts:
+    """The dueling network (one head per task), Adam with the global-norm clip (Ape-X
+    clips at 40 too) and the learner's settings from `config.apex`. The importance-sampling
+    exponent's horizon is the run's learner budget, which the learner process sets
+    (`dataclasses.replace(parts.learner_config, is_exponent_steps=budget)`)."""
+    settings = config.apex
+    network = apex.dueling_network(
+        make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        num_tasks,
+        num_actions,
+        settings.hidden,
+    )
+    optimizer = learning.make_optimizer(config.learning_rate, config.max_grad_norm)
+    learner_config = apex.LearnerConfig(
+        target_update_period=settings.target_update_period,
+        is_exponent_start=settings.is_exponent_start,
+    )
+    return Parts(network, optimizer, learner_config, None)
+
+
+def _apex_init(key: jax.Array, parts: Parts, example_obs: Any) -> apex.ApexState:
+    return apex.init_state(key, parts.network, parts.optimizer, example_obs)
+
+
+def _apex_update(
+    state: apex.ApexState, batch: apex.Batch, parts: Parts, task_grouped: bool = False
+) -> tuple[apex.ApexState, dict[str, jax.Array]]:
+    """The update, with the batch's new priorities as the metric `priority` ([B]: the
+    learner hands them to its sampler, they are not a column)."""
+    static = {"network": parts.network, "optimizer": parts.optimizer}
+    state, priority, metrics = apex.update_step(state, batch, config=parts.learner_config, **static)
+    return state, {**metrics, "priority": priority}
+
+
+def _apex_act(
+    params: Any, obs: jax.Array, task_id: jax.Array, key: jax.Array, parts: Parts
+) -> tuple[jax.Array, jax.Array]:
+    """The evaluator's near-greedy action (epsilon `apex.EVAL_EPSILON`) and the Q-values;
+    actors explore with their ladder's epsilons (`distral.distributed.workers`)."""
+    return apex.select_action(
+        params, obs, task_id, jax.numpy.float32(apex.EVAL_EPSILON), key, network=parts.network
+    )
+
+
+APEX = Algorithm(
+    name="apex",
+    build=build_apex,
+    init_state=_apex_init,
+    update_step=_apex_update,
+    select_action=_apex_act,
+    replay_item="transition",
+    replay_table="prioritized",
+    metrics=apex.APEX_METRICS,
+    per_task_metrics=(),
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (DISTRAL, DISTILL, APEX)}
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -66,8 +66,8 @@ def epsilon_ladder(
 
 def epsilon_greedy(q_values: Array, epsilon: Array, key: PRNGKey) -> Array:
     """Actions [B] of an epsilon-greedy policy on Q-values [B, A]: each sample's argmax,
-    replaced with probability `epsilon` by an action drawn uniformly (the greedy one
-    included, as in DQN)."""
+    replaced with probability `epsilon` (a scalar, or [B]: one per sample) by an action
+    drawn uniformly (the greedy one included, as in DQN)."""
     chex.assert_rank(q_values, 2)
     explore_key, action_key = jax.random.split(key)
     batch, num_actions = q_values.shape
@@ -160,6 +160,16 @@ class QNetwork(NamedTuple):
     num_tasks: int
     num_actions: int
 
+    def task_params(self, params: Params, task_id: int) -> Params:
+        """Task `task_id`'s network alone (the torso and its streams, a task axis of 1):
+        what an actor of that task holds, applied with task id 0."""
+        one = lambda x: x[task_id : task_id + 1]  # noqa: E731
+        return {
+            "torso": params["torso"],
+            "value": jax.tree.map(one, params["value"]),
+            "advantage": jax.tree.map(one, params["advantage"]),
+        }
+
 
 def _stream_init(key: PRNGKey, num_tasks: int, dims: tuple[int, int, int]) -> Params:
     d, h, o = dims
@@ -221,6 +231,11 @@ def select_action(
     task = jnp.full((obs.shape[0],), task_id, jnp.int32)
     q_values = network.apply(params, obs, task)
     return epsilon_greedy(q_values, epsilon, key), q_values
+
+
+EVAL_EPSILON = 0.001
+"""The evaluator's epsilon (Dopamine's and Rainbow's evaluation value): near-greedy, so an
+evaluation cannot loop forever on a deterministic game state."""
 
 
 # ----------------------------------------------------------------------------------------

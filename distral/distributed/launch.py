@@ -145,10 +145,15 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
 
     if config.algorithm == "distill":
         check_distill(config)
-    elif config.algorithm != "distral":
+    elif config.algorithm == "apex" and config.env.name == "two_room":
         raise ConfigError(
-            f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral' or "
-            "'distill' (on the games)"
+            "algorithm='apex' runs on the games (env.name: minatar or atari); its evaluator "
+            "plays dm_env episodes"
+        )
+    elif config.algorithm not in ("distral", "apex"):
+        raise ConfigError(
+            f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral', "
+            "'apex', or 'distill' (on the games)"
         )
     if len(config.seeds) != 1:
         raise ConfigError(

@@ -60,7 +60,7 @@ class Learner:
         self._parts = parts
         self._num_tasks = parts.network.num_tasks
         self._client = client
-        self.sampler = sampler or replay.UnrollSampler(client, self._num_tasks, batch_size)
+        self.sampler: Any = sampler or replay.UnrollSampler(client, self._num_tasks, batch_size)
         self._publish_every = publish_every
         self.state = state or algorithm.init_state(jax.random.PRNGKey(seed), parts, example_obs)
         self._frames = 0
@@ -85,6 +85,8 @@ class Learner:
         batch = jax.tree.map(np.asarray, batch)
         self.state, metrics = self._algorithm.update_step(self.state, batch, self._parts)
         metrics = jax.device_get(metrics)
+        if "priority" in metrics:  # Ape-X: the batch's new priorities go back to the replay
+            self.sampler.update_priorities(metrics.pop("priority"))
         if self.step % self._publish_every == 0:
             self.publish()
         t_done = time.perf_counter()
@@ -125,13 +127,18 @@ def learner_budget(config: TrainConfig, num_tasks: int) -> int:
     """Learner steps of the run: `max_learner_steps`, or as many as consume the env-step
     budget (env_steps_per_task x tasks frames) in batches of batch_size x B x T frames.
     A distillation student's step is matched with T actor steps of each of its task's
-    actors (`replay.distill_replay`): env_steps_per_task / (actors x B x T) steps."""
+    actors (`replay.distill_replay`): env_steps_per_task / (actors x B x T) steps. An
+    Ape-X step samples batch_per_task transitions of each task, at samples_per_insert
+    samples per inserted one: env_steps_per_task x samples_per_insert / batch_per_task."""
     d = config.distributed
     if d.max_learner_steps is not None:
         return d.max_learner_steps
     if config.algorithm == "distill":
         per_task = d.actors_per_task * d.envs_per_actor * config.unroll_length
         return -(-config.env_steps_per_task // per_task)
+    if config.algorithm == "apex":  # k samples per task and step, spi samples per insert
+        s = config.apex
+        return math.ceil(config.env_steps_per_task * s.samples_per_insert / s.batch_per_task)
     frames_per_step = d.batch_size * d.envs_per_actor * config.unroll_length
     return -(-config.env_steps_per_task * num_tasks // frames_per_step)
 
@@ -194,7 +201,10 @@ class Window:
         return self.sums.get(key, math.nan) / max(self.updates, 1)
 
     def task_mean(self, name: str) -> np.ndarray:
-        """[N] mean of a per-task metric over the window's unrolls of each task (NaN: none)."""
+        """[N] mean of a per-task metric over the window's unrolls of each task (NaN: none,
+        or a metric the family does not report per task)."""
+        if name not in self.task_sums:
+            return np.full(len(self.task_unrolls), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.task_unrolls > 0, self.task_sums[name] / self.task_unrolls, np.nan)
 
@@ -297,9 +307,15 @@ class LearnerRun:
         self.evaluate: Any = None  # set by `start_evaluator`
 
     def _sampler(self) -> Any:
-        """The learner's side of the replay: per-task teacher samples for a student, else
-        the unroll queue (`Learner`'s default)."""
-        if self.experiment.algorithm.replay_table != "uniform":
+        """The learner's side of the replay: per-task teacher samples for a student, per-task
+        transitions for Ape-X, else the unroll queue (`Learner`'s default)."""
+        table = self.experiment.algorithm.replay_table
+        if table == "prioritized":
+            from distral.distributed.prioritized import TransitionSampler
+
+            k = self.config.apex.batch_per_task
+            return TransitionSampler(self.client, self.experiment.num_tasks, k)
+        if table != "uniform":
             return None
         sizes = replay.distill_replay(self.config)
         return replay.TeacherSampler(self.client, self.experiment.num_tasks, sizes.items_per_update)
@@ -402,6 +418,15 @@ class LearnerRun:
             self.save()
 
 
+def with_learner_config(experiment: Experiment, **changes: Any) -> Experiment:
+    """`experiment` with its family's learner configuration changed (a static value the
+    run alone knows, such as its learner budget)."""
+    import dataclasses
+
+    config = dataclasses.replace(experiment.parts.learner_config, **changes)
+    return dataclasses.replace(experiment, parts=experiment.parts._replace(learner_config=config))
+
+
 def human_normalised_columns(games: Sequence[str], returns: np.ndarray) -> dict[str, float]:
     """eval_hns and eval_hns_task_i: human-normalised evaluation scores (Mnih et al., 2015)."""
     from distral.envs.atari import human_normalised_score
@@ -430,6 +455,8 @@ def learner_main(
     """
     experiment, teachers = experiment_and_teachers(config)
     budget = learner_budget(config, experiment.num_tasks)
+    if config.algorithm == "apex":  # the IS exponent reaches 1 at the run's last step
+        experiment = with_learner_config(experiment, is_exponent_steps=budget)
     server, address, client = serve_replay(experiment, host)
     try:
         run = LearnerRun(experiment, Path(run_dir), resume, client, teachers)

@@ -21,6 +21,7 @@ No pickle: items are arrays.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
@@ -31,7 +32,7 @@ import tensorflow as tf
 from dm_env import specs
 
 from distral.core.apex import PRIORITY_EXPONENT, Batch
-from distral.distributed.replay import ItemWriter, checked_step
+from distral.distributed.replay import ItemWriter, can_sample, checked_step
 
 Selector = Literal["prioritized", "uniform"]
 SELECTORS: tuple[str, ...] = ("prioritized", "uniform")
@@ -64,10 +65,14 @@ def transition_tables(
     min_size: int,
     selector: Selector = "prioritized",
     priority_exponent: float = PRIORITY_EXPONENT,
+    samples_per_insert: float | None = None,
+    error_buffer: float = 0.0,
 ) -> list[reverb.Table]:
     """One table per task of at most `max_size` transitions (oldest removed first); the
-    learner may sample once a table holds `min_size` (Ape-X's free-running actors:
-    a MinSize rate limiter, never blocking them)."""
+    learner may sample once a table holds `min_size`. Without `samples_per_insert` the
+    actors run free (Ape-X's way: a MinSize limiter); with it a SampleToInsertRatio
+    limiter holds the replay ratio within `error_buffer` samples, so a run's result does
+    not depend on how fast the machine's actors are relative to its learner."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown replay selector {selector!r}; valid: {', '.join(SELECTORS)}")
     if not 1 <= min_size <= max_size:
@@ -81,17 +86,60 @@ def transition_tables(
             return reverb.selectors.Uniform()
         return reverb.selectors.Prioritized(priority_exponent)
 
+    def limiter() -> Any:
+        if samples_per_insert is None:
+            return reverb.rate_limiters.MinSize(min_size)
+        return reverb.rate_limiters.SampleToInsertRatio(samples_per_insert, min_size, error_buffer)
+
     return [
         reverb.Table(
             name=transition_table(i),
             sampler=sampler(),
             remover=reverb.selectors.Fifo(),
             max_size=max_size,
-            rate_limiter=reverb.rate_limiters.MinSize(min_size),
+            rate_limiter=limiter(),
             signature=signature,
         )
         for i in range(num_tasks)
     ]
+
+
+class ApexReplay(NamedTuple):
+    """The per-task transition replays of an Ape-X run (`apex_replay`)."""
+
+    items_per_update: int  # k: transitions of each task in one learner step
+    max_items: int
+    min_items: int
+    samples_per_insert: float
+    error_buffer: float  # the rate limiter's slack, in samples
+
+
+def apex_replay(config: Any) -> ApexReplay:
+    """The replay sizes of `config.apex`. The rate limiter's slack lets the learner take
+    4 steps' samples, plus one burst of every actor of the task (B transitions each per
+    actor step), before either side waits."""
+    s, d = config.apex, config.distributed
+    burst = s.samples_per_insert * d.envs_per_actor * d.actors_per_task
+    slack = 4.0 * s.batch_per_task + burst + 2.0 * max(1.0, s.samples_per_insert)
+    return ApexReplay(
+        s.batch_per_task, s.replay_per_task, s.min_replay_per_task, s.samples_per_insert, slack
+    )
+
+
+def apex_tables(experiment: Any) -> list[reverb.Table]:
+    """The transition tables of an Ape-X configuration (`replay.make_replay_tables`)."""
+    config = experiment.config
+    sizes = apex_replay(config)
+    return transition_tables(
+        experiment.observation_spec,
+        experiment.num_tasks,
+        max_size=sizes.max_items,
+        min_size=sizes.min_items,
+        selector=config.apex.selector,
+        priority_exponent=config.apex.priority_exponent,
+        samples_per_insert=sizes.samples_per_insert,
+        error_buffer=sizes.error_buffer,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,7 +235,7 @@ class TransitionWriter(ItemWriter):
         task_id: int,
         *,
         signature: Mapping[str, tf.TensorSpec] | None = None,
-        max_in_flight_items: int = 64,
+        max_in_flight_items: int = 32,
     ) -> None:
         super().__init__(
             client,
@@ -291,7 +339,7 @@ class NStepWriter(TransitionWriter):
         discount: float,
         *,
         signature: Mapping[str, tf.TensorSpec] | None = None,
-        max_in_flight_items: int = 64,
+        max_in_flight_items: int = 32,
     ) -> None:
         self._accumulator = NStepAccumulator(n_step, discount)
         super().__init__(
@@ -312,3 +360,56 @@ class NStepWriter(TransitionWriter):
             return False
         self.write(transitions, timeout_ms=timeout_ms)
         return True
+
+
+class TransitionSampler:
+    """The learner's side of Ape-X's replay, with `replay.TeacherSampler`'s interface:
+    `wait`, `size`, `sample` -> (batch, params steps, env steps per task), and
+    `update_priorities(priorities)` for the batch `sample` gave last.
+
+    `wait` polls until every table's rate limiter lets a step's samples through
+    (`replay.can_sample`): a learner blocked inside Reverb's sampler could not see a stop.
+    """
+
+    def __init__(self, client: reverb.Client, num_tasks: int, items_per_task: int) -> None:
+        self._client = client
+        self._tables = [transition_table(i) for i in range(num_tasks)]
+        self._k = items_per_task
+        self._sampler = PrioritizedSampler(client, num_tasks, items_per_task)
+        self._inserted = np.zeros(num_tasks, np.int64)
+        self._info: Any = None
+        self._keys: list[np.ndarray] | None = None
+
+    def wait(self, should_stop: Any, poll: float = 0.002) -> bool:
+        """True once every table can give a step's samples; False if `should_stop()` first."""
+        while True:
+            self._info = self._client.server_info()
+            if all(can_sample(self._info[t], self._k) for t in self._tables):
+                return True
+            if should_stop():
+                return False
+            time.sleep(poll)
+
+    def size(self) -> float:
+        """Mean transitions per table (as of the last `wait`)."""
+        if self._info is None:
+            return 0.0
+        return float(np.mean([self._info[t].current_size for t in self._tables]))
+
+    def sample(self) -> tuple[Batch, np.ndarray, np.ndarray]:
+        """(`apex.Batch` of N x k transitions, the learner step that acted at each s_t,
+        transitions inserted per task since the previous step: one env step each)."""
+        sampled = self._sampler.sample()
+        self._keys = sampled.keys
+        inserted = np.array(
+            [self._info[t].rate_limiter_info.insert_stats.completed for t in self._tables],
+            np.int64,
+        )
+        frames, self._inserted = inserted - self._inserted, inserted
+        return sampled.batch, sampled.params_step, frames
+
+    def update_priorities(self, priorities: np.ndarray) -> None:
+        """Writes the new priorities of the batch `sample` gave last."""
+        if self._keys is None:
+            raise RuntimeError("update_priorities before any sample")
+        self._sampler.update_priorities(self._keys, priorities)

@@ -158,12 +158,20 @@ def service_tables(variables_signature: Any, num_tasks: int) -> list[reverb.Tabl
 
 def make_replay_tables(experiment: Any) -> list:
     """The Reverb tables of a configuration (signatures from its environment spec): an
-    unroll queue (`algorithm.replay_table` "queue"), or one uniform table of teacher
-    samples per task ("uniform": `distill_tables`)."""
+    unroll queue (`algorithm.replay_table` "queue"), one uniform table of teacher
+    samples per task ("uniform": `distill_tables`), or one prioritised table of n-step
+    transitions per task ("prioritized": `prioritized.apex_tables`)."""
     config = experiment.config
     d = config.distributed
     obs_spec = experiment.observation_spec
     params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), experiment.params_template())
+    if experiment.algorithm.replay_table == "prioritized":  # Ape-X's transition tables
+        from distral.distributed.prioritized import apex_tables
+
+        return [
+            *apex_tables(experiment),
+            *service_tables(variables_signature(params), experiment.num_tasks),
+        ]
     if experiment.algorithm.replay_table == "uniform":
         return [
             *distill_tables(experiment),

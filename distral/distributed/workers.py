@@ -87,14 +87,21 @@ def make_actor(
     experiment, teachers = experiment_and_teachers(config)
     d = config.distributed
     client = reverb.Client(address)
-    # A student acts with its task's teacher beside it, and writes that teacher's labels.
+    # A student acts with its task's teacher beside it, and writes that teacher's labels;
+    # an Ape-X actor explores epsilon-greedily and writes n-step transitions.
     policy = None if teachers is None else actor_policy(experiment, teachers[task_id])
+    if config.algorithm == "apex":
+        policy = apex_policy(experiment)
     if writer is None:
-        items: Any = (
-            replay.UnrollWriter(client, config.unroll_length)
-            if policy is None
-            else replay.SampleWriter(client, task_id)
-        )
+        items: Any
+        if config.algorithm == "apex":
+            from distral.distributed.prioritized import NStepWriter
+
+            items = NStepWriter(client, task_id, config.apex.n_step, config.discount)
+        elif policy is None:
+            items = replay.UnrollWriter(client, config.unroll_length)
+        else:
+            items = replay.SampleWriter(client, task_id)
         writer = ReplayWriter(client, items)
     variables = VariableClient(
         client,
@@ -112,6 +119,26 @@ def make_actor(
         seed=seed,
         policy=policy,
     )
+
+
+def apex_policy(experiment: Any) -> Any:
+    """An Ape-X actor's policy on its task's network: epsilon-greedy with the exploration
+    ladder over its B environments (environment b: epsilon_base ** (1 + alpha b / (B - 1));
+    Ape-X spreads the ladder over its actors, each with one environment), writing the
+    Q-values it acted on (the initial priorities)."""
+    import jax.numpy as jnp
+
+    from distral.core import apex
+
+    s, network = experiment.config.apex, experiment.network
+    b = experiment.config.distributed.envs_per_actor
+    epsilons = jnp.asarray(apex.epsilon_ladder(b, s.epsilon_base, s.epsilon_alpha), jnp.float32)
+
+    def policy(params: Any, obs: np.ndarray, key: Any) -> tuple[Any, dict[str, Any]]:
+        action, q = apex.select_action(params, obs, np.int32(0), epsilons, key, network=network)
+        return action, {"q_values": q}
+
+    return policy
 
 
 class _StopFlag:
