@@ -331,3 +331,20 @@ def test_launch_refuses_replays_not_in_whole_items():
         preflight(_config(distill={"batch_per_task": 5}), backend="local", ray_address=None)
     with pytest.raises(cfg.ConfigError, match=r"replay_per_task=8 holds 4 items of 2 samples"):
         preflight(_config(distill={"replay_per_task": 8}), backend="local", ray_address=None)
+
+
+def test_a_students_service_tables_and_a_timed_out_append(served):
+    """The student's run has the parameter slot of its network and per-task evaluation
+    rows (`make_replay_tables`' shared tables); an append given a timeout raises when the
+    rate limiter holds the actor back, instead of waiting for ever."""
+    experiment, client = served
+    info = client.server_info()
+    leaves = jax.tree.leaves(experiment.params_template())
+    slot = info[replay.VARIABLES].signature
+    assert [s.shape.as_list() for s in slot[1:]] == [list(x.shape) for x in leaves]
+    assert info[replay.EVALUATIONS].signature["pi_i"].shape.as_list() == [2]
+    writer = replay.SampleWriter(client, 0)
+    with pytest.raises(reverb.errors.DeadlineExceededError):
+        for t in range(30):  # 24 items fill the limiter's slack (test above)
+            writer.append(_step(experiment, 0, t), timeout_ms=200)
+    writer.close()

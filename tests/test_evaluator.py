@@ -196,3 +196,33 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     pi_i, pi_0 = make_evaluator(experiment, 2, 0, stop_after_ten_steps)(state.params, 1)
     assert np.isnan(pi_i).all() and np.isnan(pi_0).all()
     assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)
+
+
+def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_task():
+    """Given teachers, the game evaluator plays them in pi_0's place (their returns differ
+    from a pi_0 evaluation's); a stop gives NaN for every task, shaped [N]."""
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml",
+        ["env.games=[breakout, freeway]", "env.max_steps=200"],
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0), experiment.network, experiment.parts.optimizer,
+        experiment.example_obs,
+    )  # fmt: skip
+
+    class AlwaysUp:  # a teacher whose policy is "up" (action 2) on every state
+        params = None
+
+        @staticmethod
+        def apply(params, obs):
+            logits = jnp.full((obs.shape[0], 6), -1e9).at[:, 2].set(0.0)
+            return logits, jnp.zeros((obs.shape[0], 1))
+
+    teachers = [AlwaysUp(), AlwaysUp()]
+    _, with_teachers = make_evaluator(experiment, 2, 0, teachers=teachers)(state.params, 1)
+    # Freeway's chicken that always moves up crosses the road about 3 times in 200 steps.
+    _, pi_0 = make_evaluator(experiment, 2, 0)(state.params, 1)
+    assert with_teachers[1] >= 2 and with_teachers[1] > pi_0[1] + 1
+    stopped, _ = make_evaluator(experiment, 2, 0, lambda: True, teachers=teachers)(state.params, 1)
+    assert stopped.shape == (2,) and np.isnan(stopped).all()

@@ -387,3 +387,20 @@ def test_wait_for_items_returns_when_the_items_are_there_or_a_stop_is_asked(make
     assert replay.wait_for_items(client, replay.EPISODES, 2, lambda: True)  # already there
     assert not replay.wait_for_items(client, replay.EPISODES, 3, lambda: True)
     writer.close()
+
+
+def test_the_unroll_sampler_waits_for_a_batch_and_counts_steps_per_task(make_server):
+    """`UnrollSampler`: `wait` is True once a step's unrolls are queued, False on a stop;
+    `sample` counts env steps per task for every task, those absent from the batch too."""
+    _, client, _ = make_server()
+    sampler = replay.UnrollSampler(client, num_tasks=3, batch_size=2)
+    assert sampler.wait(lambda: True) is False  # empty queue, stop asked
+    writer = replay.UnrollWriter(client, T)
+    for i in range(2 * T + 1):  # 2 unrolls of task 0
+        writer.append(known_step(i, task=0))
+    writer.flush()
+    assert sampler.wait(lambda: False) is True
+    batch, _, steps = sampler.sample()
+    np.testing.assert_array_equal(batch.task_id, [0] * 2 * B)
+    np.testing.assert_array_equal(steps, [2 * T * B, 0, 0])  # 2 unrolls x T steps x B envs
+    writer.close()
