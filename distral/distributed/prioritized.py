@@ -21,7 +21,6 @@ No pickle: items are arrays.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
@@ -32,7 +31,7 @@ import tensorflow as tf
 from dm_env import specs
 
 from distral.core.apex import PRIORITY_EXPONENT, Batch
-from distral.distributed.replay import ItemWriter, can_sample, checked_step
+from distral.distributed.replay import ItemWriter, TableSampler, checked_step
 
 Selector = Literal["prioritized", "uniform"]
 SELECTORS: tuple[str, ...] = ("prioritized", "uniform")
@@ -362,51 +361,24 @@ class NStepWriter(TransitionWriter):
         return True
 
 
-class TransitionSampler:
-    """The learner's side of Ape-X's replay, with `replay.TeacherSampler`'s interface:
-    `wait`, `size`, `sample` -> (batch, params steps, env steps per task), and
-    `update_priorities(priorities)` for the batch `sample` gave last.
-
-    `wait` polls until every table's rate limiter lets a step's samples through
-    (`replay.can_sample`): a learner blocked inside Reverb's sampler could not see a stop.
-    """
+class TransitionSampler(TableSampler):
+    """The learner's side of Ape-X's replay (`replay.TableSampler`'s `wait` and `size`):
+    `sample` -> (batch, params steps, env steps per task), then
+    `update_priorities(priorities)` for the batch `sample` gave last."""
 
     def __init__(self, client: reverb.Client, num_tasks: int, items_per_task: int) -> None:
-        self._client = client
-        self._tables = [transition_table(i) for i in range(num_tasks)]
-        self._k = items_per_task
+        tables = [transition_table(i) for i in range(num_tasks)]
+        super().__init__(client, tables, items_per_task)
         self._sampler = PrioritizedSampler(client, num_tasks, items_per_task)
-        self._inserted = np.zeros(num_tasks, np.int64)
-        self._info: Any = None
         self._keys: list[np.ndarray] | None = None
-
-    def wait(self, should_stop: Any, poll: float = 0.002) -> bool:
-        """True once every table can give a step's samples; False if `should_stop()` first."""
-        while True:
-            self._info = self._client.server_info()
-            if all(can_sample(self._info[t], self._k) for t in self._tables):
-                return True
-            if should_stop():
-                return False
-            time.sleep(poll)
-
-    def size(self) -> float:
-        """Mean transitions per table (as of the last `wait`)."""
-        if self._info is None:
-            return 0.0
-        return float(np.mean([self._info[t].current_size for t in self._tables]))
 
     def sample(self) -> tuple[Batch, np.ndarray, np.ndarray]:
         """(`apex.Batch` of N x k transitions, the learner step that acted at each s_t,
-        transitions inserted per task since the previous step: one env step each)."""
+        transitions inserted per task since the previous step: one env step each). Call
+        it after `wait` returned True."""
         sampled = self._sampler.sample()
         self._keys = sampled.keys
-        inserted = np.array(
-            [self._info[t].rate_limiter_info.insert_stats.completed for t in self._tables],
-            np.int64,
-        )
-        frames, self._inserted = inserted - self._inserted, inserted
-        return sampled.batch, sampled.params_step, frames
+        return sampled.batch, sampled.params_step, self._new_inserts()
 
     def update_priorities(self, priorities: np.ndarray) -> None:
         """Writes the new priorities of the batch `sample` gave last."""

@@ -707,28 +707,20 @@ def can_sample(info: Any, num_samples: int) -> bool:
     return inserted - limiter.sample_stats.completed - (num_samples + 1) >= limiter.min_diff
 
 
-class TeacherSampler:
-    """The learner's side of the per-task teacher-sample tables: each step takes
-    `items_per_update` items of every task (task-major: tasks interleaved evenly, as in
-    Rusu et al. and Parisotto et al.), through one long-lived sampler per table.
+class TableSampler:
+    """What the learner's side of per-task rate-limited tables shares (`TeacherSampler`,
+    `prioritized.TransitionSampler`): `wait` polls until every table's rate limiter lets
+    a step's `items_per_update` items through (Reverb's Python sampler has no timeout: a
+    learner blocked inside it could not see a stop), `size`, and the items inserted into
+    each table since the previous step."""
 
-    `wait` polls until every table's rate limiter lets a step's items through (Reverb's
-    Python sampler has no timeout: a learner blocked inside it could not see a stop).
-    """
-
-    def __init__(self, client: reverb.Client, num_tasks: int, items_per_update: int) -> None:
-        if num_tasks < 1 or items_per_update < 1:
-            raise ValueError(f"num_tasks={num_tasks}, items_per_update={items_per_update}")
+    def __init__(self, client: reverb.Client, tables: list[str], items_per_update: int) -> None:
+        if not tables or items_per_update < 1:
+            raise ValueError(f"num_tasks={len(tables)}, items_per_update={items_per_update}")
         self._client = client
-        self._tables = [teacher_table(i) for i in range(num_tasks)]
+        self._tables = tables
         self._k = items_per_update
-        self._samples = [
-            client.sample(
-                t, num_samples=1 << 62, emit_timesteps=False, unpack_as_table_signature=True
-            )
-            for t in self._tables
-        ]
-        self._inserted = np.zeros(num_tasks, np.int64)  # items per table, as of the last step
+        self._inserted = np.zeros(len(tables), np.int64)  # items per table, as of the last step
         self._info: Any = None
 
     def wait(self, should_stop: Any, poll: float = 0.002) -> bool:
@@ -747,6 +739,31 @@ class TeacherSampler:
             return 0.0
         return float(np.mean([self._info[t].current_size for t in self._tables]))
 
+    def _new_inserts(self) -> np.ndarray:
+        """[N] items inserted into each table since the previous call (as of the last
+        `wait`)."""
+        inserted = np.array(
+            [self._info[t].rate_limiter_info.insert_stats.completed for t in self._tables], np.int64
+        )
+        new, self._inserted = inserted - self._inserted, inserted
+        return new
+
+
+class TeacherSampler(TableSampler):
+    """The learner's side of the per-task teacher-sample tables: each step takes
+    `items_per_update` items of every task (task-major: tasks interleaved evenly, as in
+    Rusu et al. and Parisotto et al.), through one long-lived sampler per table, once
+    `wait` saw every table's rate limiter let them through."""
+
+    def __init__(self, client: reverb.Client, num_tasks: int, items_per_update: int) -> None:
+        super().__init__(client, [teacher_table(i) for i in range(num_tasks)], items_per_update)
+        self._samples = [
+            client.sample(
+                t, num_samples=1 << 62, emit_timesteps=False, unpack_as_table_signature=True
+            )
+            for t in self._tables
+        ]
+
     def sample(self) -> tuple[Any, np.ndarray, np.ndarray]:
         """(`distillation.Batch` of N x k x B samples, the student's learner step of each
         item [N x k], env steps per task written since the previous step [N]). Call it
@@ -763,8 +780,4 @@ class TeacherSampler:
             cat("observation"), cat("teacher_outputs"), cat("teacher_features"), task_id
         )
         params_step = np.array([int(item["params_step"]) for item in flat], np.int64)
-        inserted = np.array(
-            [self._info[t].rate_limiter_info.insert_stats.completed for t in self._tables], np.int64
-        )
-        frames, self._inserted = (inserted - self._inserted) * b, inserted
-        return batch, params_step, frames
+        return batch, params_step, self._new_inserts() * b
