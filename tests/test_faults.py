@@ -27,7 +27,6 @@ from launching import (
     alive,
     cmdline,
     descendants,
-    kill_and_await_restart,
     metrics_rows,
     port_free,
     saved_steps,
@@ -123,18 +122,6 @@ def test_killed_launcher_takes_its_children_with_it(tmp_path, launches):
         cmdline(p) for p in still_running(processes)
     ]
     assert wait_until(lambda: port_free(port), 10)
-
-
-def test_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
-    out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "150", *sets(SMALL))
-    launches.append(launch)
-    kill_and_await_restart(launch, "actor task 1 replica 0")
-    code = launch.finish()
-    assert code == 0, "\n".join(launch.lines[-20:])
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["learner_steps"] == 150
-    assert not [p for p in launch.pids() if alive(p)]
 
 
 def test_out_of_restarts_then_sigterm_each_leave_a_checkpoint_that_resumes(tmp_path, launches):

@@ -115,6 +115,8 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
     Under this test's parameter lag (~2.6 learner steps) 2col used to collapse a task into a
     wall-bumping policy (-58) on some runs; issue 15's fix (BUILD_NOTES.md, "Robust
     learning") must keep every task out of it, so no row may report a collapsed task.
+    One actor is SIGKILLed 2 s after the actors start: the launcher restarts its slot and
+    the run completes its budget (issue 20's fault, tested here to spare a launch).
     """
     out = tmp_path / "run"
     settings = [*SMALL, "log_every=100", "checkpoint_every=5"]
@@ -129,7 +131,9 @@ def test_two_actors_and_a_learner_learn_two_room(tmp_path, launches):
         *sets(settings),
     )
     launches.append(launch)
+    kill_and_await_restart(launch, "actor task 1 replica 0")
     assert launch.finish(timeout=540) == 0, "\n".join(launch.lines[-20:])
+    assert len([x for x in launch.lines if " died " in x]) == 1
     rows = metrics_rows(out)
     curve = "; ".join(
         f"{r['updates']}: {float(r['return_task_0']):.2f} {float(r['return_task_1']):.2f}"
