@@ -26,7 +26,6 @@ learner takes `batch_per_task` samples of every task per step
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,10 +70,7 @@ class DistillRunner(NamedTuple):
 def student_experiment(experiment: Experiment, teachers: Sequence[Teacher]) -> Experiment:
     """`experiment` (of `algorithm: distill`) with its learner told the teachers' feature
     sizes, which size Actor-Mimic's regression heads f_i."""
-    learner = dataclasses.replace(
-        experiment.parts.learner_config, feature_dims=tuple(t.feature_dim for t in teachers)
-    )
-    return dataclasses.replace(experiment, parts=experiment.parts._replace(learner_config=learner))
+    return experiment.with_learner_config(feature_dims=tuple(t.feature_dim for t in teachers))
 
 
 def feature_size(learner: distillation.LearnerConfig) -> int:

@@ -101,6 +101,12 @@ class Experiment:
         networks), nor for other families (a distillation student has only its pi_i)."""
         return self.config.algorithm == "distral" and self.variant.architecture != "independent"
 
+    def with_learner_config(self, **changes: Any) -> Experiment:
+        """This experiment with its family's learner configuration changed: a static value
+        only the run knows (a student's teachers' feature sizes, Ape-X's learner budget)."""
+        config = dataclasses.replace(self.parts.learner_config, **changes)
+        return dataclasses.replace(self, parts=self.parts._replace(learner_config=config))
+
     @property
     def example_obs(self) -> np.ndarray:
         return np.zeros((1, *self.obs_shape), self.observation_spec.dtype)

@@ -418,15 +418,6 @@ class LearnerRun:
             self.save()
 
 
-def with_learner_config(experiment: Experiment, **changes: Any) -> Experiment:
-    """`experiment` with its family's learner configuration changed (a static value the
-    run alone knows, such as its learner budget)."""
-    import dataclasses
-
-    config = dataclasses.replace(experiment.parts.learner_config, **changes)
-    return dataclasses.replace(experiment, parts=experiment.parts._replace(learner_config=config))
-
-
 def human_normalised_columns(games: Sequence[str], returns: np.ndarray) -> dict[str, float]:
     """eval_hns and eval_hns_task_i: human-normalised evaluation scores (Mnih et al., 2015)."""
     from distral.envs.atari import human_normalised_score
@@ -456,7 +447,7 @@ def learner_main(
     experiment, teachers = experiment_and_teachers(config)
     budget = learner_budget(config, experiment.num_tasks)
     if config.algorithm == "apex":  # the IS exponent reaches 1 at the run's last step
-        experiment = with_learner_config(experiment, is_exponent_steps=budget)
+        experiment = experiment.with_learner_config(is_exponent_steps=budget)
     server, address, client = serve_replay(experiment, host)
     try:
         run = LearnerRun(experiment, Path(run_dir), resume, client, teachers)
