@@ -292,20 +292,17 @@ class ApexSection:
 
     def __post_init__(self) -> None:
         _choice("apex.selector", self.selector, REPLAY_SELECTORS)
-        for name in ("n_step", "target_update_period", "hidden", "replay_per_task"):
-            _positive(f"apex.{name}", getattr(self, name))
-        _positive("apex.min_replay_per_task", self.min_replay_per_task)
-        _positive("apex.batch_per_task", self.batch_per_task)
-        if self.min_replay_per_task > self.replay_per_task:
-            raise ConfigError(
-                f"apex.min_replay_per_task={self.min_replay_per_task!r} exceeds "
-                f"apex.replay_per_task={self.replay_per_task!r}"
-            )
-        if self.batch_per_task > self.min_replay_per_task:
-            raise ConfigError(
-                f"apex.batch_per_task={self.batch_per_task!r} exceeds "
-                f"apex.min_replay_per_task={self.min_replay_per_task!r}"
-            )
+        counts = "n_step target_update_period hidden replay_per_task min_replay_per_task"
+        _all_positive(self, [*counts.split(), "batch_per_task"], prefix="apex.")
+        for small, large in (
+            ("min_replay_per_task", "replay_per_task"),
+            ("batch_per_task", "min_replay_per_task"),
+        ):
+            if getattr(self, small) > getattr(self, large):
+                raise ConfigError(
+                    f"apex.{small}={getattr(self, small)!r} exceeds "
+                    f"apex.{large}={getattr(self, large)!r}"
+                )
         if not 0.0 < self.epsilon_base <= 1.0:
             raise ConfigError(f"apex.epsilon_base={self.epsilon_base!r} is outside (0, 1]")
         for name in ("epsilon_alpha", "priority_exponent"):

@@ -128,22 +128,22 @@ class GameEvaluator:
             [experiment.make_env(task, seed32(seed, task, e, 1)) for e in range(episodes)]
             for task in range(experiment.num_tasks)
         ]  # fmt: skip
-        self._select = {False: acting.select_action, True: acting.select_action_pi0}
+        self._select_pi0 = acting.select_action_pi0
         self._teachers = None if teachers is None else [_teacher_policy(t) for t in teachers]
 
     def _network(self, params: Any, use_pi0: bool) -> Callable[[int], _Act]:
         """Task -> (obs, key) -> actions of pi_i (the family's `select_action`) or pi_0,
         on the task's column alone."""
-        experiment = self._experiment
-        network = experiment.network
-        select: Callable[..., Any] = self._select[use_pi0]
-        if not use_pi0:  # the family's acting function (Ape-X's is near-greedy on Q)
-            act = experiment.algorithm.select_action
-            select = lambda p, o, t, k, network: act(p, o, t, k, experiment.parts)  # noqa: E731
+        experiment, pi_0 = self._experiment, self._select_pi0
+        network, act = experiment.network, experiment.algorithm.select_action
+        parts = experiment.parts
 
         def for_task(task: int) -> _Act:
             column = network.task_params(params, task)
-            return lambda obs, key: select(column, obs, np.int32(0), key, network=network)[0]
+            if use_pi0:
+                return lambda obs, key: pi_0(column, obs, np.int32(0), key, network=network)[0]
+            # the family's acting function (Ape-X's is near-greedy on Q)
+            return lambda obs, key: act(column, obs, np.int32(0), key, parts)[0]
 
         return for_task
 
