@@ -17,7 +17,13 @@ from typing import Any, NamedTuple, NoReturn
 
 from distral import __version__
 from distral.config import ConfigError, Figure3Config, TrainConfig, describe_fields
-from distral.core.variants import VARIANTS, VariantError, format_table, get_variant
+from distral.core.variants import (
+    PAPER_VARIANTS,
+    VARIANTS,
+    VariantError,
+    format_table,
+    get_variant,
+)
 
 EXIT_USAGE = 2
 
@@ -386,7 +392,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from distral.config import load_config, read_yaml
 
     read_yaml(args.config)  # a missing or broken CONFIG is reported before anything else
-    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    named = {"paper": list(PAPER_VARIANTS), "all": list(VARIANTS)}
+    variants = named.get(args.variants) or args.variants.split(",")
     grid = None
     if args.grid is not None:
         if args.grid == "default":
@@ -434,6 +441,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from distral.plotting import PlotError, plot_per_task, plot_runs
 
+    if args.gates:
+        from distral.gates import plot_gates
+
+        if len(args.run_dirs) != 1:
+            _fail(f"--gates takes one RUN_DIR, got {len(args.run_dirs)}")
+        try:
+            print(plot_gates(args.run_dirs[0], args.out, steps_per_task=args.gate_steps))
+        except (PlotError, ConfigError) as e:
+            _fail(str(e))
+        return 0
     if args.per_task:
         column = "return" if args.column == "mean_return" else args.column
         name = f"{column}_per_task.png"
@@ -603,7 +620,10 @@ _COMMANDS = (
         [
             _arg("config", help="YAML config, e.g. experiments/two_room.yaml"),
             _arg(
-                "--variants", default="all", help="all (default) or comma-separated variant names"
+                "--variants",
+                default="paper",
+                help="paper (default: the paper's seven), all (with the gated ones) or "
+                "comma-separated variant names",
             ),
             _arg("--seeds", type=int, default=5, metavar="N", help="seeds per run (default 5)"),
             _arg("--grid", nargs="?", const="default", metavar="SPEC", help=_GRID_HELP),
@@ -646,6 +666,20 @@ _COMMANDS = (
                 action="store_true",
                 help="one panel per task (game) of the COLUMN_task_i columns: return (the "
                 "default here), eval_return, pi0_eval_return, kl",
+            ),
+            _arg(
+                "--gates",
+                action="store_true",
+                help="a gated run (variants gated, gated_task): heat map of the mean gate "
+                "activation per task and sub-policy of its final policy (RUN_DIR/gates.png "
+                "and gates.csv)",
+            ),
+            _arg(
+                "--gate-steps",
+                type=int,
+                default=1000,
+                metavar="N",
+                help="--gates: agent steps played on each task (default 1000)",
             ),
         ],
     ),

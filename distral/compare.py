@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distral.config import ConfigError, TrainConfig, load_config, load_run_config, parse_sets
-from distral.core.variants import VARIANTS, get_variant
+from distral.core.variants import PAPER_VARIANTS, VARIANTS, get_variant
 from distral.files import atomic_write, json_safe
 from distral.plotting import PlotError, plot_seed_curves, pyplot, read_metrics, save_figure
 from distral.stats import CI_REPS, CI_SEED, interval_estimates, mean_ci
@@ -136,7 +136,7 @@ def plan(
     if seeds < 1:
         raise CompareError(f"--seeds {seeds} must be >= 1")
     if load_config(config_path, sets).algorithm == "distill":
-        if list(variants) != list(VARIANTS):
+        if list(variants) not in (list(PAPER_VARIANTS), list(VARIANTS)):
             raise CompareError(
                 "--variants names Distral variants; a distill config compares the settings "
                 "of its --grid (e.g. --grid distill.loss=nll,mse,kl)"
@@ -557,7 +557,7 @@ def compare(
     config_path: str | Path,
     out: Path,
     *,
-    variants: Sequence[str] = tuple(VARIANTS),
+    variants: Sequence[str] = PAPER_VARIANTS,
     seeds: int = 5,
     grid: dict[str, list[Any]] | None = None,
     mode: str = "train",

@@ -317,6 +317,44 @@ class ApexSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class GatedSection:
+    """Variants `gated` and `gated_task`: K gated sub-policies on a shared torso
+    (`distral.core.gated`), trained with the A3C loss and the two gate losses."""
+
+    num_subpolicies: int = _f(4, "K, the sub-policies (each a policy head, switched by a gate)")
+    sparsity_cost: float = _f(
+        0.01, "c_sparse: cost of sum_k E[sigma_k] over the batch's states (0 turns it off)"
+    )
+    temporal_cost: float = _f(
+        0.01,
+        "c_temp: cost of sum_t sum_k (sigma_k(h_t) - sigma_k(h_t+1))^2 within an unroll's "
+        "episodes, averaged over unrolls (0 turns it off)",
+    )
+    lr_scaling: bool = _f(
+        True, "scale sub-policy k's Adam step by min(1 / sigma_hat_k, max_lr_factor)"
+    )
+    max_lr_factor: float = _f(10.0, "cap of the activation-scaled learning-rate factor (>= 1)")
+    activation_decay: float = _f(
+        0.99, "decay of sigma_hat_k, the running mean over batches of E[sigma_k], in [0, 1)"
+    )
+    torso_lr_scale: float = _f(
+        1.0, "multiplier of the shared torso's learning rate (compare distilled_lr_scale)"
+    )
+
+    def __post_init__(self) -> None:
+        _positive("gated.num_subpolicies", self.num_subpolicies)
+        for name in ("sparsity_cost", "temporal_cost"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"gated.{name}={getattr(self, name)!r} must be >= 0")
+        if not self.max_lr_factor >= 1.0:
+            raise ConfigError(f"gated.max_lr_factor={self.max_lr_factor!r} must be >= 1")
+        if not 0.0 <= self.activation_decay < 1.0:
+            raise ConfigError(f"gated.activation_decay={self.activation_decay!r} is outside [0, 1)")
+        if not self.torso_lr_scale > 0:
+            raise ConfigError(f"gated.torso_lr_scale={self.torso_lr_scale!r} must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A run: `distral train` (one jitted program) and `distral launch` (the `distributed`
     section adds the processes' settings; everything else means the same in both)."""
@@ -399,6 +437,10 @@ class TrainConfig:
     )
     apex: ApexSection = dataclasses.field(
         default_factory=ApexSection, metadata={"help": "algorithm: apex section (Ape-X DQN)"}
+    )
+    gated: GatedSection = dataclasses.field(
+        default_factory=GatedSection,
+        metadata={"help": "variants gated and gated_task: the gated sub-policies' section"},
     )
 
     def __post_init__(self) -> None:

@@ -45,6 +45,15 @@ class Experiment:
         return self.parts.network
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """The scalar metrics of a metrics row: the family's (`Algorithm.metrics`), and the
+        gates' for a gated variant (`learning.GATE_METRICS`)."""
+        from distral.core.learning import GATE_METRICS
+
+        gated = self.variant is not None and self.variant.architecture == "gated"
+        return (*self.algorithm.metrics, *(GATE_METRICS if gated else ()))
+
+    @property
     def obs_shape(self) -> tuple[int, ...]:
         return tuple(self.observation_spec.shape)
 

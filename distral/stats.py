@@ -88,3 +88,16 @@ def mean_ci(
         return Interval(empty, empty.copy(), empty.copy())
     est = interval_estimates({"x": flat}, lambda s: s.mean(axis=0), reps=reps, seed=seed)["x"]
     return Interval(*(np.reshape(a, shape) for a in est))
+
+
+def ci_text(values: np.ndarray, fmt: str) -> str:
+    """'mean [low, high]' of `mean_ci` over the finite values, each formatted with `fmt`,
+    and '(k never)' for the k that are not finite (runs that never got there); 'never'
+    if none is."""
+    values = np.asarray(values, dtype=float)
+    ok = values[np.isfinite(values)]
+    if ok.size == 0:
+        return "never"
+    mean, low, high = (float(v) for v in mean_ci(ok))
+    missing = "" if ok.size == values.size else f" ({values.size - ok.size} never)"
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]{missing}"

@@ -94,7 +94,7 @@ class Trainer:
         return self.config.variant
 
     def columns(self) -> list[str]:
-        return rundir.metric_columns(self.num_tasks, self.algorithm.metrics)
+        return rundir.metric_columns(self.num_tasks, self.experiment.metrics)
 
     def chunk(self, runner: RunnerState, log_step: int) -> tuple[RunnerState, Any]:
         runner, stats = self.run_chunk(runner)

@@ -27,7 +27,7 @@ from distral import train
 from distral.compare import auc, read_curves, steps_to_threshold
 from distral.config import load_config
 from distral.plotting import plot_band, pyplot, save_figure
-from distral.stats import mean_ci
+from distral.stats import ci_text, mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "experiments" / "two_room.yaml"
@@ -49,15 +49,6 @@ def run_once(run_dir: Path, overrides: dict) -> Path:
 def finite(values: np.ndarray) -> list[float | None]:
     """JSON-ready: None where a seed never got there."""
     return [float(v) if np.isfinite(v) else None for v in values]
-
-
-def ci_text(values: np.ndarray, fmt: str) -> str:
-    ok = values[np.isfinite(values)]
-    if ok.size == 0:
-        return "never"
-    mean, low, high = (float(v) for v in mean_ci(ok))
-    missing = "" if ok.size == values.size else f" ({values.size - ok.size} never)"
-    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]{missing}"
 
 
 def main() -> None:

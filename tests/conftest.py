@@ -11,9 +11,12 @@ what it costs on a fresh CI machine. A cache the caller set is used and kept.
 
 import os
 import shutil
+import signal
 import tempfile
+from typing import NamedTuple
 
 import pytest
+import small_runs
 from launching import Launch
 
 _OWN_CACHE: str | None = None
@@ -38,3 +41,51 @@ def launches():
     yield started
     for launch in started:
         launch.kill()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """`small_run(name)`: the directory of a finished tests/small_runs.py run (`RUNS[name]`),
+    trained at its first use in this process. Shared by every test: read it, never write
+    into it."""
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = small_runs.train(name, tmp_path_factory.mktemp("small_runs") / name)
+        return made[name]
+
+    return get
+
+
+class Ran(NamedTuple):
+    """What a `distral` command gave, as `subprocess.run` would: exit code and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def distral(capsys):
+    """`distral ARGS...` run in this process (`distral.cli.main`): no new interpreter, no
+    second import of JAX, and its programs come from this process's compilation caches.
+    For what a command does, prints and writes; a test of a signal, of a separate process
+    or of the `python -m distral.cli` entry point (tests/test_cli.py) starts a real one.
+    The SIGINT handler a run installs is put back afterwards."""
+
+    def run(*args: object) -> Ran:
+        from distral import cli
+
+        capsys.readouterr()  # drop what the test printed before
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # bad input, --help, --version
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run

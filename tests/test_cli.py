@@ -15,12 +15,12 @@ def run(*args):
     )
 
 
-def test_variants_prints_the_seven():
+def test_variants_prints_the_seven_and_the_gated_ones():
     p = run("variants")
     assert p.returncode == 0, p.stderr
     rows = p.stdout.strip().splitlines()[2:]
     assert [r.split()[0] for r in rows] == list(VARIANTS)
-    assert rows[-1].split()[7:9] == ["0.5", "30"]  # kl_ent_2col: alpha, beta
+    assert rows[6].split()[7:9] == ["0.5", "30"]  # kl_ent_2col: alpha, beta
 
 
 def test_variants_resolves_overrides_as_json():

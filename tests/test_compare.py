@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import small_runs
 import yaml
 
 from distral import compare
@@ -20,18 +21,10 @@ from distral.core.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The real trainer, tiny: 2 tasks, 1,200 env steps per task.
-TINY = {
-    "hidden_sizes": [16],
-    "num_envs_per_task": 8,
-    "unroll_length": 10,
-    "log_every": 5,
-    "eval_episodes_per_task": 4,
-    "checkpoint_every": 1,
-    "keep_checkpoints": 1,
-    "env_steps_per_task": 1200,
-    "env": {"num_tasks": 2},
-}
+# The real trainer, tiny: tests/small_runs.py's 3 tasks, 3 log rows of 40 env steps per
+# task. At 2 seeds, a3c and kl_ent_2col run the programs of its shared runs and a3c_2col
+# that of tests/test_train.py's CLI run: the suite compiles each once.
+TINY = {**small_runs.TINY, "env_steps_per_task": 120, "checkpoint_every": 1, "keep_checkpoints": 1}
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -226,15 +219,16 @@ def _check_outputs(out: Path, variants: list[str], seeds: int) -> list[dict]:
     return table
 
 
-def test_cli_compares_variants_and_skips_finished_runs(tiny_config, tmp_path):
-    """Three variants, one of each kind of network (a3c's one column, Distral's 1col and
-    2col): each variant is its own compiled program, ~10 s, and the seven's maths is
-    tested in-process (tests/test_losses.py). The default, all seven, is planned in
+def test_cli_compares_variants_and_skips_finished_runs(distral, tiny_config, tmp_path):
+    """Three variants, one of each kind of network with h (a3c_2col's h + f_i without a
+    KL, Distral's 1col and 2col; a3c's one column runs in the grid test below): each
+    variant is its own compiled program, ~10 s, and the seven's maths is tested in-process
+    (tests/test_losses.py). The default, all seven, is planned in
     test_default_grid_gives_every_variant_nine_settings."""
     out = tmp_path / "cmp"
-    names = ["a3c", "kl_ent_1col", "kl_ent_2col"]
+    names = ["a3c_2col", "kl_ent_1col", "kl_ent_2col"]
     variants = ("--variants", ",".join(names))
-    p = cli(str(tiny_config), *variants, "--seeds", "2", "--out", str(out), "--quiet")
+    p = distral("compare", tiny_config, *variants, "--seeds", "2", "--out", out, "--quiet")
     assert p.returncode == 0, p.stderr
     _check_outputs(out, names, 2)
     assert p.stdout.count(": running") == 3
@@ -244,22 +238,23 @@ def test_cli_compares_variants_and_skips_finished_runs(tiny_config, tmp_path):
             for r in csv.DictReader(open(out / "runs" / name / "default" / "metrics.csv"))
             if r["seed"] == "0"
         ]
-        assert steps == sorted(steps) and steps[-1] == 1200
-    (out / "runs" / "a3c" / "default" / "summary.json").unlink()
-    p = cli(str(tiny_config), *variants, "--seeds", "2", "--out", str(out), "--quiet")
+        assert steps == sorted(steps) and steps[-1] == 120
+    (out / "runs" / "a3c_2col" / "default" / "summary.json").unlink()
+    p = distral("compare", tiny_config, *variants, "--seeds", "2", "--out", out, "--quiet")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count("done, skipped") == 2 and "a3c default: resuming" in p.stdout
-    assert (out / "runs" / "a3c" / "default" / "summary.json").is_file()
+    assert p.stdout.count("done, skipped") == 2 and "a3c_2col default: resuming" in p.stdout
+    assert (out / "runs" / "a3c_2col" / "default" / "summary.json").is_file()
     # another config in the same directory is refused before anything runs
-    p = cli(str(tiny_config), "--seeds", "2", "--out", str(out), "--set", "discount=0.9")
+    p = distral("compare", tiny_config, "--seeds", "2", "--out", out, "--set", "discount=0.9")
     assert p.returncode == 2
     assert "was run with another config" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_cli_grid_writes_the_robustness_outputs(tiny_config, tmp_path):
+def test_cli_grid_writes_the_robustness_outputs(distral, tiny_config, tmp_path):
     out = tmp_path / "grid"
-    p = cli(
-        str(tiny_config),
+    p = distral(
+        "compare",
+        tiny_config,
         "--variants",
         "a3c,kl_ent_1col",
         "--seeds",
@@ -267,7 +262,7 @@ def test_cli_grid_writes_the_robustness_outputs(tiny_config, tmp_path):
         "--grid",
         "beta=10,30,lr=1e-3",
         "--out",
-        str(out),
+        out,
         "--quiet",
     )
     assert p.returncode == 0, p.stderr
@@ -292,7 +287,7 @@ def test_cli_launch_mode_runs_one_launch_per_seed(tmp_path):
     out = tmp_path / "launch"
     preset = ROOT / "experiments" / "two_room_distributed.yaml"
     sets = [
-        "env.num_tasks=2",
+        "env.num_tasks=1",  # one actor process per launch
         "unroll_length=10",
         "distributed.envs_per_actor=8",
         "distributed.batch_size=2",
@@ -323,7 +318,7 @@ def test_cli_launch_mode_runs_one_launch_per_seed(tmp_path):
         assert summary["seeds"] == [seed] and summary["learner_steps"] == 20
 
 
-def test_cli_bad_input_is_one_line_and_runs_nothing(tiny_config, tmp_path):
+def test_cli_bad_input_is_one_line_and_runs_nothing(distral, tiny_config, tmp_path):
     out = tmp_path / "x"
     for args, message in [
         (["--variants", "a3c,bogus"], "unknown variant 'bogus'"),
@@ -331,9 +326,9 @@ def test_cli_bad_input_is_one_line_and_runs_nothing(tiny_config, tmp_path):
         (["--mode", "ray"], "--mode 'ray'"),
         (["--set", "gamma=1"], "unknown config key 'gamma'"),
     ]:
-        p = cli(str(tiny_config), "--out", str(out), *args, timeout=120)
+        p = distral("compare", tiny_config, "--out", out, *args)
         assert p.returncode == 2, (args, p.stderr)
         assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert not out.exists()
-    p = cli(str(tmp_path / "missing.yaml"), "--out", str(out), timeout=120)
+    p = distral("compare", tmp_path / "missing.yaml", "--out", out)
     assert p.returncode == 2 and "does not exist" in p.stderr

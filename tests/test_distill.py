@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -138,8 +136,8 @@ def test_a_stopped_run_resumes_as_if_it_had_not_stopped(tmp_path):
     found = _linear_teachers(make_experiment(config))
     first = dataclasses.replace(config, env_steps_per_task=30)
     distill.run(first, tmp_path / "a", progress=False, distiller=distill.Distiller(first, found))
+    d = distill.Distiller(config, found)  # both runs' config: traced and compiled once
     for name, resume in (("a", True), ("b", False)):
-        d = distill.Distiller(config, found)
         distill.run(config, tmp_path / name, resume=resume, progress=False, distiller=d)
     rows = {}
     for name in "ab":
@@ -153,72 +151,52 @@ def test_a_stopped_run_resumes_as_if_it_had_not_stopped(tmp_path):
     assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
 
 
-def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "distral.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def teacher(small_run):
+    """A real a3c run of the student's 3 two-room tasks (tests/small_runs.py), the teacher."""
+    return small_run("a3c")
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    """A real a3c run of the 3 two-room tasks (distral train), the teacher."""
-    root = tmp_path_factory.mktemp("distill")
-    preset = root / "teacher.yaml"
-    preset.write_text(
-        yaml.safe_dump(
-            {
-                "variant": "a3c",
-                "hidden_sizes": [8],
-                "num_envs_per_task": 4,
-                "unroll_length": 5,
-                "log_every": 10,
-                "env_steps_per_task": 800,
-                "learning_rate": 0.03,
-                "eval_episodes_per_task": 4,
-                "env": {"num_tasks": 3, "max_steps": 20},
-            }
-        )
-    )
-    p = cli("train", str(preset), "--out", str(root / "teacher"), "--quiet")
-    assert p.returncode == 0, p.stderr
-    return root
+# The student of the CLI test is one of the compare test's settings (actor_mimic at tau 0.5,
+# 2 seeds): one compiled program for both (tests/conftest.py's compilation cache).
+AM_TAU = {"loss": "actor_mimic", "tau": 0.5}
 
 
-def test_cli_distils_resumes_and_the_student_teaches_in_turn(teacher_run):
-    root = teacher_run
-    preset = root / "student.yaml"
+def test_cli_distils_resumes_and_the_student_teaches_in_turn(distral, teacher, tmp_path):
+    preset = tmp_path / "student.yaml"
     preset.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "algorithm"}))
-    out = root / "student"
-    p = cli(
-        "distill", str(preset), "--teacher", str(root / "teacher"), "--loss", "actor_mimic",
-        "--tau", "0.5", "--out", str(out), "--quiet",
+    out = tmp_path / "student"
+    p = distral(
+        "distill", preset, "--teacher", teacher, "--loss", AM_TAU["loss"], "--tau",
+        AM_TAU["tau"], "--seeds", "0,1", "--out", out, "--quiet",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     config = cfg.load_run_config(out)
     assert config.algorithm == "distill" and config.distill.loss == "actor_mimic"
-    assert config.distill.tau == 0.5 and config.distill.teachers == (str(root / "teacher"),)
+    assert config.distill.tau == 0.5 and config.distill.teachers == (str(teacher),)
+    assert config.seeds == (0, 1)
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["log_step"]) for r in rows] == [1, 2]
-    assert float(rows[-1]["feature_loss"]) > 0 and float(rows[-1]["kl"]) >= 0
-    assert rows[-1]["pi0_eval_return"] == "nan" or rows[-1]["pi0_eval_return"] == ""
+    assert [(int(r["log_step"]), int(r["seed"])) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    last = rows[-2:]  # log step 2 of seeds 0 and 1
+    for r in last:
+        assert float(r["feature_loss"]) > 0 and float(r["kl"]) >= 0
+        assert r["pi0_eval_return"] == "nan" or r["pi0_eval_return"] == ""
     assert (out / "curves.png").is_file()  # distral plot's figure of the run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "distill" and len(summary["teacher_returns_per_task"]) == 3
     assert summary["student_params"] > 0 and summary["teacher_params"] > 0
-    # The final evaluation in the summary is the last row's (same keys, same parameters).
-    want = [float(rows[-1][f"eval_return_task_{i}"]) for i in range(3)]
+    # The final evaluation in the summary is the last rows' (same keys, same parameters),
+    # per task its mean over the seeds.
+    want = [np.mean([float(r[f"eval_return_task_{i}"]) for r in last]) for i in range(3)]
     np.testing.assert_allclose(summary["student_returns_per_task"], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        np.mean(summary["teacher_returns_per_task"]), float(rows[-1]["teacher_eval_return"]),
-        rtol=1e-5, atol=1e-6,
+        np.mean(summary["teacher_returns_per_task"]),
+        np.mean([float(r["teacher_eval_return"]) for r in last]), rtol=1e-5, atol=1e-6,
     )  # fmt: skip
     # --resume continues the run as configured (tests/test_distill.py's in-process resume
     # checks the state it restores): a setting beside it is refused before anything runs.
-    p = cli("distill", "--resume", str(out), "--loss", "nll")
+    p = distral("distill", "--resume", out, "--loss", "nll")
     assert p.returncode == 2 and "--resume DIR continues that run as configured" in p.stderr
     # The student is a run like any other: it teaches its 3 tasks.
     student = make_experiment(_config())
@@ -235,13 +213,13 @@ def test_cli_distils_resumes_and_the_student_teaches_in_turn(teacher_run):
     ],
 )
 def test_cli_bad_teachers_are_one_line_errors_before_any_file(
-    teacher_run, tmp_path, args, fragment
+    distral, teacher, tmp_path, args, fragment
 ):
     preset = tmp_path / "student.yaml"
     preset.write_text(yaml.safe_dump({k: v for k, v in SMALL.items() if k != "algorithm"}))
-    args = [str(teacher_run / "teacher") if a == "TEACHER" else a for a in args]
+    args = [str(teacher) if a == "TEACHER" else a for a in args]
     out = tmp_path / "out"
-    p = cli("distill", str(preset), *args, "--out", str(out), "--quiet")
+    p = distral("distill", preset, *args, "--out", out, "--quiet")
     lines = [x for x in p.stderr.splitlines() if x.startswith("distral: error")]
     assert p.returncode == 2 and len(lines) == 1 and fragment in lines[0], p.stderr
     assert not out.exists()
@@ -260,40 +238,42 @@ def test_train_and_launch_refuse_the_distill_family():
         distill.Distiller(cfg.load_config(None))
 
 
-def test_cli_teacher_flags_add_to_the_files_teachers(teacher_run, tmp_path):
+def test_cli_teacher_flags_add_to_the_files_teachers(distral, teacher, tmp_path):
     """The preset's teachers plus --teacher's: the same run twice teaches its tasks twice."""
     preset = tmp_path / "student.yaml"
-    section = {"distill": {"teachers": [str(teacher_run / "teacher")]}}
+    section = {"distill": {"teachers": [str(teacher)]}}
     student = {k: v for k, v in SMALL.items() if k != "algorithm"}
     preset.write_text(yaml.safe_dump({**student, **section}))
     out = tmp_path / "out"
-    p = cli("distill", str(preset), "--teacher", str(teacher_run / "teacher"), "--out", str(out))
+    p = distral("distill", preset, "--teacher", teacher, "--out", out)
     assert p.returncode == 2 and "has two teachers" in p.stderr, p.stderr
     assert not out.exists()
 
 
-def test_cli_compare_runs_each_distillation_setting_as_a_method(teacher_run, tmp_path):
+def test_cli_compare_runs_each_distillation_setting_as_a_method(distral, teacher, tmp_path):
     preset = tmp_path / "student.yaml"
-    teacher = str(teacher_run / "teacher")
-    preset.write_text(yaml.safe_dump({**SMALL, "distill": {"teachers": [teacher]}}))
+    teacher_dir = str(teacher)
+    distill_section = {"teachers": [teacher_dir], "tau": AM_TAU["tau"]}
+    preset.write_text(yaml.safe_dump({**SMALL, "distill": distill_section}))
     out = tmp_path / "compare"
-    args = ["compare", str(preset), "--seeds", "2", "--out", str(out), "--quiet"]
-    p = cli(*args, "--grid", "distill.loss=nll,kl")
+    args = ["compare", preset, "--seeds", "2", "--out", out, "--quiet"]
+    grid = f"distill.loss=nll,{AM_TAU['loss']}"
+    p = distral(*args, "--grid", grid)
     assert p.returncode == 0, p.stderr
     with open(out / "table.csv") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"distill.loss=nll", "distill.loss=kl"}
+    assert set(rows) == {"distill.loss=nll", "distill.loss=actor_mimic"}
     assert all(r["seeds"] == "2" for r in rows.values())
-    for loss in ("nll", "kl"):
+    for loss in ("nll", "actor_mimic"):
         config = cfg.load_run_config(out / "runs" / "distill" / f"distill.loss={loss}")
-        assert config.distill.loss == loss and config.distill.teachers == (teacher,)
+        assert config.distill.loss == loss and config.distill.teachers == (teacher_dir,)
         assert config.seeds == (0, 1)
-    p = cli(*args, "--grid", "distill.loss=nll,kl")  # a re-run skips what is finished
+    p = distral(*args, "--grid", grid)  # a re-run skips what is finished
     assert p.returncode == 0 and p.stdout.count("done, skipped") == 2, p.stdout
     for extra, fragment in (
         (["--variants", "a3c"], "a distill config compares the settings of its --grid"),
         (["--grid"], "a distill config needs its settings, e.g. --grid distill.loss="),
     ):
-        p = cli(*args, *extra)
+        p = distral(*args, *extra)
         lines = [x for x in p.stderr.splitlines() if x.strip()]
         assert p.returncode == 2 and len(lines) == 1 and fragment in lines[0], p.stderr

@@ -38,6 +38,7 @@ from launching import (
 from distral.distributed.launch import SHUTDOWN_SECONDS
 
 ONE_TASK = [*SMALL, "env.num_tasks=1"]
+EVALUATOR = "distributed.evaluator=process"
 # Ray's own shutdown (`ray.shutdown()` of the instance a launch started) after the run's
 # processes are gone: seconds more on a loaded machine. The local launcher imports no
 # TensorFlow (it reads the tasks without building the algorithm), so it has no such tail.
@@ -94,18 +95,6 @@ def _assert_clean_stop(
 # ----------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_stops_every_process_and_writes_a_checkpoint(tmp_path, launches):
-    out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), *sets(SMALL))
-    launches.append(launch)
-    port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
-    launch.wait_for(r"2 actors started")
-    pids = launch.pids()
-    assert len(pids) == 3 and all(alive(p) for p in pids)
-    _assert_clean_stop(launch, out, _stop(launch, signal.SIGINT, group=True), port)
-    assert not [p for p in pids if alive(p)]
-
-
 def test_killed_launcher_takes_its_children_with_it(tmp_path, launches):
     """SIGKILL of the launcher alone: its children (learner, actors, multiprocessing's
     resource tracker) die with it (PR_SET_PDEATHSIG), and the Reverb port is free."""
@@ -122,50 +111,6 @@ def test_killed_launcher_takes_its_children_with_it(tmp_path, launches):
         cmdline(p) for p in still_running(processes)
     ]
     assert wait_until(lambda: port_free(port), 10)
-
-
-def test_out_of_restarts_then_sigterm_each_leave_a_checkpoint_that_resumes(tmp_path, launches):
-    """Two actors of one task (`--actors-per-task 2`), at most one restart per slot: one
-    slot killed twice stops the run with a one-line error and a checkpoint. Its `--resume`
-    gets SIGTERM (the launcher's PID alone, as a service manager sends it): a clean stop.
-    The next `--resume` starts at that checkpoint's step and completes."""
-    out = tmp_path / "run"
-    slot = "actor task 0 replica 1"
-    settings = [*ONE_TASK, "distributed.max_actor_restarts=1"]
-    launch = Launch(str(PRESET), "--out", str(out), "--actors-per-task", "2", *sets(settings))
-    launches.append(launch)
-    launch.wait_for(r"2 actors started \(2 per task\)")
-    first = int(launch.wait_for(rf"{slot}: pid (\d+)").group(1))
-    os.kill(first, signal.SIGKILL)
-    launch.wait_for(rf"{slot} died \(exit code -9\); restart 1/1")
-    second = int(launch.wait_for(rf"{slot}: pid (?!{first}\b)(\d+)").group(1))
-    os.kill(second, signal.SIGKILL)
-    assert launch.finish(timeout=60) == 1, launch.tail()
-    errors = [x for x in launch.lines if x.startswith("distral launch: error")]
-    assert errors == [
-        f"distral launch: error: {slot} died 2 times (exit code -9); stopping the run; "
-        f"resume with: distral launch --resume {out}"
-    ]
-    assert not [p for p in launch.pids() if alive(p)]
-    assert saved_steps(out)[-1] == len(metrics_rows(out))
-
-    resumed = Launch("--resume", str(out))  # the run's config: 2 actors per task
-    launches.append(resumed)
-    port = int(resumed.wait_for(r"Reverb server at \S+:(\d+)").group(1))
-    _assert_clean_stop(resumed, out, _stop(resumed, signal.SIGTERM, group=False), port)
-    assert not [p for p in resumed.pids() if alive(p)]
-
-    rows = metrics_rows(out)
-    step = int(rows[-1]["updates"])
-    last = Launch("--resume", str(out), "--max-learner-steps", str(step + 20))
-    launches.append(last)
-    assert int(last.wait_for(r"learner at step (\d+)").group(1)) == step
-    assert last.finish() == 0, last.tail()
-    rows = metrics_rows(out)
-    assert [int(r["log_step"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert int(rows[-1]["updates"]) == step + 20
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["learner_steps"] == step + 20 and summary["actors_per_task"] == 2
 
 
 def _kill_during_a_save(pid: int, run_dir: Path, timeout: float = 180.0) -> int:
@@ -187,37 +132,77 @@ def _kill_during_a_save(pid: int, run_dir: Path, timeout: float = 180.0) -> int:
     raise AssertionError("no checkpoint save was caught in progress")
 
 
-def test_learner_killed_during_a_checkpoint_save_resumes_from_the_last_whole_one(
-    tmp_path, launches
-):
-    """The learner SIGKILLed in the middle of a checkpoint save: the run stops with an
-    error; orbax's temporary directory is left behind; `--resume` ignores it, starts at
-    the last finished checkpoint, and saves the interrupted step again."""
+def test_a_local_run_through_each_fault_resumes_from_its_last_checkpoint(tmp_path, launches):
+    """One run of one task with two actors (`--actors-per-task 2`, at most one restart per
+    slot) taken through the local faults in turn, each resumed from what it left:
+
+    1. one actor slot killed twice: the run stops with a one-line error and a checkpoint;
+    2. `--resume`, then Ctrl-C (SIGINT to the process group, as a terminal sends it);
+    3. `--resume`, then SIGTERM to the launcher's PID alone (as a service manager sends it):
+       both are clean stops (`_assert_clean_stop`);
+    4. `--resume`, the learner SIGKILLed in the middle of a checkpoint save: the run stops
+       with an error and orbax's temporary directory is left behind;
+    5. `--resume` ignores it, starts at the last finished checkpoint, saves the interrupted
+       step again and completes: the metrics rows are cut back to that checkpoint and
+       appended, one per log step.
+    """
     out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), "--max-learner-steps", "100000", *sets(SMALL))
+    slot = "actor task 0 replica 1"
+    settings = [*ONE_TASK, "distributed.max_actor_restarts=1"]
+    launch = Launch(str(PRESET), "--out", str(out), "--actors-per-task", "2", *sets(settings))
     launches.append(launch)
-    learner = int(launch.wait_for(r"learner: pid (\d+)").group(1))
-    launch.wait_for(r"2 actors started")
-    cut = _kill_during_a_save(learner, out)
-    assert launch.finish(timeout=60) == 1
-    assert any("the learner died" in x and "--resume" in x for x in launch.lines)
+    launch.wait_for(r"2 actors started \(2 per task\)")
+    first = int(launch.wait_for(rf"{slot}: pid (\d+)").group(1))
+    os.kill(first, signal.SIGKILL)
+    launch.wait_for(rf"{slot} died \(exit code -9\); restart 1/1")
+    second = int(launch.wait_for(rf"{slot}: pid (?!{first}\b)(\d+)").group(1))
+    os.kill(second, signal.SIGKILL)
+    assert launch.finish(timeout=60) == 1, launch.tail()
+    errors = [x for x in launch.lines if x.startswith("distral launch: error")]
+    assert errors == [
+        f"distral launch: error: {slot} died 2 times (exit code -9); stopping the run; "
+        f"resume with: distral launch --resume {out}"
+    ]
     assert not [p for p in launch.pids() if alive(p)]
+    assert saved_steps(out)[-1] == len(metrics_rows(out))
+
+    for sig, group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
+        resumed = Launch("--resume", str(out))  # the run's config: 2 actors per task
+        launches.append(resumed)
+        port = int(resumed.wait_for(r"Reverb server at \S+:(\d+)").group(1))
+        resumed.wait_for(r"2 actors started")
+        before = len(metrics_rows(out))  # the signal comes once the resumed run is compiled
+        assert wait_until(lambda n=before: len(metrics_rows(out)) > n, 240), resumed.tail()
+        pids = resumed.pids()
+        assert len(pids) == 3 and all(alive(p) for p in pids)  # the learner and 2 actors
+        _assert_clean_stop(resumed, out, _stop(resumed, sig, group=group), port)
+        assert not [p for p in pids if alive(p)]
+
+    cut_short = Launch("--resume", str(out), "--max-learner-steps", "100000")
+    launches.append(cut_short)
+    learner = int(cut_short.wait_for(r"learner: pid (\d+)").group(1))
+    cut_short.wait_for(r"2 actors started")
+    cut = _kill_during_a_save(learner, out)
+    assert cut_short.finish(timeout=60) == 1
+    assert any("the learner died" in x and "--resume" in x for x in cut_short.lines)
+    assert not [p for p in cut_short.pids() if alive(p)]
     saved = max(saved_steps(out))
     assert cut == saved + 1
     assert [p for p in (out / "checkpoints").glob(f"{cut}.orbax-checkpoint-tmp-*") if p.is_dir()]
     rows = [r for r in metrics_rows(out) if int(r["log_step"]) <= saved]
     step_at_checkpoint = int(rows[-1]["updates"])
 
-    resumed = Launch("--resume", str(out), "--max-learner-steps", str(step_at_checkpoint + 30))
-    launches.append(resumed)
-    start = int(resumed.wait_for(r"learner at step (\d+)").group(1))
-    assert start == step_at_checkpoint
-    assert resumed.finish() == 0, "\n".join(resumed.lines[-20:])
+    last = Launch("--resume", str(out), "--max-learner-steps", str(step_at_checkpoint + 30))
+    launches.append(last)
+    assert int(last.wait_for(r"learner at step (\d+)").group(1)) == step_at_checkpoint
+    assert last.finish() == 0, last.tail(20)
     rows = metrics_rows(out)
     log_steps = [int(r["log_step"]) for r in rows]
     assert log_steps == list(range(1, len(rows) + 1))  # cut back to the checkpoint, appended
     assert int(rows[-1]["updates"]) == step_at_checkpoint + 30
-    assert json.loads((out / "summary.json").read_text())["learner_steps"] == start + 30
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == step_at_checkpoint + 30
+    assert summary["actors_per_task"] == 2
     assert saved_steps(out) == [saved + 1, saved + 2, saved + 3]  # keep_checkpoints: 3
 
 
@@ -288,25 +273,37 @@ def _ray_actor_workers(launch: Launch) -> list[int]:
     ]
 
 
-def test_ray_killed_actor_is_restarted_and_the_run_completes(tmp_path, launches):
-    """Two Ray actors of one task; one's worker process SIGKILLed: the slot is restarted
-    (a new worker runs it), the run completes its budget, no process of it is left."""
+def test_ray_backend_runs_the_workers_and_restarts_a_killed_actor(tmp_path, launches):
+    """The local backend's workers on a local Ray instance, the evaluator in its own Ray
+    worker: one actor's worker process SIGKILLed, its slot is restarted (a new worker runs
+    it), the run completes its budget with every row, and no process of it is left."""
     pytest.importorskip("ray")
     out = tmp_path / "run"
-    args = ["--backend", "ray", "--actors-per-task", "2", "--max-learner-steps", "60"]
-    launch = Launch(str(PRESET), "--out", str(out), *args, *sets(ONE_TASK))
+    args = ["--backend", "ray", "--max-learner-steps", "60"]
+    launch = Launch(str(PRESET), "--out", str(out), *args, *sets([*SMALL, EVALUATOR]))
     launches.append(launch)
-    launch.wait_for(r"2 Ray actors started \(2 per task\)")
+    launch.wait_for(r"2 Ray actors started \(1 per task\) and the evaluator")
     assert wait_until(lambda: len(_ray_actor_workers(launch)) == 2, 240)
     victim = _ray_actor_workers(launch)[0]
     processes = descendants(launch.proc.pid)
     os.kill(victim, signal.SIGKILL)
-    launch.wait_for(r"actor task 0 replica \d died \(ActorDiedError: .*\); restart 1/3$")
+    launch.wait_for(r"actor task \d replica 0 died \(ActorDiedError: .*\); restart 1/3$")
     assert wait_until(lambda: len(_ray_actor_workers(launch)) == 2, 240)
     assert victim not in _ray_actor_workers(launch)
     assert launch.finish() == 0, launch.tail()
-    assert json.loads((out / "summary.json").read_text())["learner_steps"] == 60
-    assert len([x for x in launch.lines if " died " in x]) == 1
+    assert len([x for x in launch.lines if " died " in x]) == 1  # the evaluator never died
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 60
+    rows = metrics_rows(out)
+    assert [int(r["updates"]) for r in rows] == list(range(10, 61, 10))
+    assert rows[-1]["eval_learner_step"] == "60"
+    # The learner took 60 x 160 agent steps from 16 environments (2 tasks x 8), 600 each:
+    # every environment ended at least 2 episodes of at most 100 steps (the killed
+    # worker's unsent ones aside: 8 environments' worth), and the Ray actors send them with
+    # their unrolls, as the local ones do.
+    assert sum(int(r["episodes"]) for r in rows) >= 2 * 16
+    assert all(-60 <= float(r["mean_return"]) <= 0.9 for r in rows if int(r["episodes"]))
+    assert (out / "curves.png").is_file()
     assert wait_until(lambda: not still_running(processes), 30)
 
 

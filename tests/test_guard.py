@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_runs import RUNS, tiny_config
 
-from distral import config as cfg
 from distral.checkpoint import Checkpoints
 from distral.guard import DivergenceError, NanGuard, non_finite
 from distral.train import Trainer, run
@@ -46,12 +46,10 @@ def test_guard_halts_or_warns_once():
 
 
 def _config(**kw):
-    small = dict(
-        hidden_sizes=[8], num_envs_per_task=4, unroll_length=5, log_every=4,
-        eval_episodes_per_task=2, env_steps_per_task=200, checkpoint_every=1,
-        keep_checkpoints=5, seeds=[0, 1],
-    )  # fmt: skip
-    return cfg.load_config(None, overrides={**small, **kw})
+    """tests/small_runs.py's kl_ent_2col run (seeds 2 and 5), 40 env steps per task per
+    log row, 3 rows: its program is the shared run's."""
+    small = dict(env_steps_per_task=120, checkpoint_every=1, keep_checkpoints=5)
+    return tiny_config(**RUNS["2col"], **{**small, **kw})
 
 
 def test_train_stops_at_a_nan_keeps_the_good_checkpoints_resumes_or_only_warns(tmp_path, capsys):
@@ -60,9 +58,9 @@ def test_train_stops_at_a_nan_keeps_the_good_checkpoints_resumes_or_only_warns(t
     good, bad = _config(), _config(learning_rate=DIVERGING)
     trainer_good, trainer_bad = Trainer(good), Trainer(bad)
     out = tmp_path / "run"
-    run(_config(env_steps_per_task=160), out, progress=False, trainer=trainer_good)  # 2 rows
+    run(_config(env_steps_per_task=80), out, progress=False, trainer=trainer_good)  # 2 rows
     with pytest.raises(
-        DivergenceError, match=r"non-finite (loss|grad_norm)=nan at seed 0, log step 3"
+        DivergenceError, match=r"non-finite (loss|grad_norm)=nan at seed 2, log step 3"
     ):
         run(bad, out, resume=True, progress=False, trainer=trainer_bad)
     raw, step = Checkpoints(out / "checkpoints").restore_raw()
@@ -74,11 +72,11 @@ def test_train_stops_at_a_nan_keeps_the_good_checkpoints_resumes_or_only_warns(t
     assert steps == [s for s in range(1, good.num_log_steps + 1) for _ in (0, 1)]
 
     capsys.readouterr()
-    warn_only = _config(learning_rate=DIVERGING, halt_on_nan=False, env_steps_per_task=160)
+    warn_only = _config(learning_rate=DIVERGING, halt_on_nan=False, env_steps_per_task=80)
     result = run(warn_only, tmp_path / "warn", progress=True, trainer=trainer_bad)
     err = capsys.readouterr().err
     assert err.count("warning: non-finite") == 1 and "halt_on_nan: false" in err
-    assert result.summary["env_steps_per_task"] == 160  # both rows ran, NaN and all
+    assert result.summary["env_steps_per_task"] == 80  # both rows ran, NaN and all
 
 
 def test_launch_stops_at_a_nan_with_one_line_and_no_checkpoint(tmp_path):

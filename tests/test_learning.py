@@ -51,6 +51,12 @@ def _train(torso, variant_name, steps=150, returns="nstep"):
     return state, metrics, np.asarray(pi)
 
 
+# Called jitted, as the trainer and the learner call them: one compiled program each.
+# Eagerly, every operation is compiled on its own at its first shape, which made the first
+# test to run one pay seconds for it (tests/test_gated.py runs batch_loss eagerly).
+_batch_loss = jax.jit(learning.batch_loss, static_argnums=(2, 3, 4))
+
+
 def _check_learned(pi):
     # Starts near uniform (1/3); must end on the rewarded action of each task.
     for i in range(N_TASKS):
@@ -121,29 +127,33 @@ def test_task_grouped_loss_equals_the_mixed_path():
         torso=networks.make_torso("mlp", hidden_sizes=(8,)),
     )
     config = losses.LossConfig.from_variant(variant, discount=0.9)
-    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+    params = jax.jit(network.init)(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     batch = _bandit_batch(jax.random.PRNGKey(3), params, network)
     E = B // N_TASKS
     batch = batch._replace(task_id=jnp.repeat(jnp.arange(N_TASKS), E))  # task-major
-    grad = jax.grad(lambda p, g: learning.batch_loss(p, batch, network, config, g)[0])
+    grad = jax.jit(
+        jax.grad(lambda p, g: learning.batch_loss(p, batch, network, config, g)[0]),
+        static_argnums=1,
+    )
     g_mixed, g_grouped = grad(params, False), grad(params, True)
     for x, y in zip(
         jax.tree_util.tree_leaves(g_mixed), jax.tree_util.tree_leaves(g_grouped), strict=True
     ):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-    l1 = learning.batch_loss(params, batch, network, config, False)[0]
-    l2 = learning.batch_loss(params, batch, network, config, True)[0]
+    l1 = _batch_loss(params, batch, network, config, False)[0]
+    l2 = _batch_loss(params, batch, network, config, True)[0]
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     # The check can fail: mislabelled task ids change the loss.
     wrong = batch._replace(task_id=jnp.tile(jnp.arange(N_TASKS), E))
-    assert abs(float(learning.batch_loss(params, wrong, network, config, False)[0] - l1)) > 1e-6
+    assert abs(float(_batch_loss(params, wrong, network, config, False)[0] - l1)) > 1e-6
 
 
 def _adam_updates(optimizer, params, grads_seq):
     state = optimizer.init(params)
+    update = jax.jit(optimizer.update)
     out = []
     for grads in grads_seq:
-        updates, state = optimizer.update(grads, state, params)
+        updates, state = update(grads, state, params)
         out.append(updates)
     return out
 
@@ -154,7 +164,8 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
     columns' unchanged; h alone (a3c_multitask, no task columns) keeps the base rate."""
     config = TrainConfig(variant=variant, distilled_lr_scale=0.25, hidden_sizes=(8,))
     experiment = make_experiment(config)
-    params = experiment.network.init(jax.random.PRNGKey(0), jnp.asarray(experiment.example_obs))
+    init = jax.jit(experiment.network.init)
+    params = init(jax.random.PRNGKey(0), jnp.asarray(experiment.example_obs))
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     grads_seq = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), params) for k in keys]
     plain = _adam_updates(learning.make_optimizer(1e-3), params, grads_seq)
@@ -176,12 +187,12 @@ def test_per_task_metrics_are_means_over_each_tasks_unrolls():
     torso = networks.make_torso("mlp", hidden_sizes=(8,))
     network = learning.build_network(variant, num_tasks=4, num_actions=A, torso=torso)
     config = losses.LossConfig.from_variant(variant, discount=0.9)
-    params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
+    params = jax.jit(network.init)(jax.random.PRNGKey(0), jnp.zeros((1, OBS)))
     params = jax.tree.map(lambda x: x * 30.0, params)  # policies far from uniform
     rng = np.random.default_rng(5)
     task = jnp.asarray([0, 2, 0, 3, 2, 2, 2, 0], jnp.int32)  # task 1 absent, task 3 once
     obs = jnp.asarray(rng.normal(size=(T + 1, 8, OBS)), jnp.float32)
-    out = network.apply(params, obs, jnp.broadcast_to(task, (T + 1, 8)))
+    out = jax.jit(network.apply)(params, obs, jnp.broadcast_to(task, (T + 1, 8)))
     batch = learning.Batch(
         obs,
         jnp.asarray(rng.integers(0, A, size=(T + 1, 8)), jnp.int32),
@@ -190,7 +201,7 @@ def test_per_task_metrics_are_means_over_each_tasks_unrolls():
         out.logits,
         task,
     )
-    _, m = learning.batch_loss(params, batch, network, config)
+    _, m = _batch_loss(params, batch, network, config, False)
 
     logits, h = np.asarray(out.logits[:-1], np.float64), np.asarray(out.distilled_logits[:-1])
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -213,7 +224,7 @@ def test_per_task_metrics_are_means_over_each_tasks_unrolls():
     _, metrics = learning.update_step(
         state, batch, network=network, optimizer=optimizer, config=config
     )
-    grads = jax.grad(lambda q: learning.batch_loss(q, batch, network, config)[0])(params)
+    grads = jax.jit(jax.grad(lambda q: learning.batch_loss(q, batch, network, config)[0]))(params)
     for part in ("distilled", "tasks"):
         want = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads[part])))
         np.testing.assert_allclose(metrics[f"grad_norm_{part}"], want, rtol=1e-4)
@@ -307,7 +318,8 @@ def _linear_case(task_ids, task_column_output="logits", seed=0):
         variant, discount=0.9, returns="vtrace", clip_rho=1.5, clip_pg_rho=2.0
     )
     rng = np.random.default_rng(seed)
-    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, OBS)))
+    # Only the parameters' shapes: every value is drawn below.
+    params = jax.eval_shape(network.init, jax.random.PRNGKey(seed), jnp.zeros((1, OBS)))
     params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
     T1, Bb = 4, len(task_ids)
     discount = np.ones((T1, Bb), np.float32)
@@ -339,7 +351,7 @@ def test_batch_loss_of_a_linear_network_matches_the_python_reference(
     'logits'), the behaviour logits of step t weighting the action of step t, V-trace
     with rho-bar 1.5 and the policy-gradient clip 2."""
     network, config, params, batch = _linear_case(task_ids, column_output)
-    loss, m = learning.batch_loss(params, batch, network, config, grouped)
+    loss, m = _batch_loss(params, batch, network, config, grouped)
     want, per_unroll = reference.linear_2col_vtrace_loss(
         params,
         batch,

@@ -109,8 +109,9 @@ def test_nstep_value_errors_bootstrap_after_the_configured_n_steps(n):
 
 
 def test_from_variant_gives_each_rows_coefficients():
-    """The seven rows' loss coefficients, written out (Distral rows: the variant's alpha and
-    beta = 30; A3C rows: alpha 0 and beta 1, unused, and the 0.01 entropy bonus)."""
+    """The rows' loss coefficients, written out (Distral rows: the variant's alpha and
+    beta = 30; A3C and gated rows: alpha 0 and beta 1, unused, and the 0.01 entropy
+    bonus)."""
     from distral.core.variants import VARIANTS
 
     a3c = losses.LossConfig(alpha=0.0, beta=1.0, distill=False, entropy_cost=0.01)
@@ -124,6 +125,8 @@ def test_from_variant_gives_each_rows_coefficients():
         "kl_2col": kl,
         "kl_ent_1col": kl_ent,
         "kl_ent_2col": kl_ent,
+        "gated": a3c,  # the gate costs come from the config's `gated` section
+        "gated_task": a3c,
     }
     got = {name: losses.LossConfig.from_variant(v) for name, v in VARIANTS.items()}
     assert got == want

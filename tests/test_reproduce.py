@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -124,26 +122,9 @@ def test_checks_on_known_curves():
     assert reproduce.checks(summary)["ci_separated_at_200"] is False
 
 
-def test_cli_short_protocol_writes_every_file(tmp_path):
+def test_cli_short_protocol_writes_every_file(distral, tmp_path):
     out = tmp_path / "fig3"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "reproduce",
-            "two-room",
-            "--seeds",
-            "3",
-            "--iterations",
-            "60",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=540,  # below pytest-timeout's 600 s: this wait fails first, with its output
-    )
+    proc = distral("reproduce", "two-room", "--seeds", "3", "--iterations", "60", "--out", out)
     assert proc.returncode == 0, proc.stderr
     names = {"figure3.png", "pi0_corridor.png", "curves.csv", "summary.json", "README.md"}
     assert {p.name for p in out.iterdir()} == names
@@ -189,38 +170,18 @@ def test_cli_short_protocol_writes_every_file(tmp_path):
         (["two-room", "--set", "gamma=0.9"], "unknown config key 'gamma'"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, argv, message):
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(distral, tmp_path, argv, message):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "distral.cli", "reproduce", *argv, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = distral("reproduce", *argv, "--out", out)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_cli_refuses_a_non_empty_output_directory(tmp_path):
+def test_cli_refuses_a_non_empty_output_directory(distral, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "reproduce",
-            "two-room",
-            "--iterations",
-            "5",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = distral("reproduce", "two-room", "--iterations", "5", "--out", tmp_path)
     assert proc.returncode == 2
     assert str(tmp_path) in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from small_runs import RUNS, tiny_config
 
 from distral import config as cfg
 from distral import rundir
 from distral.checkpoint import Checkpoints, from_named, to_named
 from distral.core import algorithm
-from distral.train import Trainer, run
+from distral.train import Trainer
 
 
 class _State(NamedTuple):
@@ -140,27 +141,25 @@ def test_summary_takes_each_seeds_last_row_and_the_last_finished_evaluation(tmp_
     assert summary["algorithm"] == "distral" and summary["tasks"] == ["a", "b"]
 
 
-def test_load_run_gives_each_seeds_final_parameters(tmp_path):
-    overrides = dict(
-        hidden_sizes=[8], num_envs_per_task=2, unroll_length=5, log_every=2,
-        eval_episodes_per_task=2, env_steps_per_task=40, seeds=[4, 9],
-    )  # fmt: skip
-    config = cfg.load_config(None, overrides=overrides)
-    run(config, tmp_path / "run", progress=False)
+def test_load_run_gives_each_seeds_final_parameters(small_run):
+    """A finished kl_ent_2col run of seeds 2 and 5 (tests/small_runs.py), and the same
+    training again in memory: the checkpoint holds seed 5's parameters at index 1."""
+    config = tiny_config(**RUNS["2col"])
+    assert config.seeds == (2, 5)
     trainer = Trainer(config)
     runner = trainer.init(jnp.stack([jax.random.PRNGKey(s) for s in config.seeds]))
     for _ in range(config.num_log_steps):  # the run again, in memory: same program
         runner, _ = trainer.run_chunk(runner)
-    loaded = rundir.load_run(tmp_path / "run", seed=9)
-    assert loaded.seed == 9 and loaded.log_step == config.num_log_steps
+    loaded = rundir.load_run(small_run("2col"), seed=5)
+    assert loaded.seed == 5 and loaded.log_step == config.num_log_steps
     expected = jax.tree.map(lambda x: x[1], runner.train.params)
     same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), loaded.params, expected)
     assert jax.tree.all(same)
     assert (
-        loaded.summary is not None and list(loaded.metrics["seed"]) == [4, 9] * config.num_log_steps
+        loaded.summary is not None and list(loaded.metrics["seed"]) == [2, 5] * config.num_log_steps
     )
-    with pytest.raises(cfg.ConfigError, match="seed 5 is not a seed"):
-        rundir.load_run(tmp_path / "run", seed=5)
+    with pytest.raises(cfg.ConfigError, match="seed 4 is not a seed"):
+        rundir.load_run(small_run("2col"), seed=4)
 
 
 def test_the_algorithm_key_names_a_registered_family():

@@ -71,3 +71,10 @@ def test_interval_estimates_of_any_statistic():
     point, low, high = est["m"]
     assert float(point[0]) == pytest.approx(2.5)
     assert 1.0 <= low[0] <= 2.5 <= high[0] <= 10.0
+
+
+def test_ci_text_formats_the_finite_runs_and_counts_the_others():
+    # one finite run: a zero-width interval at its value; two never got there
+    assert stats.ci_text(np.array([np.nan, 2.5, np.inf]), ".1f") == "2.5 [2.5, 2.5] (2 never)"
+    assert stats.ci_text(np.array([1000.0, 1000.0]), ",.0f") == "1,000 [1,000, 1,000]"
+    assert stats.ci_text(np.array([np.nan]), ".1f") == "never"

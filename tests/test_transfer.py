@@ -3,40 +3,26 @@ run, kept fixed when frozen, and the runs that cannot give it named in one line.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import yaml
+from small_runs import TINY, tiny_config
 
 from distral import config as cfg
 from distral import rundir, transfer
 from distral.core import learning
 from distral.experiment import make_experiment
-from distral.train import Trainer, run
-
-TINY = dict(
-    hidden_sizes=[8], num_envs_per_task=2, unroll_length=5, log_every=4,
-    eval_episodes_per_task=2, env_steps_per_task=80, env={"num_tasks": 3, "max_steps": 20},
-)  # fmt: skip
+from distral.train import Trainer
 
 
-def _config(**overrides):
-    env = {**TINY["env"], **overrides.pop("env", {})}
-    return cfg.load_config(None, overrides={**TINY, **overrides, "env": env})
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A finished kl_ent_2col run (goal_seed 0) and a finished a3c run (no h)."""
-    root = tmp_path_factory.mktemp("transfer")
-    run(_config(seeds=[2, 5]), root / "2col", progress=False)
-    run(_config(variant="a3c"), root / "a3c", progress=False)
-    return root
+@pytest.fixture
+def source(small_run):
+    """A finished kl_ent_2col run (seeds 2 and 5, goal_seed 0) and a finished a3c run (no
+    h), of TINY (tests/small_runs.py)."""
+    return {name: small_run(name) for name in ("2col", "a3c")}
 
 
 def _same(a, b) -> bool:
@@ -62,11 +48,11 @@ def test_freeze_distilled_zeroes_h_before_the_clip():
 @pytest.mark.parametrize("parts", ["distilled", "torso"])
 def test_init_from_copies_h_or_its_torso_and_nothing_else(source, parts):
     target = make_experiment(
-        _config(init_from=str(source / "2col"), init_parts=parts, env={"goal_seed": 1})
+        tiny_config(init_from=str(source["2col"]), init_parts=parts, env={"goal_seed": 1})
     )
     state = transfer.init_state_fn(target)(jax.random.PRNGKey(7))
     fresh = target.algorithm.init_state(jax.random.PRNGKey(7), target.parts, target.example_obs)
-    src = rundir.load_run(source / "2col").params  # its first seed, 2
+    src = rundir.load_run(source["2col"]).params  # its first seed, 2
     if parts == "distilled":
         assert _same(state.params["distilled"], src["distilled"])
     else:
@@ -79,54 +65,41 @@ def test_init_from_copies_h_or_its_torso_and_nothing_else(source, parts):
 
 def test_runs_that_cannot_give_h_are_named(source):
     with pytest.raises(cfg.ConfigError, match="variant 'a3c' has no distilled column h"):
-        transfer.init_state_fn(make_experiment(_config(variant="a3c", init_from=str(source))))
+        transfer.init_state_fn(
+            make_experiment(tiny_config(variant="a3c", init_from=str(source["2col"])))
+        )
     with pytest.raises(cfg.ConfigError, match=r"ran variant 'a3c': it has no distilled column"):
-        transfer.init_state_fn(make_experiment(_config(init_from=str(source / "a3c"))))
+        transfer.init_state_fn(make_experiment(tiny_config(init_from=str(source["a3c"]))))
     with pytest.raises(cfg.ConfigError, match="its h \\(distilled\\) has other shapes"):
         transfer.init_state_fn(
-            make_experiment(_config(init_from=str(source / "2col"), hidden_sizes=[4]))
+            make_experiment(tiny_config(init_from=str(source["2col"]), hidden_sizes=[4]))
         )
     with pytest.raises(cfg.ConfigError, match="freeze_distilled=true needs init_from"):
-        _config(freeze_distilled=True)
+        tiny_config(freeze_distilled=True)
     with pytest.raises(cfg.ConfigError, match="it needs init_parts=distilled"):
-        _config(freeze_distilled=True, init_from="x", init_parts="torso")
+        tiny_config(freeze_distilled=True, init_from="x", init_parts="torso")
     with pytest.raises(cfg.ConfigError, match="a3c_multitask: h is its whole policy"):
-        _config(freeze_distilled=True, init_from="x", variant="a3c_multitask")
+        tiny_config(freeze_distilled=True, init_from="x", variant="a3c_multitask")
     from distral.distributed.launch import preflight
 
     with pytest.raises(cfg.ConfigError, match="init_from '/nowhere' is not a run directory"):
-        preflight(_config(init_from="/nowhere"), backend="local", ray_address=None)
+        preflight(tiny_config(init_from="/nowhere"), backend="local", ray_address=None)
 
 
-def test_cli_trains_new_goals_under_a_frozen_pi0(source, tmp_path):
+def test_cli_trains_new_goals_under_a_frozen_pi0(distral, source, tmp_path):
     """`distral train --init-from SRC --set freeze_distilled=true` on other goals: the
     final checkpoint's h is the source's, bit for bit; the task columns learned."""
     preset = tmp_path / "c.yaml"
     preset.write_text(yaml.safe_dump({**TINY, "env": {**TINY["env"], "goal_seed": 1}}))
     out = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distral.cli",
-            "train",
-            str(preset),
-            "--init-from",
-            str(source / "2col"),
-            "--set",
-            "freeze_distilled=true",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = distral(
+        "train", preset, "--init-from", source["2col"], "--set", "freeze_distilled=true",
+        "--out", out, "--quiet",
+    )  # fmt: skip
     assert p.returncode == 0, p.stderr
     loaded = rundir.load_run(out)
-    assert loaded.config.init_from == str(source / "2col") and loaded.config.freeze_distilled
-    src = rundir.load_run(source / "2col").params
+    assert loaded.config.init_from == str(source["2col"]) and loaded.config.freeze_distilled
+    src = rundir.load_run(source["2col"]).params
     assert _same(loaded.params["distilled"], src["distilled"])
     start = Trainer(loaded.config).init(jnp.stack([jax.random.PRNGKey(0)])).train.params
     assert _same(jax.tree.map(lambda x: x[0], start["distilled"]), src["distilled"])

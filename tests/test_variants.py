@@ -9,7 +9,13 @@ import pytest
 
 from distral.core import losses, networks
 from distral.core.learning import build_network
-from distral.core.variants import VARIANTS, VariantError, format_table, get_variant
+from distral.core.variants import (
+    PAPER_VARIANTS,
+    VARIANTS,
+    VariantError,
+    format_table,
+    get_variant,
+)
 
 # name: (architecture, alpha, distill, entropy bonus in the loss)
 PAPER_TABLE = {
@@ -36,7 +42,8 @@ COSTS = {
 
 
 def test_the_seven_names_and_their_table():
-    assert list(VARIANTS) == list(PAPER_TABLE)
+    assert list(PAPER_VARIANTS) == list(PAPER_TABLE)
+    assert list(VARIANTS) == [*PAPER_TABLE, "gated", "gated_task"]
     for name, (arch, alpha, distill, bonus) in PAPER_TABLE.items():
         v = get_variant(name)
         assert (v.architecture, v.alpha, v.distill, v.entropy_cost > 0) == (
@@ -211,3 +218,19 @@ def test_the_table_is_the_one_the_readme_shows():
     block = readme.split("$ distral variants\n", 1)[1].split("```", 1)[0]
     assert format_table() == block.rstrip("\n")
     assert all(v.description for v in VARIANTS.values())  # `distral variants NAME` shows it
+
+
+def test_the_gated_rows_are_a3c_rows_on_the_gated_architecture():
+    """`gated` and `gated_task`: the A3C loss (entropy bonus 0.01, no pi_0 regulariser),
+    only `gated_task`'s gates see the task id; the entropy bonus is theirs to set."""
+    for name, task_gates in (("gated", False), ("gated_task", True)):
+        v = get_variant(name)
+        assert (v.architecture, v.task_gates, v.distill) == ("gated", task_gates, False)
+        assert (v.alpha, v.beta, v.c_kl, v.c_ent, v.entropy_cost) == (None, None, 0, 0, 0.01)
+        assert get_variant(name, entropy_cost=0.05).entropy_cost == 0.05
+        with pytest.raises(VariantError, match=f"variant '{name}' has no beta"):
+            get_variant(name, beta=3.0)
+    assert not any(VARIANTS[n].task_gates for n in PAPER_VARIANTS)
+    rows = {line.split()[0]: line for line in format_table().splitlines()[2:]}
+    assert "sum_k sigma_k f_k" in rows["gated"] and "sees i" not in rows["gated"]
+    assert "sum_k sigma_k f_k (sigma_k sees i)" in rows["gated_task"]

@@ -82,7 +82,10 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
         torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
         task_columns=config.task_columns,
         task_column_output=config.task_column_output,
+        num_subpolicies=config.gated.num_subpolicies,
     )
+    is_gated = variant.architecture == "gated"
+    gates = config.gated
     optimizer = learning.make_optimizer(
         config.learning_rate,
         config.max_grad_norm,
@@ -91,6 +94,17 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
             config.distilled_lr_scale if variant.architecture in ("1col", "2col") else 1.0
         ),
         freeze_distilled=config.freeze_distilled,
+        gate_scaling=(
+            learning.GateScaling(
+                gates.num_subpolicies,
+                gates.lr_scaling,
+                gates.max_lr_factor,
+                gates.activation_decay,
+                gates.torso_lr_scale,
+            )
+            if is_gated
+            else None
+        ),
     )
     loss_config = LossConfig.from_variant(
         variant,
@@ -99,6 +113,8 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
         n_step=config.n_step,
         value_cost=config.value_cost,
         regulariser=config.regulariser,
+        sparsity_cost=gates.sparsity_cost if is_gated else 0.0,
+        temporal_cost=gates.temporal_cost if is_gated else 0.0,
     )
     return Parts(network, optimizer, loss_config, variant)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from distral.core import gated
 from distral.core.losses import LossConfig, distral_loss
 from distral.core.networks import DistralNetwork, NetworkOutput, Torso, make_network
 from distral.core.variants import Variant
@@ -62,7 +63,8 @@ def build_network(
     torso: Torso,
     task_columns: str = "separate",
     task_column_output: str = "logits",
-) -> DistralNetwork:
+    num_subpolicies: int = 4,
+) -> DistralNetwork | gated.GatedNetwork:
     """The network of a resolved variant (architecture and 2col mixing coefficients).
 
     `task_column_output` (2col Distral rows): 'logits' (default) makes the task column
@@ -72,7 +74,18 @@ def build_network(
     differ in optimisation: Adam's step on a parameter is ~lr whatever its gradient's
     scale, so under 'f' every step of the task column moves pi_i's logits beta times as
     far (BUILD_NOTES.md, "Robust learning").
+
+    The 'gated' architecture (`gated`, `gated_task`) is `num_subpolicies` gated sub-policies
+    on one torso (`distral.core.gated`); the task columns' settings do not apply to it.
     """
+    if variant.architecture == "gated":
+        return gated.make_gated_network(
+            torso,
+            num_tasks=num_tasks,
+            num_actions=num_actions,
+            num_subpolicies=num_subpolicies,
+            task_gates=variant.task_gates,
+        )
     if task_column_output not in TASK_COLUMN_OUTPUTS:
         raise ValueError(
             f"task_column_output={task_column_output!r}; valid choices: "
@@ -98,6 +111,7 @@ def make_optimizer(
     *,
     distilled_lr_scale: float = 1.0,
     freeze_distilled: bool = False,
+    gate_scaling: GateScaling | None = None,
 ) -> optax.GradientTransformation:
     """Adam after global-norm clipping (IMPALA clips at 40, arXiv:1802.01561).
 
@@ -107,17 +121,46 @@ def make_optimizer(
     its state, which checkpoints hold) is plain clipped Adam. `freeze_distilled` zeroes
     h's gradient first (a fixed pi_0 prior, transfer): h never moves, and its gradient does
     not count in the clip's global norm.
+
+    `gate_scaling` (gated sub-policies) scales sub-policy k's steps by 1 / sigma_hat_k
+    (`gated.scale_by_gate_activation`: `update` then takes the batch's `gate_mean`) and the
+    shared torso's by `torso_lr_scale`.
     """
     chain = [optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate)]
     if distilled_lr_scale != 1.0:
         chain.append(optax.masked(optax.scale(distilled_lr_scale), _distilled_mask))
+    if gate_scaling is not None:
+        if gate_scaling.lr_scaling:
+            chain.append(
+                gated.scale_by_gate_activation(
+                    gate_scaling.num_subpolicies,
+                    decay=gate_scaling.decay,
+                    max_factor=gate_scaling.max_factor,
+                )
+            )
+        if gate_scaling.torso_lr_scale != 1.0:
+            chain.append(optax.masked(optax.scale(gate_scaling.torso_lr_scale), _torso_mask))
     if freeze_distilled:
         chain.insert(0, optax.masked(optax.set_to_zero(), _distilled_mask))
     return optax.chain(*chain)
 
 
+class GateScaling(NamedTuple):
+    """The learning-rate settings of a gated network (`make_optimizer`)."""
+
+    num_subpolicies: int
+    lr_scaling: bool = True
+    max_factor: float = 10.0
+    decay: float = 0.99
+    torso_lr_scale: float = 1.0
+
+
 def _distilled_mask(params: Params) -> dict[str, bool]:
     return {name: name == "distilled" for name in params}
+
+
+def _torso_mask(params: Params) -> dict[str, bool]:
+    return {name: name == "torso" for name in params}
 
 
 def init_training_state(
@@ -155,11 +198,15 @@ def batch_loss(
     With `task_grouped`, the batch is task-major (B = N*E, unrolls of task i at columns
     i*E..(i+1)*E-1, as `distral train` lays them out) and the network runs each task's
     column on its own rows only (`apply_tasks`), instead of every column on every row.
+    A gated network (one torso for every task) adds the gate losses (`gate_terms`).
     """
-    if task_grouped:
+    gates = None
+    task_ids = jnp.broadcast_to(batch.task_id[None], batch.action.shape)  # [T+1, B]
+    if isinstance(network, gated.GatedNetwork):
+        out, gates = network.apply_gated(params, batch.observation, task_ids)
+    elif task_grouped:
         out = _apply_grouped(params, network, batch.observation)
     else:
-        task_ids = jnp.broadcast_to(batch.task_id[None], batch.action.shape)  # [T+1, B]
         out = network.apply(params, batch.observation, task_ids)
 
     per_unroll = jax.vmap(
@@ -182,8 +229,34 @@ def batch_loss(
         total = (one_hot * getattr(m, name)[:, None]).sum(0)
         metrics[f"{name}_per_task"] = jnp.where(unrolls > 0, total / unrolls, jnp.nan)
     metrics["unrolls_per_task"] = unrolls
-    return jnp.mean(loss), metrics
+    loss = jnp.mean(loss)
+    if gates is not None:
+        gate_loss, gate_metrics = gate_terms(gates, batch.discount[:-1], config)
+        loss, metrics = loss + gate_loss, {**metrics, **gate_metrics}
+    return loss, metrics
 
+
+def gate_terms(gates: Array, discount: Array, config: LossConfig) -> tuple[Array, dict[str, Array]]:
+    """The gate losses of a batch, gates [T+1, B, K] and discounts [T, B]:
+    c_sparse * sum_k E[sigma_k] + c_temp * (mean over unrolls of the temporal loss), and
+    their metrics; `gate_mean` [K] is E[sigma_k] over the batch (the optimiser's input for
+    activation-scaled learning rates)."""
+    sparsity = gated.sparsity_loss(gates)
+    temporal = jnp.mean(jax.vmap(gated.temporal_loss, in_axes=(1, 1))(gates, discount))
+    switching = jax.vmap(gated.switching_rate, in_axes=(1, 1))(gates, discount)
+    loss = config.sparsity_cost * sparsity + config.temporal_cost * temporal
+    return loss, {
+        "gate_sparsity": sparsity,
+        "gate_temporal": temporal,
+        "gate_switching": jnp.nanmean(switching),
+        "gate_mean": jnp.mean(gates, axis=(0, 1)),
+    }
+
+
+GATE_METRICS = ("gate_activation", "gate_sparsity", "gate_temporal", "gate_switching")
+"""The scalar metrics a gated network's `update_step` adds: the mean gate activation
+(mean over k of E[sigma_k]), the sparsity and temporal losses (before their costs) and
+the gates' switching rate (`gated.switching_rate`)."""
 
 PER_TASK_METRICS = ("kl", "entropy", "logit_spread")
 """LossMetrics fields that `batch_loss` also reports per task, as NAME_per_task [N]."""
@@ -203,11 +276,17 @@ def update_step(
     (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
         state.params, batch, network, config, task_grouped
     )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    # A gated network's optimiser scales its sub-policies' steps by the gates' activations.
+    extra = {"gate_mean": metrics.pop("gate_mean")} if "gate_mean" in metrics else {}
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics["loss"] = loss
     metrics["grad_norm"] = optax.global_norm(grads)
-    for part, g in grads.items():  # "distilled" (h), "tasks" (the task columns), "values"
+    if extra:
+        metrics["gate_activation"] = jnp.mean(extra["gate_mean"])
+    # "distilled" (h), "tasks" (the task columns), "values"; a gated network's "torso",
+    # "subpolicies" and "gates"
+    for part, g in grads.items():
         metrics[f"grad_norm_{part}"] = optax.global_norm(g)
     new_state = TrainingState(params, opt_state, state.step + 1, state.rng)
     return new_state, metrics

@@ -98,6 +98,10 @@ class LossConfig:
     regulariser: RegulariserKind = "expected"
     """How step t's own regulariser enters (Distral rows): 'expected' over pi_i's actions,
     differentiated exactly, or 'sampled' at a_t (see the module docstring)."""
+    sparsity_cost: float = 0.0
+    """Gated sub-policies: cost of the sparsity loss sum_k E[sigma_k] (`learning.gate_terms`)."""
+    temporal_cost: float = 0.0
+    """Gated sub-policies: cost of the gates' temporal-consistency loss."""
 
     def __post_init__(self) -> None:
         if self.distill and not 0.0 <= self.alpha <= 1.0:

@@ -1,9 +1,14 @@
-"""The seven algorithms of Distral (Teh et al., 2017, arXiv:1707.04175), as data.
+"""The seven algorithms of Distral (Teh et al., 2017, arXiv:1707.04175), as data, and
+the gated sub-policies beside them.
 
 Table 1 / Figure 2 of the paper compare seven ways of training n related tasks. Each is a
 choice of architecture (how pi_i and pi_0 are parameterised), of the coefficients alpha and
 beta, of whether the KL-to-pi_0 regulariser and its distillation term are on, and of the
 A3C entropy bonus. The names below are part of the public API (DESIGN.md 1.3).
+
+`gated` and `gated_task` (DESIGN.md 3a, `distral.core.gated`) train K gated sub-policies
+on one torso with the same A3C loss as the A3C rows, so that a comparison with them
+isolates the architecture; `gated_task` also gives the task id to the gates.
 
     alpha = c_KL / (c_KL + c_Ent),   beta = 1 / (c_KL + c_Ent)
 
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, TypedDict
 
-Architecture = Literal["independent", "shared", "1col", "2col"]
+Architecture = Literal["independent", "shared", "1col", "2col", "gated"]
 
 #: Default beta of the Distral rows (inverse total regularisation strength,
 #: c_KL + c_Ent = 1 / beta = 1/30). Our default, not the paper's (the paper sweeps beta);
@@ -36,7 +41,8 @@ class Variant:
     name: str
     """Public name, one of `VARIANTS`."""
     architecture: Architecture
-    """independent (f_i only), shared (h only), 1col (f_i and a separate h), 2col (mixed)."""
+    """independent (f_i only), shared (h only), 1col (f_i and a separate h), 2col (mixed),
+    gated (K gated sub-policies on one torso: pi_i = pi_0, as shared)."""
     alpha: float | None
     """KL share alpha = c_KL / (c_KL + c_Ent); None where it has no meaning (A3C rows)."""
     beta: float | None
@@ -48,6 +54,8 @@ class Variant:
     description: str
     alpha_overridable: bool
     beta_overridable: bool
+    task_gates: bool = False
+    """'gated' architecture: whether the gates see the task id (a gate bias per task)."""
 
     @property
     def mix(self) -> tuple[float, float]:
@@ -97,13 +105,16 @@ _NO_REGULARISER: _Regulariser = {
 }
 
 
-def _a3c(name: str, architecture: Architecture, description: str) -> Variant:
+def _a3c(
+    name: str, architecture: Architecture, description: str, task_gates: bool = False
+) -> Variant:
     """An A3C row: no pi_0 regulariser (alpha and beta have no meaning), the entropy bonus."""
     return Variant(
         name=name,
         architecture=architecture,
         entropy_cost=DEFAULT_ENTROPY_COST,
         description=description,
+        task_gates=task_gates,
         **_NO_REGULARISER,
     )
 
@@ -131,10 +142,16 @@ _TABLE: tuple[Variant, ...] = (
     _distral("kl_2col", "2col", 1.0, "Distral, KL only, alpha h + beta f_i"),
     _distral("kl_ent_1col", "1col", 0.5, "Distral, KL + entropy, pi_i = f_i"),
     _distral("kl_ent_2col", "2col", 0.5, "Distral, KL + entropy, alpha h + beta f_i"),
+    _a3c("gated", "gated", "A3C, K gated sub-policies, no task id (supertask)"),
+    _a3c("gated_task", "gated", "A3C, K gated sub-policies, task id into the gates", True),
 )
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _TABLE}
-"""The seven variants under their public names, with default coefficients."""
+"""Every variant under its public name, with default coefficients: the paper's seven
+(`PAPER_VARIANTS`) and the gated sub-policies."""
+
+PAPER_VARIANTS: tuple[str, ...] = tuple(v.name for v in _TABLE if v.architecture != "gated")
+"""The seven rows of the paper's Table 1 / Figure 2, in its order."""
 
 
 class _Overrides(TypedDict, total=False):
@@ -200,12 +217,15 @@ def _settable(field: str) -> list[str]:
 
 
 def format_table() -> str:
-    """The seven variants and their parameters as a plain-text table."""
+    """The variants and their parameters as a plain-text table."""
     header = ("name", "architecture", "pi_i logits", "alpha", "beta", "KL+distil", "entropy")
     logits = {"independent": "f_i", "shared": "h", "1col": "f_i", "2col": "alpha h + beta f_i"}
+    logits["gated"] = "sum_k sigma_k f_k"
     rows = [header]
     for v in _TABLE:
         pi_logits = "h + f_i" if v.name == "a3c_2col" else logits[v.architecture]
+        if v.task_gates:
+            pi_logits += " (sigma_k sees i)"
         if v.distill:
             entropy = "in r_reg" if v.alpha is not None and v.alpha < 1 else "none"
         else:

@@ -155,7 +155,7 @@ def checkpoint_parts(
 
 
 def metric_columns(experiment: Experiment) -> list[str]:
-    scalars = list(experiment.algorithm.metrics)
+    scalars = list(experiment.metrics)
     if experiment.config.algorithm == "distill":  # the teachers' mean return, same episodes
         scalars.append("teacher_eval_return")
     columns = rundir.metric_columns(experiment.num_tasks, scalars) + DISTRIBUTED_COLUMNS
