@@ -6,8 +6,9 @@ and run directories to read (tests/test_train.py, tests/test_rundir.py). The `sm
 fixture (tests/conftest.py) trains each at its first use in a test process and hands the
 same directory to every later test, which only reads it. Tests that train their own runs
 of these variants at TINY's sizes and two seeds (tests/test_guard.py,
-tests/test_compare.py) run the same programs, which the suite's compilation cache
-(tests/conftest.py) compiles once: compiling is most of a small run's cost.
+tests/test_compare.py, the CLI run of tests/test_train.py) run the same programs, which
+the suite's compilation cache (tests/conftest.py) compiles once: compiling is most of a
+small run's cost.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from distral.core.variants import VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 
 # The real trainer, tiny: tests/small_runs.py's 3 tasks, 3 log rows of 40 env steps per
-# task. At 2 seeds, a3c and kl_ent_2col run the programs of its shared runs and a3c_2col
-# that of tests/test_train.py's CLI run: the suite compiles each once.
+# task. At 2 seeds kl_ent_2col runs the program of its shared run: the suite compiles it
+# once; a3c_2col and kl_ent_1col at the default beta serve both end-to-end tests here.
 TINY = {**small_runs.TINY, "env_steps_per_task": 120, "checkpoint_every": 1, "keep_checkpoints": 1}
 
 
@@ -221,9 +221,9 @@ def _check_outputs(out: Path, variants: list[str], seeds: int) -> list[dict]:
 
 def test_cli_compares_variants_and_skips_finished_runs(distral, tiny_config, tmp_path):
     """Three variants, one of each kind of network with h (a3c_2col's h + f_i without a
-    KL, Distral's 1col and 2col; a3c's one column runs in the grid test below): each
-    variant is its own compiled program, ~10 s, and the seven's maths is tested in-process
-    (tests/test_losses.py). The default, all seven, is planned in
+    KL, Distral's 1col and 2col; a3c's one column trains in tests/small_runs.py's run):
+    each variant is its own compiled program, ~10 s, and the seven's maths is tested
+    in-process (tests/test_losses.py). The default, all seven, is planned in
     test_default_grid_gives_every_variant_nine_settings."""
     out = tmp_path / "cmp"
     names = ["a3c_2col", "kl_ent_1col", "kl_ent_2col"]
@@ -256,7 +256,7 @@ def test_cli_grid_writes_the_robustness_outputs(distral, tiny_config, tmp_path):
         "compare",
         tiny_config,
         "--variants",
-        "a3c,kl_ent_1col",
+        "a3c_2col,kl_ent_1col",
         "--seeds",
         "2",
         "--grid",
@@ -266,11 +266,11 @@ def test_cli_grid_writes_the_robustness_outputs(distral, tiny_config, tmp_path):
         "--quiet",
     )
     assert p.returncode == 0, p.stderr
-    _check_outputs(out, ["a3c", "kl_ent_1col"], 2)
+    _check_outputs(out, ["a3c_2col", "kl_ent_1col"], 2)
     with open(out / "grid.csv") as f:
         grid = list(csv.DictReader(f))
-    # a3c has no beta: its one learning rate; kl_ent_1col: 2 betas
-    assert [r["variant"] for r in grid] == ["a3c", "kl_ent_1col", "kl_ent_1col"]
+    # a3c_2col (an A3C row) has no beta: its one learning rate; kl_ent_1col: 2 betas
+    assert [r["variant"] for r in grid] == ["a3c_2col", "kl_ent_1col", "kl_ent_1col"]
     assert [r["setting"] for r in grid][1:] == [
         "beta=10,learning_rate=0.001",
         "beta=30,learning_rate=0.001",

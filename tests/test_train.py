@@ -244,20 +244,20 @@ def test_cli_out_must_be_a_new_or_empty_directory(distral, tmp_path):
 
 
 def test_cli_trains_refuses_to_overwrite_and_resumes(distral, tmp_path):
-    """A tests/small_runs.py-sized run of a3c_2col at 2 seeds: the program of one of
-    tests/test_compare.py's runs."""
+    """tests/small_runs.py's a3c run again, by the CLI (2 log rows of 40 env steps per
+    task): its program, compiled once."""
     preset = tmp_path / "c.yaml"
-    preset.write_text(yaml.safe_dump(small_runs.TINY))  # 2 log rows of 40 env steps per task
+    preset.write_text(yaml.safe_dump(small_runs.TINY))
     out = tmp_path / "run"
-    p = distral("train", preset, "--variant", "a3c_2col", "--seeds", "0,1", "--out", out)
+    p = distral("train", preset, "--variant", "a3c", "--seeds", "0,1", "--out", out)
     assert p.returncode == 0, p.stderr
     assert "curves:" in p.stdout and "optimal" in p.stdout
     # stderr is not a terminal: one plain line per log row, no progress bar.
     assert "\r" not in p.stderr
-    lines = [x for x in p.stderr.splitlines() if x.startswith("a3c_2col x2 seeds: ")]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("a3c x2 seeds: ")]
     assert [x.split(",")[0] for x in lines] == [
-        "a3c_2col x2 seeds: 40/80 env steps per task",
-        "a3c_2col x2 seeds: 80/80 env steps per task",
+        "a3c x2 seeds: 40/80 env steps per task",
+        "a3c x2 seeds: 80/80 env steps per task",
     ], p.stderr
     before = (out / "metrics.csv").read_text()
     p = distral("train", preset, "--out", out, "--quiet")
