@@ -41,7 +41,7 @@ from distral.core import distillation
 from distral.envs import two_room
 from distral.evaluator import evaluation_key, policy_returns_fn
 from distral.experiment import Experiment, make_experiment
-from distral.teachers import Teacher, load_teachers, num_params, total_params
+from distral.teachers import Teacher, load_teachers, num_params, teacher_actions, total_params
 
 Array = jax.Array
 
@@ -103,15 +103,16 @@ def actor_policy(experiment: Experiment, teacher: Teacher) -> Any:
 
     @jax.jit
     def act(student: Any, teacher_params: Any, obs: Array, key: Array) -> tuple[Array, dict]:
-        k_act, k_mix = jax.random.split(key)
+        k_student, k_teacher, k_mix = jax.random.split(key, 3)
         outputs, features = labels(teacher, teacher_params, obs, learner)
-        logits = outputs
+        action = teacher_actions(teacher.outputs, outputs, k_teacher)
         if settings.behaviour != "teacher":
             logits = network.apply_task(student, obs, jnp.zeros((), jnp.int32)).logits
+            own = jax.random.categorical(k_student, logits)
             if settings.behaviour == "mixture":
-                use_teacher = jax.random.bernoulli(k_mix, settings.teacher_prob, logits.shape[:1])
-                logits = jnp.where(use_teacher[:, None], outputs, logits)
-        action = jax.random.categorical(k_act, logits)
+                use_teacher = jax.random.bernoulli(k_mix, settings.teacher_prob, own.shape)
+                own = jnp.where(use_teacher, action, own)
+            action = own
         return action, {"teacher_outputs": outputs, "teacher_features": features}
 
     return lambda params, obs, key: act(params, teacher.params, obs, key)

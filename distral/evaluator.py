@@ -187,9 +187,13 @@ _Act = Callable[[np.ndarray, Array], Array]  # (observations [B, ...], key) -> a
 
 
 def _teacher_policy(teacher: Any) -> _Act:
-    """A teacher's sampled actions (softmax of its outputs), jitted once."""
+    """A teacher's actions as its run acted (`teachers.teacher_actions`), jitted once."""
+    from distral.teachers import teacher_actions
+
     sample = jax.jit(
-        lambda params, obs, key: jax.random.categorical(key, teacher.apply(params, obs)[0])
+        lambda params, obs, key: teacher_actions(
+            teacher.outputs, teacher.apply(params, obs)[0], key
+        )
     )
     return lambda obs, key: sample(teacher.params, obs, key)
 

@@ -3,9 +3,15 @@
 A teacher of task i is a jit-able `apply(params, obs [B, *obs_shape]) -> (outputs [B, A],
 features [B, D])` with its own parameters: a policy teacher's outputs are the logits of its
 pi_i, its features the hidden representation those logits are computed from
-(`DistralNetwork.task_features`), which Actor-Mimic's feature regression targets. Any run
-of `distral train` or `distral launch` is a teacher source, whatever its variant and
-network; teachers and students need not share an architecture.
+(`DistralNetwork.task_features`), which Actor-Mimic's feature regression targets. An Ape-X
+DQN run's teacher (`algorithm: apex`) outputs its task head's Q-values, and its features
+are the shared torso's (Rusu et al.'s and Parisotto et al.'s teachers were DQNs). Any run
+of `distral train`, `distral launch` or `distral distill` is a teacher source, whatever its
+variant and network; teachers and students need not share an architecture.
+
+A teacher acts (`teacher_actions`: the behaviour `teacher` or `mixture`, and its
+evaluation) as its own run did: a policy samples from softmax(logits), a Q-value teacher
+is epsilon-greedy at Ape-X's evaluation epsilon.
 
 Teachers are matched to the student's tasks by task name (a two-room goal cell, a game),
 so one 8-task run teaches all 8 two-room tasks and five one-game runs teach five games.
@@ -23,7 +29,7 @@ import numpy as np
 from distral.config import ConfigError
 from distral.experiment import Experiment
 
-TEACHER_OUTPUTS = ("logits",)  # a policy teacher; Q-values come with the Ape-X family
+TEACHER_OUTPUTS = ("logits", "q_values")  # a policy teacher's pi_i; an Ape-X DQN's Q-values
 
 
 class Teacher(NamedTuple):
@@ -96,6 +102,43 @@ def _policy_teacher(run: Any, task: int) -> Teacher:
     )
 
 
+def _q_teacher(run: Any, task: int) -> Teacher:
+    """Task `task`'s Q-values of an Ape-X DQN run (`rundir.LoadedRun`): the shared torso and
+    that task's value and advantage streams."""
+    import jax.numpy as jnp
+
+    network = run.experiment.network
+    params = network.task_params(run.params, task)  # stream `task` becomes stream 0
+
+    def apply(params: Any, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        head = jnp.zeros(obs.shape[:1], jnp.int32)
+        return network.apply(params, obs, head), network.features(params, obs)
+
+    features = jax.eval_shape(apply, params, run.experiment.example_obs)[1]
+    return Teacher(
+        task_name=run.experiment.task_names[task],
+        source=f"{run.path}, task {task}",
+        params=params,
+        apply=apply,
+        outputs="q_values",
+        num_params=num_params(params),
+        feature_dim=int(features.shape[-1]),
+        run=str(run.path),
+        shared_params=_shared_params(run),
+    )
+
+
+def teacher_actions(outputs: str, values: jax.Array, key: jax.Array) -> jax.Array:
+    """A teacher's actions from its outputs `values` [B, A] (jit-able; `outputs` is its
+    `Teacher.outputs`): sampled from softmax(logits) for a policy, epsilon-greedy at
+    `apex.EVAL_EPSILON` (how Ape-X evaluates) for Q-values."""
+    from distral.core import apex
+
+    if outputs == "q_values":
+        return apex.epsilon_greedy(values, jax.numpy.asarray(apex.EVAL_EPSILON), key)
+    return jax.random.categorical(key, values)
+
+
 def _check_compatible(run: Any, student: Experiment) -> None:
     """A one-line ConfigError naming the run when it cannot teach `student`'s tasks."""
     teacher = run.experiment
@@ -144,7 +187,8 @@ def load_teachers(
                     f"task {name!r} has two teachers: {found[name].source!r} and "
                     f"{f'{run.path}, task {task}'!r}"
                 )
-            found[name] = _policy_teacher(run, task)
+            make = _q_teacher if run.config.algorithm == "apex" else _policy_teacher
+            found[name] = make(run, task)
     missing = [name for name in student.task_names if name not in found]
     if missing:
         raise ConfigError(

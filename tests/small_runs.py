@@ -42,3 +42,31 @@ def train(name: str, run_dir: Path) -> Path:
 
     run(tiny_config(**RUNS[name]), run_dir, progress=False)
     return run_dir
+
+
+def write_launch_run(run_dir: Path, config: Any) -> Path:
+    """A run directory of `config` as `distral launch`'s learner writes one (config.yaml,
+    one metrics row, a checkpoint of the family's fresh learner state), written in this
+    process: a teacher source for tests that read a run's parameters, not its learning."""
+    import jax
+    import numpy as np
+
+    from distral import rundir
+    from distral.distributed.learner import checkpoint_parts, metric_columns
+    from distral.experiment import make_experiment
+    from distral.transfer import init_state_fn
+
+    experiment = make_experiment(config)
+    seed = config.seeds[0]
+    parts = checkpoint_parts(
+        init_state_fn(experiment)(jax.random.PRNGKey(seed)),
+        np.zeros(experiment.num_tasks, np.int64),
+        0.0,
+    )
+    log, _, _ = rundir.open_log(
+        run_dir, config, metric_columns(experiment), parts, resume=False, seeds=[seed]
+    )
+    log.write([{"seed": seed, "log_step": 1, "env_steps_per_task": 0, "updates": 0}])
+    log.save(1, parts)
+    log.close()
+    return run_dir

@@ -7,6 +7,7 @@ launch` teacher run, is in tests/test_launch.py (the tests that start processes)
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +16,16 @@ import pytest
 import reverb
 import tensorflow as tf
 from dm_env import specs
+from small_runs import write_launch_run
 
 from distral import config as cfg
-from distral import distill, teachers
+from distral import distill, rundir, teachers
 from distral.distributed import replay
 from distral.distributed.actor import Actor, VariableClient
+from distral.evaluator import _teacher_policy
 from distral.experiment import make_experiment
 
+ROOT = Path(__file__).resolve().parents[1]
 GAMES = ["breakout", "asterix"]
 
 
@@ -348,3 +352,57 @@ def test_a_students_service_tables_and_a_timed_out_append(served):
         for t in range(30):  # 24 items fill the limiter's slack (test above)
             writer.append(_step(experiment, 0, t), timeout_ms=200)
     writer.close()
+
+
+def _dueling_q(params, h, k):
+    """Task k's dueling head on torso features h [B, D], in numpy: value + advantage - mean
+    advantage, each stream relu(h W1 + b1) W2 + b2."""
+
+    def stream(p):
+        hidden = np.maximum(
+            h @ np.asarray(p["hidden"]["w"][k]) + np.asarray(p["hidden"]["b"][k]), 0
+        )
+        return hidden @ np.asarray(p["out"]["w"][k]) + np.asarray(p["out"]["b"][k])
+
+    advantage = stream(params["advantage"])
+    return stream(params["value"]) + advantage - advantage.mean(-1, keepdims=True)
+
+
+def test_an_apex_run_teaches_its_q_values_and_acts_near_greedily(tmp_path):
+    config = cfg.load_config(
+        ROOT / "experiments" / "minatar_apex_dqn.yaml", ["env.games=[asterix,breakout]"]
+    )
+    run = rundir.load_run(write_launch_run(tmp_path / "apex", config))
+    student = make_experiment(_config(distill={"behaviour": "teacher"}))  # breakout, asterix
+    found = teachers.load_teachers([run.path], student)
+    assert [t.task_name for t in found] == GAMES  # matched by name, not by run order
+    obs = jax.random.bernoulli(jax.random.PRNGKey(3), 0.3, (64, *student.obs_shape))
+    obs = obs.astype(jnp.float32)
+    size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    torso, streams = (
+        size(run.params["torso"]),
+        size(run.params["value"]) + size(run.params["advantage"]),
+    )
+    for t, k in zip(found, (1, 0), strict=True):  # breakout is the run's task 1
+        assert t.outputs == "q_values" and t.source == f"{run.path}, task {k}"
+        q, h = t(obs)
+        assert h.shape == (64, 128) and t.feature_dim == 128  # minatar_cnn's 128 units
+        np.testing.assert_allclose(
+            q, _dueling_q(run.params, np.asarray(h), k), rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            q, run.experiment.network.apply(run.params, obs, jnp.full(64, k)), rtol=1e-5
+        )
+        assert t.num_params == torso + streams // 2 and t.shared_params == torso
+    assert teachers.total_params(found) == torso + streams  # the run's parameters, once
+    # It acts near-greedily (epsilon 0.001), as the actor's teacher and in evaluations.
+    greedy = np.argmax(np.asarray(found[0](obs)[0]), -1)
+    assert len(set(greedy.tolist())) > 1  # a test of argmax, not of one constant action
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_array_equal(_teacher_policy(found[0])(obs, key), greedy)
+    experiment = distill.student_experiment(student, found)
+    params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
+    policy = distill.actor_policy(experiment, found[0])
+    action, labels = policy(experiment.network.task_params(params, 0), obs, key)
+    np.testing.assert_array_equal(action, greedy)
+    np.testing.assert_allclose(labels["teacher_outputs"], found[0](obs)[0], rtol=1e-6)

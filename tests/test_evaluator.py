@@ -212,7 +212,7 @@ def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_
     )  # fmt: skip
 
     class AlwaysUp:  # a teacher whose policy is "up" (action 2) on every state
-        params = None
+        params, outputs = None, "logits"
 
         @staticmethod
         def apply(params, obs):

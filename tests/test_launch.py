@@ -36,6 +36,7 @@ from launching import (
     port_free,
     sets,
 )
+from small_runs import write_launch_run
 
 from distral import rundir, teachers
 
@@ -485,36 +486,17 @@ TINY = [
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     """An a3c run directory of the two MinAtar games (one run teaches both), written in
-    this process as `distral launch`'s learner writes one: config.yaml, one metrics row and
-    a checkpoint of its fresh parameters. The student reads nothing else; launching it
-    took ~80 s of the suite, and the launch path is tested above and by the student."""
+    this process as `distral launch`'s learner writes one (`small_runs.write_launch_run`):
+    the student reads only its config and parameters. Launching it took ~80 s of the
+    suite; the launch path is tested above and by the student."""
     from distral.config import load_config
-    from distral.distributed.learner import checkpoint_parts, metric_columns
-    from distral.experiment import make_experiment
-    from distral.transfer import init_state_fn
 
-    run_dir = tmp_path_factory.mktemp("minatar_teacher") / "teacher"
     config = load_config(
         ROOT / "experiments" / "minatar_5games.yaml",
         [*TINY, f"env.games=[{','.join(GAMES)}]"],
         overrides={"variant": "a3c"},
     )
-    experiment = make_experiment(config)
-    seed = config.seeds[0]
-    state = init_state_fn(experiment)(jax.random.PRNGKey(seed))
-    frames = np.zeros(experiment.num_tasks, np.int64)
-    log, _, _ = rundir.open_log(
-        run_dir,
-        config,
-        metric_columns(experiment),
-        checkpoint_parts(state, frames, 0.0),
-        resume=False,
-        seeds=[seed],
-    )
-    log.write([{"seed": seed, "log_step": 1, "env_steps_per_task": 0, "updates": 0}])
-    log.save(1, checkpoint_parts(state, frames, 0.0))
-    log.close()
-    return run_dir
+    return write_launch_run(tmp_path_factory.mktemp("minatar_teacher") / "teacher", config)
 
 
 def test_distral_distill_runs_a_minatar_student_through_the_processes(teacher_run, tmp_path):

@@ -159,6 +159,7 @@ class QNetwork(NamedTuple):
     apply: Callable[[Params, Array, Array], Array]  # (params, obs, task_id [B]) -> [B, A]
     num_tasks: int
     num_actions: int
+    features: Callable[[Params, Array], Array]  # (params, obs) -> the torso's [B, D]
 
     def task_params(self, params: Params, task_id: int) -> Params:
         """Task `task_id`'s network alone (the torso and its streams, a task axis of 1):
@@ -213,13 +214,16 @@ def dueling_network(torso: Torso, num_tasks: int, num_actions: int, hidden: int)
             "advantage": _stream_init(k_advantage, num_tasks, (d, hidden, num_actions)),
         }
 
+    def features(params: Params, obs: Array) -> Array:
+        return torso.apply(params["torso"], obs)
+
     def apply(params: Params, obs: Array, task_id: Array) -> Array:
         chex.assert_rank(task_id, 1)
-        features = torso.apply(params["torso"], obs)
-        value = _stream(params["value"], features, task_id)[:, 0]
-        return dueling_q(value, _stream(params["advantage"], features, task_id))
+        h = features(params, obs)
+        value = _stream(params["value"], h, task_id)[:, 0]
+        return dueling_q(value, _stream(params["advantage"], h, task_id))
 
-    return QNetwork(init=init, apply=apply, num_tasks=num_tasks, num_actions=num_actions)
+    return QNetwork(init, apply, num_tasks, num_actions, features)
 
 
 @functools.partial(jax.jit, static_argnames=("network",))
