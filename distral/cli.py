@@ -175,7 +175,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             _fail("a CONFIG file is needed, e.g. experiments/two_room_distill.yaml (or --resume)")
-        overrides: dict = {"algorithm": "distill", "distill": distill, "seeds": seeds}
+        # A preset of Ape-X distillation keeps its family; any other file is a student.
+        apex = load_config(args.config, args.set).algorithm == "apex_distill"
+        algorithm = "apex_distill" if apex else "distill"
+        overrides: dict = {"algorithm": algorithm, "distill": distill, "seeds": seeds}
         config = load_config(args.config, args.set, overrides)
         # The file's teachers and --teacher's, by absolute path: a resumed run finds them
         # from any directory.
@@ -184,9 +187,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         config = dataclasses.replace(
             config, distill=dataclasses.replace(config.distill, teachers=teachers)
         )
-        run_dir = Path(args.out) if args.out else _default_run_dir(f"distill-{config.distill.loss}")
+        name = f"{algorithm}-{config.distill.loss}"
+        run_dir = Path(args.out) if args.out else _default_run_dir(name)
         check_run_dir(run_dir, resume=False)
-    if config.env.name != "two_room":  # the games: actors, Reverb and a learner
+    if config.env.name != "two_room" or config.algorithm == "apex_distill":
+        # the games: actors, Reverb and a learner (the launcher refuses Ape-X on two_room)
         summary = _launch_student(config, run_dir, resume=args.resume is not None)
         if isinstance(summary, int):
             return summary
@@ -323,7 +328,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     )
     if isinstance(summary, int):
         return summary
-    _print_summary(summary)
+    (_print_student if "student_returns_per_task" in summary else _print_summary)(summary)
     print(f"learner steps: {summary['learner_steps']}; curves: {Path(run_dir) / 'curves.png'}")
     return 0
 
@@ -579,7 +584,10 @@ _COMMANDS = (
         "replay per task, updates interleave the tasks. Teachers are run directories of "
         "distral train or launch, matched to the student's tasks by name. Writes the run "
         "directory of distral train, with per-task student and teacher returns in "
-        "summary.json.",
+        "summary.json. On the games (MinAtar, Atari) the student runs through distral "
+        "launch's processes; a preset with algorithm apex_distill "
+        "(experiments/minatar_apex_distill.yaml) is Ape-X policy distillation: prioritised "
+        "replay with KL priorities, optionally beside the student's own DQN loss.",
         [
             _arg("config", nargs="?", help="YAML config, e.g. experiments/two_room_distill.yaml"),
             _arg(

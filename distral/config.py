@@ -23,7 +23,7 @@ from distral.collapse import DEFAULT_ENTROPY as DEFAULT_COLLAPSE_ENTROPY
 from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # The algorithm families (`distral.algorithms` maps each name to its parts).
-ALGORITHMS = ("distral", "distill", "apex")
+ALGORITHMS = ("distral", "distill", "apex", "apex_distill")
 
 
 class ConfigError(ValueError):
@@ -236,6 +236,11 @@ class DistillSection:
         "student", "who acts to gather data: student (Actor-Mimic's choice), teacher, mixture"
     )
     teacher_prob: float = _f(0.5, "mixture: probability that a step's action is the teacher's")
+    dqn_cost: float = _f(
+        0.0,
+        "apex_distill: weight lambda of the student's own n-step double-Q loss beside the KL "
+        "(the combined objective); 0: the KL alone",
+    )
     replay_per_task: int = _f(20_000, "samples each task's replay holds (oldest overwritten)")
     batch_per_task: int = _f(32, "samples per task in each update (tasks interleaved evenly)")
 
@@ -247,6 +252,8 @@ class DistillSection:
             raise ConfigError(f"distill.tau={self.tau!r} must be > 0")
         if not self.feature_cost >= 0:
             raise ConfigError(f"distill.feature_cost={self.feature_cost!r} must be >= 0")
+        if not self.dqn_cost >= 0:
+            raise ConfigError(f"distill.dqn_cost={self.dqn_cost!r} must be >= 0")
         if not 0.0 <= self.teacher_prob <= 1.0:
             raise ConfigError(f"distill.teacher_prob={self.teacher_prob!r} is outside [0, 1]")
         _positive("distill.replay_per_task", self.replay_per_task)
@@ -445,6 +452,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        if self.algorithm == "apex_distill" and self.distill.loss != "kl":
+            raise ConfigError(
+                f"distill.loss={self.distill.loss!r}: algorithm apex_distill minimises the KL "
+                "(distill.loss: kl), with distill.dqn_cost x the double-Q loss beside it"
+            )
         try:
             get_variant(
                 self.variant, alpha=self.alpha, beta=self.beta, entropy_cost=self.entropy_cost

@@ -418,7 +418,9 @@ def experiment_and_teachers(config: TrainConfig) -> tuple[Experiment, tuple[Teac
     distillation student its teachers (read from their runs; their feature sizes told to
     the learner). Other families have no teachers (None)."""
     experiment = make_experiment(config)
-    if config.algorithm != "distill":
+    if config.algorithm not in ("distill", "apex_distill"):
         return experiment, None
     teachers = load_teachers(config.distill.teachers, experiment, config.distill.teacher_seed)
+    if config.algorithm == "apex_distill":  # a dueling student: no feature regression
+        return experiment, teachers
     return student_experiment(experiment, teachers), teachers

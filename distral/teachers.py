@@ -187,7 +187,8 @@ def load_teachers(
                     f"task {name!r} has two teachers: {found[name].source!r} and "
                     f"{f'{run.path}, task {task}'!r}"
                 )
-            make = _q_teacher if run.config.algorithm == "apex" else _policy_teacher
+            dueling = run.config.algorithm in ("apex", "apex_distill")
+            make = _q_teacher if dueling else _policy_teacher
             found[name] = make(run, task)
     missing = [name for name in student.task_names if name not in found]
     if missing:

@@ -237,6 +237,26 @@ def _reference_loss(params, target_params, batch, exponent):
     return float(np.mean(losses)), np.abs(tds), w
 
 
+def _assert_sgd_step(params, new_params, ref, lr, eps=1e-3):
+    """new_params moved by -lr x the gradient of the hand loss `ref`, taken by finite
+    differences on a few parameters, not through the learner's code."""
+    for path in (("advantage", "out", "b"), ("value", "hidden", "w")):
+        leaf = params[path[0]][path[1]][path[2]]
+        index = (1, 0) if leaf.ndim == 2 else (0, 2, 1)
+        bumped = jax.tree.map(lambda x: x, params)
+        up = np.asarray(leaf).copy()
+        up[index] += eps
+        down = np.asarray(leaf).copy()
+        down[index] -= eps
+        bumped[path[0]][path[1]][path[2]] = jnp.asarray(up)
+        f_up = ref(bumped)
+        bumped[path[0]][path[1]][path[2]] = jnp.asarray(down)
+        f_down = ref(bumped)
+        grad = (f_up - f_down) / (2 * eps)
+        moved = float(new_params[path[0]][path[1]][path[2]][index]) - float(leaf[index])
+        assert moved == pytest.approx(-lr * grad, rel=2e-2, abs=1e-5)
+
+
 def test_update_step_against_a_hand_computed_loss_gradient_and_target_copy():
     rng = np.random.default_rng(4)
     network = _network()
@@ -257,27 +277,10 @@ def test_update_step_against_a_hand_computed_loss_gradient_and_target_copy():
     assert float(metrics["is_exponent"]) == pytest.approx(0.4)
     assert float(metrics["is_weight_min"]) == pytest.approx(w.min(), rel=1e-5)
 
-    # SGD's step is -lr x the gradient of the hand loss; the gradient is taken by finite
-    # differences on a few parameters, not through the learner's code.
-    def ref(p):
-        return _reference_loss(p, target, batch, exponent=0.4)[0]
-
-    eps = 1e-3
-    for path in (("advantage", "out", "b"), ("value", "hidden", "w")):
-        leaf = params[path[0]][path[1]][path[2]]
-        index = (1, 0) if leaf.ndim == 2 else (0, 2, 1)
-        bumped = jax.tree.map(lambda x: x, params)
-        up = np.asarray(leaf).copy()
-        up[index] += eps
-        down = np.asarray(leaf).copy()
-        down[index] -= eps
-        bumped[path[0]][path[1]][path[2]] = jnp.asarray(up)
-        f_up = ref(bumped)
-        bumped[path[0]][path[1]][path[2]] = jnp.asarray(down)
-        f_down = ref(bumped)
-        grad = (f_up - f_down) / (2 * eps)
-        moved = float(new_state.params[path[0]][path[1]][path[2]][index]) - float(leaf[index])
-        assert moved == pytest.approx(-lr * grad, rel=2e-2, abs=1e-5)
+    # SGD's step is -lr x the gradient of the hand loss (finite differences).
+    _assert_sgd_step(
+        params, new_state.params, lambda p: _reference_loss(p, target, batch, 0.4)[0], lr
+    )
 
     # The target is copied at step 2 (period 2), not at step 1.
     assert int(new_state.step) == 1
@@ -296,6 +299,74 @@ def test_learner_config_rejects_zero_periods():
         apex.LearnerConfig(target_update_period=0)
     with pytest.raises(ValueError, match=r"is_exponent_steps must be >= 1, got 0"):
         apex.LearnerConfig(is_exponent_steps=0)
+    with pytest.raises(ValueError, match=r"distill_tau must be > 0, got 0.0"):
+        apex.LearnerConfig(distill_tau=0.0)
+    with pytest.raises(ValueError, match=r"dqn_cost=0.0 leaves no loss"):
+        apex.LearnerConfig(dqn_cost=0.0)  # plain Ape-X DQN without its loss
+    with pytest.raises(ValueError, match=r"dqn_cost=-1.0 leaves no loss \(or is negative\)"):
+        apex.LearnerConfig(distill_tau=1.0, dqn_cost=-1.0)
+
+
+def _kl_reference(q_s, q_t, tau):
+    """KL(softmax(q_t / tau) || softmax(q_s)) in float64 numpy."""
+    q_t = np.asarray(q_t, np.float64) / tau
+    p = np.exp(q_t - q_t.max())
+    p /= p.sum()
+    q_s = np.asarray(q_s, np.float64)
+    log_s = q_s - q_s.max() - np.log(np.exp(q_s - q_s.max()).sum())
+    return float(np.sum(p * (np.log(p) - log_s)))
+
+
+def test_kl_reference_hand_numbers():
+    # Teacher [0, ln 3] at tau 1: p = (1/4, 3/4); a uniform student: KL = ln 2 - H(p).
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert _kl_reference([5.0, 5.0], [0.0, math.log(3)], 1.0) == pytest.approx(math.log(2) - h)
+    assert _kl_reference([1.0, 2.0], [1.0, 2.0], 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("dqn_cost", [0.0, 0.5])
+def test_apex_distillation_update_against_the_weighted_kl_beside_lambda_dqn(dqn_cost):
+    """Ape-X distillation's loss: mean_i w_i KL_i + lambda x the double-Q loss; priorities
+    KL_i + lambda |td_i|; the KL's mean and per-task means as metrics."""
+    rng = np.random.default_rng(5)
+    network = _network()
+    teacher = jnp.asarray(3.0 * rng.normal(size=(6, 3)), jnp.float32)
+    batch = _batch(rng)._replace(teacher_outputs=teacher)
+    params = _random_biases(network.init(jax.random.PRNGKey(1), batch.observation), 2)
+    target = _random_biases(params, 3)
+    tau, lr = 0.5, 0.1
+    optimizer = optax.sgd(lr)
+    config = apex.LearnerConfig(
+        target_update_period=5, is_exponent_steps=10, distill_tau=tau, dqn_cost=dqn_cost
+    )
+    state = apex.ApexState(params, target, optimizer.init(params), jnp.array(0, jnp.int32))
+    new_state, priority, metrics = apex.update_step(
+        state, batch, network=network, optimizer=optimizer, config=config
+    )
+
+    def ref(p):
+        dqn, tds, w = _reference_loss(p, target, batch, exponent=0.4)
+        q = [_q_reference(p, batch.observation[i], int(batch.task_id[i])) for i in range(6)]
+        kls = np.array([_kl_reference(q[i], teacher[i], tau) for i in range(6)])
+        return dqn_cost * dqn + float(np.mean(w * kls)), kls, tds
+
+    loss, kls, tds = ref(params)
+    assert float(metrics["loss"]) == pytest.approx(loss, rel=1e-4)
+    np.testing.assert_allclose(priority, kls + dqn_cost * tds, rtol=1e-4, atol=1e-6)
+    assert float(metrics["kl"]) == pytest.approx(kls.mean(), rel=1e-4)
+    tasks = np.asarray(batch.task_id)
+    per_task = [kls[tasks == k].mean() for k in (0, 1)]
+    np.testing.assert_allclose(metrics["kl_per_task"], per_task, rtol=1e-4)
+    if dqn_cost:
+        assert float(metrics["td_abs"]) == pytest.approx(tds.mean(), rel=1e-4)
+    else:
+        assert math.isnan(float(metrics["td_abs"]))  # no double-Q term: no TD error
+    _assert_sgd_step(params, new_state.params, lambda p: ref(p)[0], lr)
+    with pytest.raises(ValueError, match="needs a batch with teacher_outputs"):
+        apex.update_step(
+            state, batch._replace(teacher_outputs=None), network=network, optimizer=optimizer,
+            config=config,
+        )  # fmt: skip
 
 
 def test_init_state_target_equals_online():

@@ -406,3 +406,46 @@ def test_an_apex_run_teaches_its_q_values_and_acts_near_greedily(tmp_path):
     action, labels = policy(experiment.network.task_params(params, 0), obs, key)
     np.testing.assert_array_equal(action, greedy)
     np.testing.assert_allclose(labels["teacher_outputs"], found[0](obs)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("behaviour", ["teacher", "student"])
+def test_an_apex_distillation_actor_acts_epsilon_greedily_and_writes_the_kl(behaviour):
+    """Ape-X distillation's actor policy: the ladder's epsilon-greedy actions on the
+    teacher's outputs or the student's Q-values; it writes the student's Q-values, the
+    teacher's outputs and KL(softmax(teacher / tau) || softmax(Q)) at each state."""
+    from distral.distributed.workers import apex_distill_policy
+
+    config = cfg.load_config(
+        ROOT / "experiments" / "minatar_apex_distill.yaml",
+        ["env.games=[breakout,asterix]", "distributed.envs_per_actor=8",
+         f"distill.behaviour={behaviour}", "distill.tau=20.0"],
+    )  # fmt: skip
+    experiment = make_experiment(config)
+    teacher = _teacher(experiment, 3)  # logits favour action 2 by 30 (10 x 3 at tau 20)
+    params = _random_heads(experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs))
+    obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.3, (8, *experiment.obs_shape))
+    obs = np.asarray(obs, np.float32)
+    policy = apex_distill_policy(experiment, teacher)
+    action, extras = policy(experiment.network.task_params(params, 1), obs, jax.random.PRNGKey(2))
+    q = np.asarray(experiment.network.apply(params, obs, jnp.ones(8, jnp.int32)))  # asterix's head
+    np.testing.assert_allclose(extras["q_values"], q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(extras["teacher_outputs"][:, 2], 30.0)
+    p = np.exp(np.asarray(teacher.params["bias"], np.float64) / 20.0)
+    p /= p.sum()
+    log_s = q - q.max(-1, keepdims=True)
+    log_s -= np.log(np.exp(log_s).sum(-1, keepdims=True))
+    np.testing.assert_allclose(
+        extras["distill_priority"], (p * (np.log(p) - log_s)).sum(-1), rtol=1e-4
+    )
+    # Environments 4-7 of the ladder explore with epsilon <= 0.4 ** 5 = 0.01: greedy here.
+    want = np.full(4, 2) if behaviour == "teacher" else q[4:].argmax(-1)
+    np.testing.assert_array_equal(np.asarray(action)[4:], want)
+    assert behaviour == "teacher" or set(q.argmax(-1)) != {2}  # the two policies differ
+
+
+def _random_heads(params):
+    """Random stream biases (fresh ones are 0, which would leave Q equal across actions)."""
+    rng = np.random.default_rng(7)
+    heads = {k: jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params[k])
+             for k in ("value", "advantage")}  # fmt: skip
+    return {**params, **heads}

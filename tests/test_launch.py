@@ -584,6 +584,39 @@ def test_apex_dqn_learns_through_the_processes(tmp_path):
     assert q.shape == (2, 6) and bool(jnp.all(jnp.isfinite(q)))
 
 
+def test_apex_distillation_of_two_games_runs_through_the_processes(teacher_run, tmp_path):
+    """`distral distill` of an apex_distill preset: Ape-X's processes with a teacher on
+    every actor, the combined objective (KL + 1 x double-Q), two games taught by the two
+    task teachers of one run."""
+    out = tmp_path / "apex_student"
+    student_sets = sets([
+        *TINY, "env.games=[breakout,asterix]", "distributed.actors_per_task=1",
+        "apex.min_replay_per_task=64", "apex.batch_per_task=16", "apex.replay_per_task=1000",
+        "apex.target_update_period=3", "log_every=5", "distributed.publish_every=1",
+        "distributed.max_learner_steps=10", "distill.dqn_cost=1.0",
+    ])  # fmt: skip
+    preset = str(ROOT / "experiments" / "minatar_apex_distill.yaml")
+    p = _distral("distill", preset, "--teacher", str(teacher_run), "--out", str(out), *student_sets)
+    assert p.returncode == 0, p.stderr
+    assert "task  student  teacher" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner_steps"] == 10 and summary["loss"] == "kl"
+    assert summary["teachers"] == [f"{teacher_run}, task 0", f"{teacher_run}, task 1"]
+    assert all(math.isfinite(x) for x in summary["teacher_returns_per_task"])
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["updates"]) for r in rows] == [5, 10]
+    for r in rows:  # both terms of the combined objective, and the teachers' evaluation
+        assert float(r["kl"]) > 0 and float(r["td_abs"]) > 0
+        assert all(float(r[f"kl_task_{i}"]) > 0 for i in (0, 1))
+        assert math.isfinite(float(r["teacher_eval_return"]))
+    # The student, a dueling network, teaches in turn: an Ape-X-family run gives Q-values.
+    loaded = rundir.load_run(out)
+    assert loaded.config.algorithm == "apex_distill" and loaded.config.distill.dqn_cost == 1.0
+    student = teachers.load_teachers([out], loaded.experiment)
+    assert [t.outputs for t in student] == ["q_values", "q_values"]
+
+
 def test_apex_on_two_room_and_in_distral_train_are_one_line_errors(tmp_path):
     _one_line_error(
         _cli(str(PRESET), "--out", str(tmp_path / "x"), "--set", "algorithm=apex"),

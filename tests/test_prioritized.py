@@ -264,6 +264,42 @@ def test_an_actors_steps_become_prioritised_items(make_server):
     writer.close()
 
 
+def test_an_apex_distillation_actors_items_carry_the_teacher_and_the_kl_priority(make_server):
+    """Ape-X distillation: each transition keeps the teacher's outputs at s_t, and its
+    priority is the KL at s_t (the actor's `distill_priority`) plus lambda |td|."""
+    client = make_server(priority_exponent=1.0, teacher_actions=2)
+    writer = prioritized.NStepWriter(client, 0, n_step=2, discount=0.5, td_weight=0.5)
+    q = np.array([[1.0, 4.0], [0.0, 2.0]], np.float32)
+    rewards = ([1.0, 0.0], [2.0, 0.0], [9.0, 0.0])
+    for t, r in enumerate(rewards):
+        writer.append({
+            "observation": np.full((2, 2), t, np.float32),
+            "action": np.array([1, 0]),
+            "reward": np.asarray(r, np.float32),
+            "discount": np.ones(2, np.float32),
+            "q_values": q,
+            "teacher_outputs": np.array([[t, 10.0 + t], [-t, 0.5]], np.float32),
+            "distill_priority": np.array([1.0 + t, 0.25 + t]),
+            "params_step": np.int64(7),
+            "task_id": np.int32(0),
+        })  # fmt: skip
+    writer.flush()
+    # |td| as in the Ape-X test above: 1 (env 0) and 0.5 (env 1); the KLs of step 0: 1 and
+    # 0.25. Priorities 0.5 x 1 + 1 = 1.5 and 0.5 x 0.5 + 0.25 = 0.5: P = 3/4 and 1/4.
+    sampler = prioritized.PrioritizedSampler(client, 1, 1)
+    assert _probability_by_reward(sampler) == {2.0: {(0.75, 2)}, 0.0: {(0.25, 2)}}
+    for _ in range(10):  # each item keeps its own teacher outputs, those of step 0
+        batch = sampler.sample().batch
+        want = [0.0, 10.0] if batch.reward[0] == 2.0 else [0.0, 0.5]
+        np.testing.assert_array_equal(batch.teacher_outputs, [want])
+    missing = {"q_values": q, "observation": np.zeros((2, 2), np.float32)}
+    with pytest.raises(ValueError, match="teacher_outputs"):
+        for _ in range(3):  # the table wants teacher outputs; a plain Ape-X step has none
+            writer.append({**missing, "action": np.array([1, 0]), "reward": np.zeros(2),
+                           "discount": np.ones(2), "params_step": np.int64(7)})  # fmt: skip
+    writer.close()
+
+
 # ----------------------------------------------------------------------------------------
 # Actor -> prioritised table -> learner -> priorities back (real Reverb, real Actor)
 # ----------------------------------------------------------------------------------------

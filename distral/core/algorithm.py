@@ -25,6 +25,7 @@ n-step targets. Nothing here imports Reverb, TensorFlow or Ray.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -223,6 +224,10 @@ def build_apex(config: Any, num_tasks: int, num_actions: int) -> Parts:
         target_update_period=settings.target_update_period,
         is_exponent_start=settings.is_exponent_start,
     )
+    if config.algorithm == "apex_distill":  # the KL to the teachers, lambda x the DQN loss
+        learner_config = dataclasses.replace(
+            learner_config, distill_tau=config.distill.tau, dqn_cost=config.distill.dqn_cost
+        )
     return Parts(network, optimizer, learner_config, None)
 
 
@@ -262,7 +267,17 @@ APEX = Algorithm(
     per_task_metrics=(),
 )
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (DISTRAL, DISTILL, APEX)}
+# APE-X POLICY DISTILLATION: Ape-X's actors, replay and learner; the student (the same
+# dueling network) minimises KL(softmax(q_teacher / tau) || softmax(Q)) with IS weights,
+# optionally beside its own double-Q loss, and each transition's priority is that KL (plus
+# lambda |td|). Teachers ride on the actors (`distral.distributed.workers`).
+APEX_DISTILL = APEX._replace(
+    name="apex_distill",
+    metrics=apex.APEX_DISTILL_METRICS,
+    per_task_metrics=("kl",),
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (DISTRAL, DISTILL, APEX, APEX_DISTILL)}
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from distral.core.distillation import kl_loss
 from distral.core.learning import ArrayT
 from distral.core.losses import rlax
 from distral.core.networks import Params, Torso
@@ -258,6 +259,7 @@ class Batch(NamedTuple, Generic[ArrayT]):
     task_id: ArrayT  # [B] int
     probability: ArrayT  # P(item) when it was sampled [B]
     table_size: ArrayT  # items in its table when it was sampled [B]
+    teacher_outputs: ArrayT | None = None  # Ape-X distillation: the teacher's at s_t [B, A]
 
 
 class ApexState(NamedTuple):
@@ -276,11 +278,21 @@ class LearnerConfig:
     is_exponent_steps: int = 1
     """Learner steps over which the importance-sampling exponent goes to 1 (the run's)."""
     is_exponent_start: float = IS_EXPONENT_START
+    distill_tau: float | None = None
+    """Ape-X distillation (`algorithm: apex_distill`): the temperature tau of the KL from
+    the teacher's softmax(q / tau) to the student's softmax(Q); None: plain Ape-X DQN."""
+    dqn_cost: float = 1.0
+    """The weight lambda of the double-Q loss: Ape-X DQN's whole loss; beside the KL in
+    Ape-X distillation, where 0 (the default there) leaves the KL alone."""
 
     def __post_init__(self) -> None:
         for name in ("target_update_period", "is_exponent_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.distill_tau is not None and not self.distill_tau > 0:
+            raise ValueError(f"distill_tau must be > 0, got {self.distill_tau}")
+        if not self.dqn_cost >= 0 or (self.distill_tau is None and self.dqn_cost == 0):
+            raise ValueError(f"dqn_cost={self.dqn_cost} leaves no loss (or is negative)")
 
 
 def init_state(
@@ -292,19 +304,49 @@ def init_state(
 
 
 APEX_METRICS = ("loss", "td_abs", "q_mean", "is_weight_min", "is_exponent", "grad_norm")
+# Ape-X distillation adds the KL to the teacher (mean, and per task: `kl_task_i` columns).
+APEX_DISTILL_METRICS = ("loss", "kl", "td_abs", "q_mean", "is_weight_min", "is_exponent",
+                        "grad_norm")  # fmt: skip
+
+
+def distill_priority(q_s: Array, q_t: Array, tau: float) -> Array:
+    """KL(softmax(q_t / tau) || softmax(q_s)) of one state [A]: an Ape-X distillation
+    transition's priority (plus lambda |td| with the combined objective), and its loss."""
+    return kl_loss(q_s, q_t, tau)
 
 
 def batch_loss(
-    params: Params, target_params: Params, batch: Batch[Array], weights: Array, network: QNetwork
-) -> tuple[Array, tuple[Array, Array]]:
-    """Mean weighted double-Q loss of the batch, with each item's new priority and Q(s_t)."""
+    params: Params,
+    target_params: Params,
+    batch: Batch[Array],
+    weights: Array,
+    network: QNetwork,
+    config: LearnerConfig | None = None,
+) -> tuple[Array, tuple[Array, Array, dict[str, Array]]]:
+    """Mean IS-weighted loss of the batch: lambda x the double-Q loss, plus, for Ape-X
+    distillation, the KL from the teacher's softmax(q / tau) to the student's softmax(Q).
+    Returns it with each item's new priority (lambda |td| + KL), Q(s_t) and the KL and
+    |td| per item (NaN where the loss has no such term)."""
+    config = config or LearnerConfig()
     q_tm1 = network.apply(params, batch.observation, batch.task_id)
-    q_t_online = network.apply(params, batch.next_observation, batch.task_id)
-    q_t_target = network.apply(target_params, batch.next_observation, batch.task_id)
-    loss, priority = jax.vmap(apex_dqn_loss)(
-        q_tm1, batch.action, batch.reward, batch.discount, q_t_target, q_t_online, weights
-    )
-    return jnp.mean(loss), (priority, q_tm1)
+    nan = jnp.full(q_tm1.shape[:1], jnp.nan)
+    loss, priority, td_abs, kl = jnp.zeros_like(nan), jnp.zeros_like(nan), nan, nan
+    if config.dqn_cost > 0:
+        q_t_online = network.apply(params, batch.next_observation, batch.task_id)
+        q_t_target = network.apply(target_params, batch.next_observation, batch.task_id)
+        dqn, td_abs = jax.vmap(apex_dqn_loss)(
+            q_tm1, batch.action, batch.reward, batch.discount, q_t_target, q_t_online, weights
+        )
+        loss, priority = config.dqn_cost * dqn, config.dqn_cost * td_abs
+    if config.distill_tau is not None:
+        if batch.teacher_outputs is None:
+            raise ValueError("Ape-X distillation needs a batch with teacher_outputs")
+        kl = jax.vmap(distill_priority, in_axes=(0, 0, None))(
+            q_tm1, batch.teacher_outputs, config.distill_tau
+        )
+        loss = loss + jax.lax.stop_gradient(weights) * kl
+        priority = priority + jax.lax.stop_gradient(kl)
+    return jnp.mean(loss), (priority, q_tm1, {"td_abs": td_abs, "kl": kl})
 
 
 @functools.partial(jax.jit, static_argnames=("network", "optimizer", "config"))
@@ -317,11 +359,12 @@ def update_step(
     config: LearnerConfig,
 ) -> tuple[ApexState, Array, dict[str, Array]]:
     """One step: IS-weighted double-Q loss, optimiser step, target copy every
-    `target_update_period` steps. Returns (state, the batch's new priorities |td|, metrics)."""
+    `target_update_period` steps. Returns (state, the batch's new priorities: |td|, or for
+    Ape-X distillation KL + lambda |td|, and metrics)."""
     exponent = is_exponent(state.step, config.is_exponent_steps, config.is_exponent_start)
     weights = importance_weights(batch.probability, batch.table_size, exponent)
-    (loss, (priority, q_tm1)), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-        state.params, state.target_params, batch, weights, network
+    (loss, (priority, q_tm1, terms)), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+        state.params, state.target_params, batch, weights, network, config
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -329,10 +372,16 @@ def update_step(
     target = optax.periodic_update(params, state.target_params, step, config.target_update_period)
     metrics = {
         "loss": loss,
-        "td_abs": jnp.mean(priority),
+        "td_abs": jnp.mean(terms["td_abs"]),
         "q_mean": jnp.mean(q_tm1),
         "is_weight_min": jnp.min(weights),
         "is_exponent": exponent,
         "grad_norm": optax.global_norm(grads),
     }
+    if config.distill_tau is not None:  # the KL, and per task (the batch's task ids)
+        one_hot = jax.nn.one_hot(batch.task_id, network.num_tasks)  # [B, N]
+        count = one_hot.sum(0)
+        metrics["kl"] = jnp.mean(terms["kl"])
+        total = (one_hot * terms["kl"][:, None]).sum(0)
+        metrics["kl_per_task"] = jnp.where(count > 0, total / count, jnp.nan)
     return ApexState(params, target, opt_state, step), priority, metrics

@@ -143,18 +143,23 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
     except for a distillation student, whose teachers are read here (`check_distill`)."""
     from distral.experiment import task_spec
 
+    apex = config.algorithm in ("apex", "apex_distill")
     if config.algorithm == "distill":
         check_distill(config)
-    elif config.algorithm == "apex" and config.env.name == "two_room":
+    elif apex and config.env.name == "two_room":
         raise ConfigError(
-            "algorithm='apex' runs on the games (env.name: minatar or atari); its evaluator "
-            "plays dm_env episodes"
+            f"algorithm={config.algorithm!r} runs on the games (env.name: minatar or atari); "
+            "its evaluator plays dm_env episodes"
         )
-    elif config.algorithm not in ("distral", "apex"):
+    elif config.algorithm not in ("distral", "apex", "apex_distill"):
         raise ConfigError(
             f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral', "
-            "'apex', or 'distill' (on the games)"
+            "'apex', 'apex_distill', or 'distill' (on the games)"
         )
+    if config.algorithm == "apex_distill":  # its teachers, read here: a bad one is one line
+        from distral.distill import experiment_and_teachers
+
+        experiment_and_teachers(config)
     if len(config.seeds) != 1:
         raise ConfigError(
             f"seeds={list(config.seeds)!r}: distral launch runs one seed; launch one run per seed"

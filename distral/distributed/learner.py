@@ -136,7 +136,7 @@ def learner_budget(config: TrainConfig, num_tasks: int) -> int:
     if config.algorithm == "distill":
         per_task = d.actors_per_task * d.envs_per_actor * config.unroll_length
         return -(-config.env_steps_per_task // per_task)
-    if config.algorithm == "apex":  # k samples per task and step, spi samples per insert
+    if config.algorithm in ("apex", "apex_distill"):  # k per task and step, spi per insert
         s = config.apex
         return math.ceil(config.env_steps_per_task * s.samples_per_insert / s.batch_per_task)
     frames_per_step = d.batch_size * d.envs_per_actor * config.unroll_length
@@ -156,7 +156,7 @@ def checkpoint_parts(
 
 def metric_columns(experiment: Experiment) -> list[str]:
     scalars = list(experiment.metrics)
-    if experiment.config.algorithm == "distill":  # the teachers' mean return, same episodes
+    if experiment.config.algorithm in ("distill", "apex_distill"):  # teachers', same episodes
         scalars.append("teacher_eval_return")
     columns = rundir.metric_columns(experiment.num_tasks, scalars) + DISTRIBUTED_COLUMNS
     if experiment.config.env.name == "atari":  # human-normalised scores (Mnih et al., 2015)
@@ -446,7 +446,7 @@ def learner_main(
     """
     experiment, teachers = experiment_and_teachers(config)
     budget = learner_budget(config, experiment.num_tasks)
-    if config.algorithm == "apex":  # the IS exponent reaches 1 at the run's last step
+    if config.algorithm in ("apex", "apex_distill"):  # the IS exponent's 1 at the last step
         experiment = experiment.with_learner_config(is_exponent_steps=budget)
     server, address, client = serve_replay(experiment, host)
     try:

@@ -8,7 +8,9 @@ with importance-sampling weights, and writes each sampled item's new priority ba
 - `transitions_i`: one table per task (the task label is known; a multitask learner
   samples every task evenly), Reverb's `Prioritized(omega)` selector (or `Uniform`, the
   `replay.selector` setting, to compare the two on one run), the oldest item removed
-  first when full. An item is ONE transition (s_t, a_t, R, G, s_{t+n}) with its priority.
+  first when full. An item is ONE transition (s_t, a_t, R, G, s_{t+n}) with its priority;
+  in Ape-X policy distillation (`algorithm: apex_distill`) also the teacher's outputs at
+  s_t, and the priority is KL(softmax(q_teacher / tau) || softmax(Q)) (+ lambda |td|).
 - `NStepAccumulator` (actor side, numpy): the B environments' steps in the step layout of
   `learning.Batch` (entry t: s_t and the a_t, r_t, d_t that followed; auto-reset) become B
   transitions per step once n steps are held, each emitted n steps after it began; an
@@ -42,11 +44,14 @@ def transition_table(task_id: int) -> str:
     return f"transitions_{task_id}"
 
 
-def transition_signature(obs_spec: specs.Array) -> dict[str, tf.TensorSpec]:
+def transition_signature(
+    obs_spec: specs.Array, teacher_actions: int | None = None
+) -> dict[str, tf.TensorSpec]:
     """The spec of one transition item: (s_t, a_t, R, G, s_{t+n}) and the learner step of
-    the parameters that acted at s_t."""
+    the parameters that acted at s_t; with `teacher_actions` (Ape-X distillation) also the
+    teacher's outputs at s_t, [teacher_actions]."""
     obs = tf.TensorSpec(obs_spec.shape, tf.as_dtype(obs_spec.dtype))
-    return {
+    signature = {
         "observation": obs,
         "action": tf.TensorSpec([], tf.int32),
         "reward": tf.TensorSpec([], tf.float32),
@@ -54,6 +59,9 @@ def transition_signature(obs_spec: specs.Array) -> dict[str, tf.TensorSpec]:
         "next_observation": obs,
         "params_step": tf.TensorSpec([], tf.int64),
     }
+    if teacher_actions is not None:
+        signature["teacher_outputs"] = tf.TensorSpec([teacher_actions], tf.float32)
+    return signature
 
 
 def transition_tables(
@@ -66,19 +74,21 @@ def transition_tables(
     priority_exponent: float = PRIORITY_EXPONENT,
     samples_per_insert: float | None = None,
     error_buffer: float = 0.0,
+    teacher_actions: int | None = None,
 ) -> list[reverb.Table]:
     """One table per task of at most `max_size` transitions (oldest removed first); the
     learner may sample once a table holds `min_size`. Without `samples_per_insert` the
     actors run free (Ape-X's way: a MinSize limiter); with it a SampleToInsertRatio
     limiter holds the replay ratio within `error_buffer` samples, so a run's result does
-    not depend on how fast the machine's actors are relative to its learner."""
+    not depend on how fast the machine's actors are relative to its learner. Items carry
+    the teacher's outputs with `teacher_actions` (`transition_signature`)."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown replay selector {selector!r}; valid: {', '.join(SELECTORS)}")
     if not 1 <= min_size <= max_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got {min_size} and {max_size}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-    signature = transition_signature(obs_spec)
+    signature = transition_signature(obs_spec, teacher_actions)
 
     def sampler() -> Any:
         if selector == "uniform":
@@ -129,6 +139,7 @@ def apex_tables(experiment: Any) -> list[reverb.Table]:
     """The transition tables of an Ape-X configuration (`replay.make_replay_tables`)."""
     config = experiment.config
     sizes = apex_replay(config)
+    distill = config.algorithm == "apex_distill"
     return transition_tables(
         experiment.observation_spec,
         experiment.num_tasks,
@@ -138,6 +149,7 @@ def apex_tables(experiment: Any) -> list[reverb.Table]:
         priority_exponent=config.apex.priority_exponent,
         samples_per_insert=sizes.samples_per_insert,
         error_buffer=sizes.error_buffer,
+        teacher_actions=experiment.network.num_actions if distill else None,
     )
 
 
@@ -155,7 +167,8 @@ class Transitions(NamedTuple):
     discount: np.ndarray  # G [B] float32
     next_observation: np.ndarray  # s_{t+n} [B, *obs]
     params_step: np.ndarray  # [B] int64: the learner step that acted at s_t
-    priority: np.ndarray  # |R + G max_a Q(s_{t+n}, a) - Q(s_t, a_t)| [B] float64
+    priority: np.ndarray  # [B] float64: w |R + G max_a Q(s_{t+n}, a) - Q(s_t, a_t)| + p_t
+    teacher_outputs: np.ndarray | None = None  # [B, A] at s_t (Ape-X distillation)
 
 
 class NStepAccumulator:
@@ -168,17 +181,22 @@ class NStepAccumulator:
     d = gamma x the environment's discount; a 0 (episode end) zeroes every later reward
     and G. The priority is the absolute double-Q TD error under the acting network, whose
     online and target copies are the same on an actor (Ape-X): |R + G max_a Q(s_{t+n}, a)
-    - Q(s_t, a_t)|.
+    - Q(s_t, a_t)|, times `td_weight`, plus the `priority` given with s_t (Ape-X
+    distillation: the KL at s_t, with lambda as `td_weight`). `teacher_outputs` given with
+    s_t go out with its transition.
     """
 
-    def __init__(self, n: int, gamma: float) -> None:
+    def __init__(self, n: int, gamma: float, td_weight: float = 1.0) -> None:
         if n < 1:
             raise ValueError(f"n_step must be >= 1, got {n}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"discount must be in [0, 1], got {gamma}")
+        if not td_weight >= 0:
+            raise ValueError(f"td_weight must be >= 0, got {td_weight}")
         self.n = n
         self.gamma = gamma
-        self._held: deque[tuple[np.ndarray, ...]] = deque(maxlen=n)
+        self.td_weight = td_weight
+        self._held: deque[tuple[Any, ...]] = deque(maxlen=n)
 
     def append(
         self,
@@ -188,6 +206,8 @@ class NStepAccumulator:
         discount: np.ndarray,
         q_values: np.ndarray,
         params_step: np.ndarray,
+        teacher_outputs: np.ndarray | None = None,
+        priority: np.ndarray | None = None,
     ) -> Transitions | None:
         """Holds entry t; returns the transitions of entry t - n (next observation s_t)."""
         out = None
@@ -195,9 +215,10 @@ class NStepAccumulator:
             out = self._transitions(observation, q_values)
         a = np.asarray(action)
         q_taken = np.take_along_axis(np.asarray(q_values), a[:, None].astype(np.int64), 1)[:, 0]
+        base = np.zeros(a.shape) if priority is None else np.asarray(priority, np.float64)
         self._held.append(
             (np.asarray(observation), a, np.asarray(reward), np.asarray(discount), q_taken,
-             np.asarray(params_step))
+             np.asarray(params_step), teacher_outputs, base)
         )  # fmt: skip
         return out
 
@@ -205,11 +226,12 @@ class NStepAccumulator:
         first = self._held[0]
         reward_sum = np.zeros(first[2].shape, np.float64)
         carried = np.ones(first[3].shape, np.float64)
-        for _, _, r, d, _, _ in self._held:
+        for _, _, r, d, *_ in self._held:
             reward_sum += carried * r
             carried *= self.gamma * d
         bootstrap = np.max(np.asarray(q_next, np.float64), axis=-1)
-        priority = np.abs(reward_sum + carried * bootstrap - first[4])
+        td = np.abs(reward_sum + carried * bootstrap - first[4])
+        teacher = None if first[6] is None else np.asarray(first[6], np.float32)
         return Transitions(
             observation=first[0],
             action=first[1].astype(np.int32),
@@ -217,7 +239,8 @@ class NStepAccumulator:
             discount=carried.astype(np.float32),
             next_observation=np.asarray(next_observation),
             params_step=first[5].astype(np.int64),
-            priority=priority,
+            priority=self.td_weight * td + first[7],
+            teacher_outputs=teacher,
         )
 
 
@@ -227,6 +250,7 @@ class TransitionWriter(ItemWriter):
     `ItemWriter`'s back-pressure wait follows the batch's items."""
 
     FIELDS = ("observation", "action", "reward", "discount", "next_observation", "params_step")
+    # and "teacher_outputs" where the table's signature has it (Ape-X distillation)
 
     def __init__(
         self,
@@ -249,7 +273,7 @@ class TransitionWriter(ItemWriter):
         """Writes the B transitions; returns how many."""
         count = transitions.action.shape[0]
         batched = {k: ((count, *shape), dtype) for k, (shape, dtype) in self._specs.items()}
-        steps = {k: getattr(transitions, k) for k in self.FIELDS}
+        steps = {k: getattr(transitions, k) for k in self._specs}
         fields = checked_step(steps, batched, self._table)
         for b in range(count):
             self._writer.append({k: x[b] for k, x in fields.items()})
@@ -288,7 +312,7 @@ class PrioritizedSampler:
 
     def sample(self) -> SampledTransitions:
         """Blocks until every table can be sampled (its MinSize), then draws k items each."""
-        data: dict[str, list[np.ndarray]] = {k: [] for k in TransitionWriter.FIELDS}
+        data: dict[str, list[np.ndarray]] = {}
         probability, size, keys, task_id = [], [], [], []
         for i, table in enumerate(self._tables):
             samples = list(
@@ -300,8 +324,9 @@ class PrioritizedSampler:
             probability.append(np.array([s.info.probability for s in samples], np.float64))
             size.append(np.array([s.info.table_size for s in samples], np.float64))
             task_id.append(np.full(self._k, i, np.int32))
-            for name in data:
-                data[name].append(np.stack([np.asarray(s.data[name]) for s in samples]))
+            for name in samples[0].data:  # the table's fields, teacher outputs included
+                stacked = np.stack([np.asarray(s.data[name]) for s in samples])
+                data.setdefault(name, []).append(stacked)
         cat = {name: np.concatenate(parts) for name, parts in data.items()}
         batch = Batch(
             observation=cat["observation"],
@@ -312,6 +337,7 @@ class PrioritizedSampler:
             task_id=np.concatenate(task_id),
             probability=np.concatenate(probability).astype(np.float32),
             table_size=np.concatenate(size).astype(np.float32),
+            teacher_outputs=cat.get("teacher_outputs"),
         )
         return SampledTransitions(batch, keys, cat["params_step"])
 
@@ -328,7 +354,9 @@ class NStepWriter(TransitionWriter):
     """An Ape-X actor's item writer (`actor.ReplayWriter`'s `items`): takes the actor's
     vectorised steps (the step layout, with the acting network's `q_values` at s_t),
     turns them into n-step transitions (`NStepAccumulator`) and inserts them with their
-    initial priorities. A step that completes transitions returns True."""
+    initial priorities. A step that completes transitions returns True. An Ape-X
+    distillation actor's steps also hold `teacher_outputs` and the KL at s_t
+    (`distill_priority`), and `td_weight` is lambda."""
 
     def __init__(
         self,
@@ -337,10 +365,11 @@ class NStepWriter(TransitionWriter):
         n_step: int,
         discount: float,
         *,
+        td_weight: float = 1.0,
         signature: Mapping[str, tf.TensorSpec] | None = None,
         max_in_flight_items: int = 32,
     ) -> None:
-        self._accumulator = NStepAccumulator(n_step, discount)
+        self._accumulator = NStepAccumulator(n_step, discount, td_weight)
         super().__init__(
             client, task_id, signature=signature, max_in_flight_items=max_in_flight_items
         )
@@ -354,6 +383,8 @@ class NStepWriter(TransitionWriter):
             step["discount"],
             step["q_values"],
             np.broadcast_to(np.asarray(step["params_step"], np.int64), action.shape),
+            step.get("teacher_outputs"),
+            step.get("distill_priority"),
         )
         if transitions is None:
             return False

@@ -92,12 +92,16 @@ def make_actor(
     policy = None if teachers is None else actor_policy(experiment, teachers[task_id])
     if config.algorithm == "apex":
         policy = apex_policy(experiment)
+    elif config.algorithm == "apex_distill":
+        assert teachers is not None  # `experiment_and_teachers` loads them
+        policy = apex_distill_policy(experiment, teachers[task_id])
     if writer is None:
         items: Any
-        if config.algorithm == "apex":
+        if config.algorithm in ("apex", "apex_distill"):
             from distral.distributed.prioritized import NStepWriter
 
-            items = NStepWriter(client, task_id, config.apex.n_step, config.discount)
+            lam = config.distill.dqn_cost if config.algorithm == "apex_distill" else 1.0
+            items = NStepWriter(client, task_id, config.apex.n_step, config.discount, td_weight=lam)
         elif policy is None:
             items = replay.UnrollWriter(client, config.unroll_length)
         else:
@@ -139,6 +143,39 @@ def apex_policy(experiment: Any) -> Any:
         return action, {"q_values": q}
 
     return policy
+
+
+def apex_distill_policy(experiment: Any, teacher: Any) -> Any:
+    """An Ape-X distillation actor's policy on its task: the ladder's epsilon-greedy
+    actions on the student's Q-values (`distill.behaviour: student`), on the teacher's
+    outputs (`teacher`), or on either per state (`mixture`, the teacher's with
+    `distill.teacher_prob`). It writes the student's Q-values (the n-step |td|), the
+    teacher's outputs and KL(softmax(q_teacher / tau) || softmax(Q)) at s_t: the
+    transition's priority, plus lambda |td| (`NStepWriter`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from distral.core import apex
+
+    config, network = experiment.config, experiment.network
+    s, settings = config.apex, config.distill
+    b = config.distributed.envs_per_actor
+    epsilons = jnp.asarray(apex.epsilon_ladder(b, s.epsilon_base, s.epsilon_alpha), jnp.float32)
+
+    @jax.jit
+    def act(params: Any, teacher_params: Any, obs: Any, key: Any) -> tuple[Any, dict[str, Any]]:
+        k_act, k_mix = jax.random.split(key)
+        q = network.apply(params, obs, jnp.zeros(obs.shape[:1], jnp.int32))
+        taught = teacher.apply(teacher_params, obs)[0]
+        kl = jax.vmap(apex.distill_priority, (0, 0, None))(q, taught, settings.tau)
+        acting = taught if settings.behaviour == "teacher" else q
+        if settings.behaviour == "mixture":
+            use_teacher = jax.random.bernoulli(k_mix, settings.teacher_prob, q.shape[:1])
+            acting = jnp.where(use_teacher[:, None], taught, q)
+        action = apex.epsilon_greedy(acting, epsilons, k_act)
+        return action, {"q_values": q, "teacher_outputs": taught, "distill_priority": kl}
+
+    return lambda params, obs, key: act(params, teacher.params, obs, key)
 
 
 class _StopFlag:
