@@ -553,11 +553,15 @@ def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run,
 # ----------------------------------------------------------------------------------------
 
 
-def test_apex_dqn_learns_through_the_processes(tmp_path):
+def test_apex_dqn_learns_through_the_processes_and_resumes_with_a_refilled_replay(tmp_path):
+    """Ape-X through the processes; then `--resume` to a larger budget. The replay is not
+    checkpointed (BUILD_NOTES "Ape-X"): it lives in the learner process, so a resumed run
+    starts from an empty table that the actors refill to its minimum before the first
+    sample, while the learner state (online and target networks, step) continues."""
     out = tmp_path / "apex"
     apex_sets = sets([
         *TINY, "env.games=[breakout,asterix]", "distributed.actors_per_task=1",
-        "apex.min_replay_per_task=64", "apex.batch_per_task=16", "apex.replay_per_task=1000",
+        "apex.min_replay_per_task=256", "apex.batch_per_task=16", "apex.replay_per_task=1000",
         "apex.target_update_period=3", "log_every=5", "distributed.publish_every=1",
     ])  # fmt: skip
     preset = str(ROOT / "experiments" / "minatar_apex_dqn.yaml")
@@ -574,14 +578,28 @@ def test_apex_dqn_learns_through_the_processes(tmp_path):
         assert all(math.isfinite(float(r[f"eval_return_task_{i}"])) for i in (0, 1))
         assert float(r["td_abs"]) > 0 and 0 < float(r["is_weight_min"]) <= 1
     # The rate limiter: 1 sample per insert, k = 16 a step and game; after 10 steps each
-    # game inserted 64 (the first sample's minimum) + 160, within its slack (4 k + one
+    # game inserted 256 (the first sample's minimum) + 160, within its slack (4 k + one
     # actor step of 4 envs + 2 = 70 samples) and one actor step.
     summary = json.loads((out / "summary.json").read_text())
-    assert 64 + 160 - 70 <= summary["env_steps_per_task"] <= 64 + 160 + 70 + 4
+    first = summary["env_steps_per_task"]
+    assert 256 + 160 - 70 <= first <= 256 + 160 + 70 + 4
     loaded = rundir.load_run(out)
     obs = jnp.zeros((2, *loaded.experiment.obs_shape))
     q = loaded.experiment.network.apply(loaded.params, obs, jnp.array([0, 1]))
     assert q.shape == (2, 6) and bool(jnp.all(jnp.isfinite(q)))
+
+    p = _distral("launch", "--resume", str(out), "--max-learner-steps", "20")
+    assert p.returncode == 0, p.stderr
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["updates"]) for r in rows] == [5, 10, 15, 20]
+    # The learner's step went on (10 -> 20), on an exponent horizon of the new budget, 20.
+    assert float(rows[2]["is_exponent"]) == pytest.approx(0.4 + 0.03 * 12, abs=1e-5)
+    # The new table took its minimum again before the first sample: 256 + 160 more
+    # inserts per game, within the slack. A replay kept across the resume would have
+    # needed only ~160 (at most 160 + 74 + the first run's surplus).
+    again = json.loads((out / "summary.json").read_text())["env_steps_per_task"] - first
+    assert 256 + 160 - 70 <= again <= 256 + 160 + 70 + 4, again
 
 
 def test_apex_distillation_of_two_games_runs_through_the_processes(teacher_run, tmp_path):
