@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from launching import (
     PRESET,
+    ROOT,
     SMALL,
     Launch,
     alive,
@@ -34,6 +35,7 @@ from launching import (
     still_running,
     wait_until,
 )
+from small_runs import write_launch_run
 
 from distral.distributed.launch import SHUTDOWN_SECONDS
 
@@ -310,14 +312,37 @@ def test_ray_backend_runs_the_workers_and_restarts_a_killed_actor(tmp_path, laun
     assert wait_until(lambda: not still_running(processes), 30)
 
 
-def test_ctrl_c_on_a_ray_launch_stops_every_process(tmp_path, launches):
-    """Ctrl-C on a Ray launch: the learner's last row and checkpoint, exit code 130, and
-    no process of the launch left (learner, actors, and the Ray instance it started)."""
+@pytest.fixture(scope="module")
+def breakout_teacher(tmp_path_factory):
+    """An a3c MinAtar Breakout run directory (fresh parameters, written in process)."""
+    from distral.config import load_config
+
+    preset = ROOT / "experiments" / "minatar_5games.yaml"
+    config = load_config(preset, ["env.games=[breakout]"], overrides={"variant": "a3c"})
+    return write_launch_run(tmp_path_factory.mktemp("teacher") / "breakout", config)
+
+
+def test_ctrl_c_on_a_ray_student_launch_stops_every_process(tmp_path, launches, breakout_teacher):
+    """A MinAtar distillation student on the Ray backend (its actor, with the teacher, in a
+    Ray worker) writes rows with its teacher's evaluation; then Ctrl-C: the learner's last
+    row and checkpoint, exit code 130, and no process of the launch left (learner, actor,
+    and the Ray instance it started)."""
     pytest.importorskip("ray")
     out = tmp_path / "run"
-    launch = Launch(str(PRESET), "--out", str(out), "--backend", "ray", *sets(ONE_TASK))
+    student = sets([
+        "env.games=[breakout]", f"distill.teachers=[{breakout_teacher}]", "env.max_steps=100",
+        "distributed.envs_per_actor=4", "distributed.refresh_every=5", "unroll_length=5",
+        "eval_episodes_per_task=2", "checkpoint_every=1", "log_every=5",
+        "distill.batch_per_task=8", "distill.replay_per_task=400",
+    ])  # fmt: skip
+    preset = str(ROOT / "experiments" / "minatar_distill.yaml")
+    launch = Launch(preset, "--out", str(out), "--backend", "ray", *student)
     launches.append(launch)
     port = int(launch.wait_for(r"Reverb server at \S+:(\d+)").group(1))
     assert wait_until(lambda: _ray_actor_workers(launch), 240)  # (among those timed)
     stop = _stop(launch, signal.SIGINT, group=True)
     _assert_clean_stop(launch, out, stop, port, exit_tail=RAY_SHUTDOWN_SECONDS)
+    # The first row (before the signal) evaluated the teacher; a stopped evaluation is NaN.
+    assert np.isfinite(float(metrics_rows(out)[0]["teacher_eval_return"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teachers"] == [f"{breakout_teacher}, task 0"]
