@@ -12,8 +12,10 @@ import pytest
 from distral.core import distillation as d
 
 # Student logits with pi_S = [1/6, 2/6, 3/6]; teacher outputs with softmax = [1/8, 3/8, 4/8].
-S = jnp.log(jnp.asarray([1.0, 2.0, 3.0]))
-Q = jnp.log(jnp.asarray([1.0, 3.0, 4.0]))
+# numpy, not jnp: a module-level JAX array starts JAX's backend when pytest imports the file,
+# and `make mutate` forks its mutant runs from that process (tests/mutmut_jax_traces.py).
+S = np.log(np.asarray([1.0, 2.0, 3.0], np.float32))
+Q = np.log(np.asarray([1.0, 3.0, 4.0], np.float32))
 P_S = np.array([1, 2, 3]) / 6
 P_T = np.array([1, 3, 4]) / 8
 
