@@ -11,7 +11,7 @@
 3. Each student's row evaluations pair it with its teacher on the same episodes. The
    teacher's score is the mean of its evaluations over the run; a student "reaches 90%"
    at the first row whose 3-row moving mean of its evaluation is >= 0.9 x that score
-   (8 episodes a row are noisy; a single lucky row does not count). Reported per game
+   (a row's few episodes are noisy; a single lucky row does not count). Reported per game
    and selector: the learner steps to that point (mean and 95% CI over the seeds; a seed
    that never reaches it counts as the run's last step plus one row, and is flagged),
    and the last rows' fraction of the teacher.
@@ -172,7 +172,7 @@ def main() -> None:
     lines.append("")
     lines.append(
         f"A student reaches 90% at the first row whose {SMOOTH}-row moving mean of its "
-        "evaluation (8 episodes a row, paired with its teacher's) is >= 0.9 x its teacher's "
+        "evaluation (paired with its teacher's on the same episodes) is >= 0.9 x its teacher's "
         "mean evaluation over the run; a seed that never does counts one row past its end."
     )
     (out / "table.md").write_text("\n".join(lines) + "\n")
