@@ -87,19 +87,7 @@ def _policy_teacher(run: Any, task: int) -> Teacher:
         logits = network.apply_task(params, obs, zero).logits
         return logits, network.task_features(params, obs, zero)
 
-    example = run.experiment.example_obs
-    features = jax.eval_shape(apply, params, example)[1]
-    return Teacher(
-        task_name=run.experiment.task_names[task],
-        source=f"{run.path}, task {task}",
-        params=params,
-        apply=apply,
-        outputs="logits",
-        num_params=num_params(params),
-        feature_dim=int(features.shape[-1]),
-        run=str(run.path),
-        shared_params=_shared_params(run),
-    )
+    return _run_teacher(run, task, params, apply, "logits")
 
 
 def _q_teacher(run: Any, task: int) -> Teacher:
@@ -114,13 +102,18 @@ def _q_teacher(run: Any, task: int) -> Teacher:
         head = jnp.zeros(obs.shape[:1], jnp.int32)
         return network.apply(params, obs, head), network.features(params, obs)
 
+    return _run_teacher(run, task, params, apply, "q_values")
+
+
+def _run_teacher(run: Any, task: int, params: Any, apply: Any, outputs: str) -> Teacher:
+    """The `Teacher` of task `task` of `run` from its parameters and `apply`."""
     features = jax.eval_shape(apply, params, run.experiment.example_obs)[1]
     return Teacher(
         task_name=run.experiment.task_names[task],
         source=f"{run.path}, task {task}",
         params=params,
         apply=apply,
-        outputs="q_values",
+        outputs=outputs,
         num_params=num_params(params),
         feature_dim=int(features.shape[-1]),
         run=str(run.path),

@@ -237,23 +237,25 @@ def test_bad_tables_and_steps_are_errors_naming_the_value(make_server):
     writer.close()
 
 
+def _actor_step(t, **extra):
+    """Actor step t of 2 environments with Q-values [[1, 4], [0, 2]] (actions 1 and 0) and
+    rewards 1, 2, 9 (env 0) and 0 (env 1) at t = 0, 1, 2."""
+    return {
+        "observation": np.full((2, 2), t, np.float32),
+        "action": np.array([1, 0]),
+        "reward": np.asarray([(1.0, 2.0, 9.0)[t], 0.0], np.float32),
+        "discount": np.ones(2, np.float32),
+        "q_values": np.array([[1.0, 4.0], [0.0, 2.0]], np.float32),
+        "params_step": np.int64(7),
+        "task_id": np.int32(0),
+        **extra,
+    }
+
+
 def test_an_actors_steps_become_prioritised_items(make_server):
     client = make_server(priority_exponent=1.0)
     writer = prioritized.NStepWriter(client, 0, n_step=2, discount=0.5)
-    q = np.array([[1.0, 4.0], [0.0, 2.0]], np.float32)
-    rewards = ([1.0, 0.0], [2.0, 0.0], [9.0, 0.0])
-    written = [
-        writer.append({
-            "observation": np.full((2, 2), t, np.float32),
-            "action": np.array([1, 0]),
-            "reward": np.asarray(r, np.float32),
-            "discount": np.ones(2, np.float32),
-            "q_values": q,
-            "params_step": np.int64(7),
-            "task_id": np.int32(0),
-        })
-        for t, r in enumerate(rewards)
-    ]  # fmt: skip
+    written = [writer.append(_actor_step(t)) for t in range(3)]
     assert written == [False, False, True]
     writer.flush()
     assert writer.num_items == 2
@@ -269,20 +271,10 @@ def test_an_apex_distillation_actors_items_carry_the_teacher_and_the_kl_priority
     priority is the KL at s_t (the actor's `distill_priority`) plus lambda |td|."""
     client = make_server(priority_exponent=1.0, teacher_actions=2)
     writer = prioritized.NStepWriter(client, 0, n_step=2, discount=0.5, td_weight=0.5)
-    q = np.array([[1.0, 4.0], [0.0, 2.0]], np.float32)
-    rewards = ([1.0, 0.0], [2.0, 0.0], [9.0, 0.0])
-    for t, r in enumerate(rewards):
-        writer.append({
-            "observation": np.full((2, 2), t, np.float32),
-            "action": np.array([1, 0]),
-            "reward": np.asarray(r, np.float32),
-            "discount": np.ones(2, np.float32),
-            "q_values": q,
-            "teacher_outputs": np.array([[t, 10.0 + t], [-t, 0.5]], np.float32),
-            "distill_priority": np.array([1.0 + t, 0.25 + t]),
-            "params_step": np.int64(7),
-            "task_id": np.int32(0),
-        })  # fmt: skip
+    for t in range(3):
+        teacher = np.array([[t, 10.0 + t], [-t, 0.5]], np.float32)
+        kl = np.array([1.0 + t, 0.25 + t])
+        writer.append(_actor_step(t, teacher_outputs=teacher, distill_priority=kl))
     writer.flush()
     # |td| as in the Ape-X test above: 1 (env 0) and 0.5 (env 1); the KLs of step 0: 1 and
     # 0.25. Priorities 0.5 x 1 + 1 = 1.5 and 0.5 x 0.5 + 0.25 = 0.5: P = 3/4 and 1/4.
@@ -292,11 +284,9 @@ def test_an_apex_distillation_actors_items_carry_the_teacher_and_the_kl_priority
         batch = sampler.sample().batch
         want = [0.0, 10.0] if batch.reward[0] == 2.0 else [0.0, 0.5]
         np.testing.assert_array_equal(batch.teacher_outputs, [want])
-    missing = {"q_values": q, "observation": np.zeros((2, 2), np.float32)}
     with pytest.raises(ValueError, match="teacher_outputs"):
-        for _ in range(3):  # the table wants teacher outputs; a plain Ape-X step has none
-            writer.append({**missing, "action": np.array([1, 0]), "reward": np.zeros(2),
-                           "discount": np.ones(2), "params_step": np.int64(7)})  # fmt: skip
+        for t in range(3):  # the table wants teacher outputs; a plain Ape-X step has none
+            writer.append(_actor_step(t))
     writer.close()
 
 
