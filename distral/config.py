@@ -24,6 +24,9 @@ from distral.core.variants import VARIANTS, VariantError, get_variant
 
 # The algorithm families (`distral.algorithms` maps each name to its parts).
 ALGORITHMS = ("distral", "distill", "apex", "apex_distill")
+# The families of Ape-X's replay and learner (a dueling network); those with teachers.
+APEX_FAMILIES = ("apex", "apex_distill")
+STUDENT_FAMILIES = ("distill", "apex_distill")
 
 
 class ConfigError(ValueError):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distral import rundir, runloop
-from distral.config import ConfigError, TrainConfig
+from distral.config import STUDENT_FAMILIES, ConfigError, TrainConfig
 from distral.core import distillation
 from distral.envs import two_room
 from distral.evaluator import evaluation_key, policy_returns_fn
@@ -418,7 +418,7 @@ def experiment_and_teachers(config: TrainConfig) -> tuple[Experiment, tuple[Teac
     distillation student its teachers (read from their runs; their feature sizes told to
     the learner). Other families have no teachers (None)."""
     experiment = make_experiment(config)
-    if config.algorithm not in ("distill", "apex_distill"):
+    if config.algorithm not in STUDENT_FAMILIES:
         return experiment, None
     teachers = load_teachers(config.distill.teachers, experiment, config.distill.teacher_seed)
     if config.algorithm == "apex_distill":  # a dueling student: no feature regression

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from distral.config import ConfigError
+from distral.config import APEX_FAMILIES, ConfigError
 from distral.experiment import Experiment
 
 TEACHER_OUTPUTS = ("logits", "q_values")  # a policy teacher's pi_i; an Ape-X DQN's Q-values
@@ -180,8 +180,7 @@ def load_teachers(
                     f"task {name!r} has two teachers: {found[name].source!r} and "
                     f"{f'{run.path}, task {task}'!r}"
                 )
-            dueling = run.config.algorithm in ("apex", "apex_distill")
-            make = _q_teacher if dueling else _policy_teacher
+            make = _q_teacher if run.config.algorithm in APEX_FAMILIES else _policy_teacher
             found[name] = make(run, task)
     missing = [name for name in student.task_names if name not in found]
     if missing:

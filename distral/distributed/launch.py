@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from distral.config import ConfigError, TrainConfig
+from distral.config import APEX_FAMILIES, ConfigError, TrainConfig
 from distral.distributed import workers
 
 SHUTDOWN_SECONDS = 10.0
@@ -143,15 +143,14 @@ def preflight(config: TrainConfig, *, backend: str, ray_address: str | None) -> 
     except for a distillation student, whose teachers are read here (`check_distill`)."""
     from distral.experiment import task_spec
 
-    apex = config.algorithm in ("apex", "apex_distill")
     if config.algorithm == "distill":
         check_distill(config)
-    elif apex and config.env.name == "two_room":
+    elif config.algorithm in APEX_FAMILIES and config.env.name == "two_room":
         raise ConfigError(
             f"algorithm={config.algorithm!r} runs on the games (env.name: minatar or atari); "
             "its evaluator plays dm_env episodes"
         )
-    elif config.algorithm not in ("distral", "apex", "apex_distill"):
+    elif config.algorithm not in ("distral", *APEX_FAMILIES):
         raise ConfigError(
             f"algorithm={config.algorithm!r}: distral launch runs algorithm 'distral', "
             "'apex', 'apex_distill', or 'distill' (on the games)"

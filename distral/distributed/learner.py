@@ -23,7 +23,7 @@ import reverb
 
 from distral import rundir
 from distral.collapse import CollapseMonitor
-from distral.config import TrainConfig
+from distral.config import APEX_FAMILIES, STUDENT_FAMILIES, TrainConfig
 from distral.core import learning
 from distral.core.algorithm import Algorithm, Parts
 from distral.distill import experiment_and_teachers
@@ -136,7 +136,7 @@ def learner_budget(config: TrainConfig, num_tasks: int) -> int:
     if config.algorithm == "distill":
         per_task = d.actors_per_task * d.envs_per_actor * config.unroll_length
         return -(-config.env_steps_per_task // per_task)
-    if config.algorithm in ("apex", "apex_distill"):  # k per task and step, spi per insert
+    if config.algorithm in APEX_FAMILIES:  # k samples per task and step, spi per insert
         s = config.apex
         return math.ceil(config.env_steps_per_task * s.samples_per_insert / s.batch_per_task)
     frames_per_step = d.batch_size * d.envs_per_actor * config.unroll_length
@@ -156,7 +156,7 @@ def checkpoint_parts(
 
 def metric_columns(experiment: Experiment) -> list[str]:
     scalars = list(experiment.metrics)
-    if experiment.config.algorithm in ("distill", "apex_distill"):  # teachers', same episodes
+    if experiment.config.algorithm in STUDENT_FAMILIES:  # the teachers', same episodes
         scalars.append("teacher_eval_return")
     columns = rundir.metric_columns(experiment.num_tasks, scalars) + DISTRIBUTED_COLUMNS
     if experiment.config.env.name == "atari":  # human-normalised scores (Mnih et al., 2015)
@@ -446,7 +446,7 @@ def learner_main(
     """
     experiment, teachers = experiment_and_teachers(config)
     budget = learner_budget(config, experiment.num_tasks)
-    if config.algorithm in ("apex", "apex_distill"):  # the IS exponent's 1 at the last step
+    if config.algorithm in APEX_FAMILIES:  # the IS exponent reaches 1 at the last step
         experiment = experiment.with_learner_config(is_exponent_steps=budget)
     server, address, client = serve_replay(experiment, host)
     try:

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from distral.config import TrainConfig
+from distral.config import APEX_FAMILIES, TrainConfig
 
 Report = Callable[[tuple], None]
 ShouldStop = Callable[[], bool]
@@ -97,7 +97,7 @@ def make_actor(
         policy = apex_distill_policy(experiment, teachers[task_id])
     if writer is None:
         items: Any
-        if config.algorithm in ("apex", "apex_distill"):
+        if config.algorithm in APEX_FAMILIES:
             from distral.distributed.prioritized import NStepWriter
 
             lam = config.distill.dqn_cost if config.algorithm == "apex_distill" else 1.0
