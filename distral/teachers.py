@@ -167,7 +167,7 @@ def load_teachers(
     from distral.rundir import load_run
 
     if not run_dirs:
-        raise ConfigError("no teacher: give at least one --teacher RUN_DIR")
+        raise ConfigError("no teacher: give at least one --teacher RUN_DIR (or distill.teachers)")
     found: dict[str, Teacher] = {}
     for run_dir in run_dirs:
         run = load_run(run_dir, seed)
