@@ -47,6 +47,26 @@ def test_core_source_imports_no_reverb_tensorflow_or_ray():
     assert "distral" in imported and "jax" in imported  # the walk saw the imports
 
 
+def test_rlax_loads_without_tensorflow_and_leaves_a_loaded_one_in_place():
+    """`losses._import_rlax` hides TensorFlow while rlax loads (TFP would import it only to
+    copy docstrings: seconds at every start-up), then makes it importable again; where
+    TensorFlow is loaded already (Reverb's processes) it leaves it in place."""
+    fresh = (
+        "import sys\nimport distral.core.losses\n"
+        "tf = [m for m in sys.modules if m.split('.')[0] == 'tensorflow']\n"
+        "assert not tf, tf[:3]\n"
+        "import tensorflow\n"
+        "assert sys.modules['tensorflow'] is tensorflow and int(tensorflow.constant(2)) == 2\n"
+    )
+    loaded_first = (
+        "import sys, tensorflow as tf\nimport distral.core.losses\n"
+        "assert sys.modules['tensorflow'] is tf and int(tf.constant(2)) == 2\n"
+    )
+    for code in (fresh, loaded_first):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_core_runs_where_reverb_tensorflow_and_ray_cannot_be_imported():
     """rlax's distrax pulls in tensorflow_probability, whose JAX substrate imports
     tensorflow when it is installed (only to copy docstrings): blocked here, core must
