@@ -217,10 +217,11 @@ def test_the_learner_loss_is_the_a3c_loss_plus_the_two_gate_costs_by_a_loop():
 def test_the_update_scales_each_subpolicys_step_by_its_batch_activation():
     """Adam's first step is -lr g / (|g| + eps) per parameter; with the running mean's decay at 0
     the sub-policy k's step is that over E[sigma_k] of this batch (capped at 2), the
-    torso's at torso_lr_scale 0.5, the gates' and values' unscaled."""
+    torso's at torso_lr_scale 2 (2.0 itself: a scale tested only below 1 let `!= 2.0` pass),
+    the gates' and values' unscaled."""
     from distral.core import learning
 
-    experiment = _experiment(activation_decay=0.0, max_lr_factor=2.0, torso_lr_scale=0.5)
+    experiment = _experiment(activation_decay=0.0, max_lr_factor=2.0, torso_lr_scale=2.0)
     parts = experiment.parts
     state = experiment.algorithm.init_state(jax.random.PRNGKey(0), parts, experiment.example_obs)
     batch = _batch(experiment)
@@ -235,7 +236,7 @@ def test_the_update_scales_each_subpolicys_step_by_its_batch_activation():
     np.testing.assert_allclose(
         step["subpolicies"]["w"], adam["subpolicies"]["w"] * factor.reshape(w), atol=1e-6
     )
-    torso = jax.tree.map(lambda a, b: np.abs(a - 0.5 * b).max(), step["torso"], adam["torso"])
+    torso = jax.tree.map(lambda a, b: np.abs(a - 2.0 * b).max(), step["torso"], adam["torso"])
     assert max(jax.tree.leaves(torso)) < 1e-6
     np.testing.assert_allclose(step["gates"]["w"], adam["gates"]["w"], atol=1e-6)
     assert float(out_metrics["gate_activation"]) == pytest.approx(

@@ -158,11 +158,14 @@ def _adam_updates(optimizer, params, grads_seq):
     return out
 
 
-@pytest.mark.parametrize("variant, scaled", [("kl_2col", True), ("a3c_multitask", False)])
-def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
+@pytest.mark.parametrize(
+    "variant, scale, scaled",
+    [("kl_2col", 0.25, True), ("kl_2col", 2.0, True), ("a3c_multitask", 0.25, False)],
+)
+def test_distilled_lr_scale_multiplies_only_h_steps(variant, scale, scaled):
     """Adam with h's rate scaled: h's steps are exactly scale x plain Adam's, the task
     columns' unchanged; h alone (a3c_multitask, no task columns) keeps the base rate."""
-    config = TrainConfig(variant=variant, distilled_lr_scale=0.25, hidden_sizes=(8,))
+    config = TrainConfig(variant=variant, distilled_lr_scale=scale, hidden_sizes=(8,))
     experiment = make_experiment(config)
     init = jax.jit(experiment.network.init)
     params = init(jax.random.PRNGKey(0), jnp.asarray(experiment.example_obs))
@@ -170,7 +173,7 @@ def test_distilled_lr_scale_multiplies_only_h_steps(variant, scaled):
     grads_seq = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), params) for k in keys]
     plain = _adam_updates(learning.make_optimizer(1e-3), params, grads_seq)
     ours = _adam_updates(experiment.parts.optimizer, params, grads_seq)
-    factor = 0.25 if scaled else 1.0
+    factor = scale if scaled else 1.0
     for p, o in zip(plain, ours, strict=True):
         for name in p:
             expected = factor if name == "distilled" else 1.0
