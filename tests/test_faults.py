@@ -57,7 +57,8 @@ def _stop(launch: Launch, sig: int, *, group: bool) -> tuple[int, float, float]:
     when the launcher does."""
     launch.wait_for(r"actors started")
     out = Path(launch.wait_for(r"run directory (\S+)$").group(1))
-    assert wait_until(lambda: (out / "metrics.csv").is_file() and metrics_rows(out), 240)
+    first_row = wait_until(lambda: (out / "metrics.csv").is_file() and metrics_rows(out), 240)
+    assert first_row, launch.tail()
     processes = descendants(launch.proc.pid)
     children = {p: t for p, t in processes.items() if "resource_tracker" not in cmdline(p)}
     assert len(children) >= 2  # the learner and an actor, or a Ray instance
@@ -332,7 +333,7 @@ def test_ctrl_c_on_a_ray_student_launch_stops_every_process(tmp_path, launches, 
     student = sets([
         "env.games=[breakout]", f"distill.teachers=[{breakout_teacher}]", "env.max_steps=100",
         "distributed.envs_per_actor=4", "distributed.refresh_every=5", "unroll_length=5",
-        "eval_episodes_per_task=2", "checkpoint_every=1", "log_every=5",
+        "eval_episodes_per_task=2", "checkpoint_every=1", "log_every=2",
         "distill.batch_per_task=8", "distill.replay_per_task=400",
     ])  # fmt: skip
     preset = str(ROOT / "experiments" / "minatar_distill.yaml")

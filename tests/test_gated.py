@@ -183,6 +183,17 @@ def _batch(experiment, T=4, B=3):
     )
 
 
+def test_build_networks_default_subpolicy_count_is_the_configs():
+    """`learning.build_network`'s default K is the config's (`gated.num_subpolicies`)."""
+    from distral.config import GatedSection
+    from distral.core import learning
+    from distral.core.variants import get_variant
+
+    torso = make_torso("mlp", hidden_sizes=(4,))
+    network = learning.build_network(get_variant("gated"), num_tasks=2, num_actions=3, torso=torso)
+    assert network.num_subpolicies == GatedSection().num_subpolicies == 4
+
+
 def test_the_learner_loss_is_the_a3c_loss_plus_the_two_gate_costs_by_a_loop():
     from distral.core import learning, losses
 

@@ -279,7 +279,8 @@ def test_an_apex_distillation_actors_items_carry_the_teacher_and_the_kl_priority
     # |td| as in the Ape-X test above: 1 (env 0) and 0.5 (env 1); the KLs of step 0: 1 and
     # 0.25. Priorities 0.5 x 1 + 1 = 1.5 and 0.5 x 0.5 + 0.25 = 0.5: P = 3/4 and 1/4.
     sampler = prioritized.PrioritizedSampler(client, 1, 1)
-    assert _probability_by_reward(sampler) == {2.0: {(0.75, 2)}, 0.0: {(0.25, 2)}}
+    # 100 draws: the P = 1/4 item is missed by all of them with probability 0.75^100.
+    assert _probability_by_reward(sampler, 100) == {2.0: {(0.75, 2)}, 0.0: {(0.25, 2)}}
     for _ in range(10):  # each item keeps its own teacher outputs, those of step 0
         batch = sampler.sample().batch
         want = [0.0, 10.0] if batch.reward[0] == 2.0 else [0.0, 0.5]
