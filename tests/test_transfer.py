@@ -43,6 +43,15 @@ def test_freeze_distilled_zeroes_h_before_the_clip():
     np.testing.assert_allclose(updates["tasks"]["w"], want["tasks"]["w"], rtol=1e-6)
     # Clipped to norm 1 from (3, -4), Adam's first step is -lr * sign: (-0.1, 0.1).
     np.testing.assert_allclose(updates["tasks"]["w"], [-0.1, 0.1], rtol=1e-4)
+    # Adam's first step is blind to the gradient's scale; a second one on other gradients
+    # is not: had h's 100s counted in the clip, the first step's (3, -4) would have been
+    # scaled by 1/173 instead of 1/5, and this step would differ.
+    frozen_state, plain_state = frozen.init(params), plain.init(params)
+    second = {"distilled": {"w": jnp.zeros(3)}, "tasks": {"w": jnp.asarray([1.0, 2.0])}}
+    for g, want_g in ((grads, no_h), (second, second)):
+        updates, frozen_state = frozen.update(g, frozen_state, params)
+        want, plain_state = plain.update(want_g, plain_state, params)
+    np.testing.assert_allclose(updates["tasks"]["w"], want["tasks"]["w"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("parts", ["distilled", "torso"])
