@@ -183,15 +183,23 @@ def _batch(experiment, T=4, B=3):
     )
 
 
-def test_build_networks_default_subpolicy_count_is_the_configs():
-    """`learning.build_network`'s default K is the config's (`gated.num_subpolicies`)."""
+def test_build_network_builds_both_gated_variants():
+    """`learning.build_network`: the default K is the config's (`gated.num_subpolicies`);
+    `gated_task`'s gates read the task id (its random task weights move them), `gated`'s
+    do not."""
     from distral.config import GatedSection
     from distral.core import learning
     from distral.core.variants import get_variant
 
     torso = make_torso("mlp", hidden_sizes=(4,))
-    network = learning.build_network(get_variant("gated"), num_tasks=2, num_actions=3, torso=torso)
-    assert network.num_subpolicies == GatedSection().num_subpolicies == 4
+    obs = jax.random.normal(jax.random.PRNGKey(1), (3, 6))
+    for name, reads_task in (("gated", False), ("gated_task", True)):
+        net = learning.build_network(get_variant(name), num_tasks=2, num_actions=3, torso=torso)
+        assert net.num_subpolicies == GatedSection().num_subpolicies == 4
+        p = net.init(jax.random.PRNGKey(0), obs)
+        p = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(2), x.shape), p)
+        gates = [net.apply_gated(p, obs, jnp.full(3, i)).gates for i in (0, 1)]
+        assert (not np.allclose(gates[0], gates[1])) == reads_task, name
 
 
 def test_the_learner_loss_is_the_a3c_loss_plus_the_two_gate_costs_by_a_loop():
