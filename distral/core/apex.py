@@ -321,13 +321,12 @@ def batch_loss(
     batch: Batch[Array],
     weights: Array,
     network: QNetwork,
-    config: LearnerConfig | None = None,
+    config: LearnerConfig,
 ) -> tuple[Array, tuple[Array, Array, dict[str, Array]]]:
     """Mean IS-weighted loss of the batch: lambda x the double-Q loss, plus, for Ape-X
     distillation, the KL from the teacher's softmax(q / tau) to the student's softmax(Q).
     Returns it with each item's new priority (lambda |td| + KL), Q(s_t) and the KL and
     |td| per item (NaN where the loss has no such term)."""
-    config = config or LearnerConfig()
     q_tm1 = network.apply(params, batch.observation, batch.task_id)
     nan = jnp.full(q_tm1.shape[:1], jnp.nan)
     loss, priority, td_abs, kl = jnp.zeros_like(nan), jnp.zeros_like(nan), nan, nan

@@ -247,10 +247,8 @@ class NStepAccumulator:
 class TransitionWriter(ItemWriter):
     """Inserts each transition of a `Transitions` batch as one item of its task's table,
     with the actor's priority; the batch is checked against the signature once, and
-    `ItemWriter`'s back-pressure wait follows the batch's items."""
-
-    FIELDS = ("observation", "action", "reward", "discount", "next_observation", "params_step")
-    # and "teacher_outputs" where the table's signature has it (Ape-X distillation)
+    `ItemWriter`'s back-pressure wait follows the batch's items. It writes the fields of
+    the table's signature: with `teacher_outputs` for Ape-X distillation."""
 
     def __init__(
         self,
