@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from distral.core import apex
+from distral.core import apex, networks
 from distral.core.networks import make_torso
 
 
@@ -75,6 +75,8 @@ def test_n_step_transition_hand_numbers():
     assert float(g) == pytest.approx(0.729)
     r, g = apex.n_step_transition(jnp.array([1.0, 2.0, 3.0]), jnp.array([0.9, 0.0, 0.9]))
     assert (float(r), float(g)) == pytest.approx((2.8, 0.0))
+    with pytest.raises(AssertionError, match="float"):  # integer rewards would truncate
+        apex.n_step_transition(jnp.array([1, 2]), jnp.array([1, 1]))
 
 
 def _double_q_reference(q_tm1, a, r, g, q_target, q_online):
@@ -142,6 +144,7 @@ def test_is_exponent_anneals_linearly_to_one():
     assert float(apex.is_exponent(jnp.array(25), 100, start=0.0)) == pytest.approx(0.25)
     with pytest.raises(ValueError, match=r"total_steps >= 1, got 0"):
         apex.is_exponent(jnp.array(0), 0)
+    assert float(apex.is_exponent(jnp.array(1), 1)) == pytest.approx(1.0)  # 1 step is valid
 
 
 def test_dueling_q_hand_numbers():
@@ -150,6 +153,11 @@ def test_dueling_q_hand_numbers():
     # The value is the mean of Q over actions.
     assert float(jnp.mean(q[0])) == pytest.approx(1.0)
     assert math.isclose(float(jnp.mean(q[1])), -2.0, rel_tol=1e-6)
+    # One state (no batch axis), and a [B, N, A] stack: the mean is over the last axis.
+    np.testing.assert_allclose(apex.dueling_q(jnp.array(1.0), jnp.array([1.0, 2.0, 3.0])),
+                               [0.0, 1.0, 2.0], rtol=1e-6)  # fmt: skip
+    stack = apex.dueling_q(jnp.zeros((1, 2)), jnp.array([[[1.0, 3.0], [0.0, 4.0]]]))
+    np.testing.assert_allclose(stack, [[[-1.0, 1.0], [-2.0, 2.0]]], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,6 +210,31 @@ def test_dueling_network_rejects_bad_sizes_and_a_per_sample_torso_shape():
         apex.dueling_network(make_torso("mlp", hidden_sizes=()), 0, 3, 4)
     with pytest.raises(ValueError, match=r"got 1, 3, 0"):
         apex.dueling_network(make_torso("mlp", hidden_sizes=()), 1, 3, 0)
+    torso = make_torso("mlp", hidden_sizes=())
+    cube = networks.Torso(init=torso.init, apply=lambda p, obs: obs)  # [B, 3, 2]: not [B, D]
+    with pytest.raises(ValueError, match=r"must return \[B, D\] features, got shape \(1, 3, 2\)"):
+        apex.dueling_network(cube, 1, 3, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 2)))
+    # One action and one hidden unit are valid sizes.
+    one = apex.dueling_network(torso, 1, 1, 1)
+    q = one.apply(
+        one.init(jax.random.PRNGKey(0), jnp.ones((2, 5))), jnp.ones((2, 5)), jnp.zeros(2, int)
+    )
+    assert q.shape == (2, 1)
+
+
+def test_dueling_streams_shapes_and_their_lecun_initialisation():
+    """Each stream: hidden [N, D, H] and out [N, H, O] (O = 1 for the value, A for the
+    advantages), weights truncated-normal with variance 1 / fan-in, biases 0. The fan-in is
+    D (or H), not N x D: the task axis is a batch axis (it was not, before 2026-12-03)."""
+    network = apex.dueling_network(make_torso("mlp", hidden_sizes=()), 2, 3, 512)
+    p = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 400)))
+    for name, out in (("value", 1), ("advantage", 3)):
+        assert p[name]["hidden"]["w"].shape == (2, 400, 512)
+        assert p[name]["out"]["w"].shape == (2, 512, out)
+        assert not np.any(p[name]["hidden"]["b"]) and not np.any(p[name]["out"]["b"])
+        # flax's truncated normal keeps the variance: std sqrt(1 / fan_in)
+        assert np.std(p[name]["hidden"]["w"]) == pytest.approx(np.sqrt(1 / 400), rel=0.02)
+    assert np.std(p["advantage"]["out"]["w"]) == pytest.approx(np.sqrt(1 / 512), rel=0.1)
 
 
 def _batch(rng, n=6, obs_dim=5):
@@ -370,8 +403,31 @@ def test_apex_distillation_update_against_the_weighted_kl_beside_lambda_dqn(dqn_
 
 
 def test_init_state_target_equals_online():
-    network = _network()
-    state = apex.init_state(jax.random.PRNGKey(0), network, optax.adam(1e-3), jnp.zeros((2, 5)))
-    same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), state.params, state.target_params)
-    assert all(jax.tree.leaves(same))
-    assert int(state.step) == 0
+    """The network's own initial parameters (from the key as given), the target a copy of
+    them, the optimiser's state of those parameters, and an int32 step 0."""
+    network, obs = _network(), jnp.zeros((2, 5))
+    state = apex.init_state(jax.random.PRNGKey(0), network, optax.adam(1e-3), obs)
+    want = network.init(jax.random.PRNGKey(0), obs)
+    for tree in (state.params, state.target_params):
+        assert jax.tree.structure(tree) == jax.tree.structure(want)
+        for got, leaf in zip(jax.tree.leaves(tree), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(got, leaf)
+    adam = state.opt_state[0]
+    assert int(adam.count) == 0
+    assert jax.tree.structure(adam.mu) == jax.tree.structure(want)
+    assert state.step.dtype == jnp.int32 and int(state.step) == 0
+
+
+def test_task_params_are_one_tasks_streams_applied_as_task_zero():
+    """`QNetwork.task_params(p, i)`: the shared torso and task i's streams with a task axis
+    of 1, what an actor of task i holds; applied with task id 0 they give task i's Q."""
+    network = _network(num_tasks=3)
+    obs = jnp.asarray(np.random.default_rng(2).normal(size=(4, 5)), jnp.float32)
+    params = _random_biases(network.init(jax.random.PRNGKey(0), obs), 3)
+    for i in range(3):
+        one = network.task_params(params, i)
+        assert one["value"]["out"]["w"].shape[0] == one["advantage"]["hidden"]["b"].shape[0] == 1
+        got = network.apply(one, obs, jnp.zeros(4, jnp.int32))
+        np.testing.assert_allclose(got, network.apply(params, obs, jnp.full(4, i)), rtol=1e-6)
+        for b in range(4):
+            np.testing.assert_allclose(got[b], _q_reference(params, obs[b], i), rtol=1e-5)

@@ -175,7 +175,8 @@ class QNetwork(NamedTuple):
 
 def _stream_init(key: PRNGKey, num_tasks: int, dims: tuple[int, int, int]) -> Params:
     d, h, o = dims
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    # The task axis is a batch axis: each task's stream has fan-in d (or h), whatever N.
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
     k_hidden, k_out = jax.random.split(key)
     return {
         "hidden": {"w": init(k_hidden, (num_tasks, d, h), jnp.float32),
