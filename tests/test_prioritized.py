@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dm_env
 import jax
 import jax.numpy as jnp
@@ -11,12 +13,15 @@ import pytest
 import reverb
 from dm_env import specs
 
+from distral import config as cfg
 from distral.core import apex
 from distral.core.networks import make_torso
 from distral.distributed import prioritized, replay
 from distral.distributed.actor import Actor, ReplayWriter, VariableClient
 from distral.envs.vector import DmEnvVector
+from distral.experiment import make_experiment
 
+ROOT = Path(__file__).resolve().parents[1]
 OBS_SPEC = specs.Array((2,), np.float32)
 
 
@@ -410,5 +415,39 @@ def test_actor_table_learner_round_trip_keeps_priorities_consistent():
         ratios = _ratios(draw(5), priority_of)
         np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
         actor.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("preset", ["minatar_apex_dqn", "minatar_apex_distill"])
+def test_the_tables_of_an_apex_configuration(preset):
+    """`replay.make_replay_tables` of an Ape-X run: a prioritised transition table per game
+    with the config's sizes (teacher outputs [A] only for distillation), the parameter slot
+    of the run's dueling network, and evaluation rows of one entry per game."""
+    sets = ["env.games=[breakout,asterix]", "apex.replay_per_task=3000"]
+    sets.append("apex.min_replay_per_task=100")
+    experiment = make_experiment(cfg.load_config(ROOT / "experiments" / f"{preset}.yaml", sets))
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    try:
+        info = reverb.Client(replay.server_address(server)).server_info()
+        names = [prioritized.transition_table(k) for k in range(2)]
+        service = [replay.VARIABLES, replay.VARIABLES_STEP, replay.EPISODES, replay.EVALUATIONS]
+        assert sorted(info) == sorted([*names, *service])
+        for name in names:
+            assert info[name].max_size == 3000
+            assert info[name].rate_limiter_info.min_size_to_sample == 100
+            assert info[name].sampler_options.prioritized.priority_exponent == pytest.approx(0.6)
+            fields = info[name].signature
+            teacher = fields.get("teacher_outputs")
+            if preset == "minatar_apex_distill":
+                assert teacher is not None and teacher.shape.as_list() == [
+                    6
+                ]  # the 2 games' actions
+            else:
+                assert teacher is None
+        leaves = jax.tree.leaves(experiment.params_template())
+        slot = info[replay.VARIABLES].signature
+        assert [s.shape.as_list() for s in slot[1:]] == [list(x.shape) for x in leaves]
+        assert info[replay.EVALUATIONS].signature["pi_i"].shape.as_list() == [2]
     finally:
         server.stop()

@@ -1,5 +1,6 @@
 """Tests of distral.replay on a real in-process Reverb server (no mocks)."""
 
+import socket
 import threading
 
 import jax
@@ -66,6 +67,46 @@ def test_signature_shapes():
     assert sig["observation"].shape == (21, 8, 7, 2) and sig["observation"].dtype == "uint8"
     assert sig["behaviour_logits"].shape == (21, 8, 6)
     assert sig["task_id"].shape == (21,) and sig["params_step"].dtype == "int64"
+    assert sig["task_id"].dtype == sig["action"].dtype == "int32"
+    for name in ("behaviour_logits", "reward", "discount"):
+        assert sig[name].dtype == "float32", name
+    one = replay.unroll_signature(specs.Array((3,), np.float32), 1, unroll_length=1, num_envs=1)
+    assert one["behaviour_logits"].shape == (2, 1, 1)  # one step, env and action are valid
+    for sizes in ((0, 8, 6), (20, 0, 6), (20, 8, 0)):
+        length, envs, actions = sizes
+        with pytest.raises(
+            ValueError,
+            match=rf"^need unroll_length, num_envs, num_actions >= 1, got {length}, {envs}, "
+            rf"{actions}$",
+        ):
+            replay.unroll_signature(specs.Array((3,), np.float32), actions, length, envs)
+
+
+def test_the_queues_tables_one_task_by_default_and_a_queue_of_one():
+    """`make_tables` with no task count sizes evaluations for one task; the step slot holds
+    one int64 scalar; `start_server` listens on the port it is given."""
+    sig = replay.unroll_signature(specs.Array((3,), np.float32), 2, unroll_length=4, num_envs=2)
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    server = replay.start_server(replay.make_tables(sig, max_queue_size=1), port=port)
+    try:
+        assert server.port == port and replay.server_address(server) == f"localhost:{port}"
+        info = reverb.Client(replay.server_address(server)).server_info()
+        assert info[replay.TRAJECTORIES].max_size == 1
+        (step,) = info[replay.VARIABLES_STEP].signature
+        assert (step.shape.as_list(), step.dtype.name) == ([], "int64")
+        evaluation = info[replay.EVALUATIONS].signature
+        shapes = {k: (v.shape.as_list(), v.dtype.name) for k, v in evaluation.items()}
+        assert shapes == {
+            "learner_step": ([], "int64"),
+            "pi_i": ([1], "float64"),
+            "pi_0": ([1], "float64"),
+        }
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match=r"^max_queue_size must be >= 1, got 0$"):
+        replay.make_tables(sig, max_queue_size=0)
 
 
 def test_writer_makes_overlapping_unrolls(make_server):
@@ -155,7 +196,9 @@ def test_publish_and_fetch_round_trip(make_server):
     template = nested_params(0)
     _, client, _ = make_server(variables_signature=replay.variables_signature(template))
     source = replay.VariableSource(client, template)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(
+        TimeoutError, match=r"^no parameters published in 'variables' after 0.05 s$"
+    ):
         source.fetch(timeout=0.05)
     for step, scale in [(5, 1), (9, 3)]:
         replay.publish_params(client, nested_params(scale), step)
@@ -172,7 +215,11 @@ def test_publish_and_fetch_round_trip(make_server):
         np.testing.assert_array_equal(params["tasks"][0], expected["tasks"][0])
         np.testing.assert_array_equal(params["tasks"][1]["z"], expected["tasks"][1]["z"])
         assert params["tasks"][0].dtype == np.float32 and params["tasks"][1]["z"].dtype == np.int32
-    with pytest.raises(ValueError, match="do not match the template"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not match the template: leaf shapes "
+        r"\[\(3,\), \(2, 3\), \(2, 2\), \(\)\] vs \[\(3,\)\]",
+    ):
         replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5)
     with pytest.raises(ValueError, match=r"^min_step needs allow_stale=True \(the stale-by-one"):
         replay.VariableSource(client, {"w": np.zeros(3)}).fetch(timeout=5, min_step=2)
