@@ -553,11 +553,16 @@ def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run,
 # ----------------------------------------------------------------------------------------
 
 
-def test_apex_dqn_learns_through_the_processes_and_resumes_with_a_refilled_replay(tmp_path):
+def test_apex_dqn_learns_through_the_processes_and_resumes_with_a_refilled_replay(
+    tmp_path, launches
+):
     """Ape-X through the processes; then `--resume` to a larger budget. The replay is not
     checkpointed (BUILD_NOTES "Ape-X"): it lives in the learner process, so a resumed run
     starts from an empty table that the actors refill to its minimum before the first
-    sample, while the learner state (online and target networks, step) continues."""
+    sample, while the learner state (online and target networks, step) continues. In the
+    resumed run the second game's only actor is SIGKILLed as it starts: the rate limiter
+    holds the learner until that game's table has its items, so the run completes only
+    through the restarted actor."""
     out = tmp_path / "apex"
     apex_sets = sets([
         *TINY, "env.games=[breakout,asterix]", "distributed.actors_per_task=1",
@@ -588,8 +593,14 @@ def test_apex_dqn_learns_through_the_processes_and_resumes_with_a_refilled_repla
     q = loaded.experiment.network.apply(loaded.params, obs, jnp.array([0, 1]))
     assert q.shape == (2, 6) and bool(jnp.all(jnp.isfinite(q)))
 
-    p = _distral("launch", "--resume", str(out), "--max-learner-steps", "20")
-    assert p.returncode == 0, p.stderr
+    resumed = Launch("--resume", str(out), "--max-learner-steps", "20")
+    launches.append(resumed)
+    slot = "actor task 1 replica 0"
+    victim = int(resumed.wait_for(rf"{slot}: pid (\d+)").group(1))
+    os.kill(victim, signal.SIGKILL)
+    resumed.wait_for(rf"{slot} died \(exit code -9\); restart 1/\d+")
+    assert resumed.finish(timeout=300) == 0, resumed.tail()
+    assert not [p for p in resumed.pids() if alive(p)]
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["updates"]) for r in rows] == [5, 10, 15, 20]
