@@ -135,7 +135,10 @@ def plan(
         raise CompareError(f"--mode {mode!r}; valid: train, launch")
     if seeds < 1:
         raise CompareError(f"--seeds {seeds} must be >= 1")
-    if load_config(config_path, sets).algorithm == "distill":
+    # The family, read with the first compared variant: a --set that only the compared
+    # variants take (entropy_cost for the A3C rows) is valid whatever the file's variant.
+    first = {"variant": variants[0]} if variants and variants[0] in VARIANTS else None
+    if load_config(config_path, sets, first).algorithm == "distill":
         if list(variants) not in (list(PAPER_VARIANTS), list(VARIANTS)):
             raise CompareError(
                 "--variants names Distral variants; a distill config compares the settings "

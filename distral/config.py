@@ -326,12 +326,20 @@ class ApexSection:
             raise ConfigError(f"apex.samples_per_insert={self.samples_per_insert!r} must be > 0")
 
 
+GATE_COMBINATIONS = ("sum", "linear")  # `distral.core.gated.COMBINATIONS`
+
+
 @dataclasses.dataclass(frozen=True)
 class GatedSection:
     """Variants `gated` and `gated_task`: K gated sub-policies on a shared torso
     (`distral.core.gated`), trained with the A3C loss and the two gate losses."""
 
     num_subpolicies: int = _f(4, "K, the sub-policies (each a policy head, switched by a gate)")
+    combination: str = _f(
+        "sum",
+        "g, how the gated parts make the logits: sum (sum_k sigma_k f_k) or linear "
+        "(learned sum_k (sigma_k f_k) W_k + c, starting at the sum)",
+    )
     sparsity_cost: float = _f(
         0.01, "c_sparse: cost of sum_k E[sigma_k] over the batch's states (0 turns it off)"
     )
@@ -353,6 +361,7 @@ class GatedSection:
 
     def __post_init__(self) -> None:
         _positive("gated.num_subpolicies", self.num_subpolicies)
+        _choice("gated.combination", self.combination, GATE_COMBINATIONS)
         for name in ("sparsity_cost", "temporal_cost"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"gated.{name}={getattr(self, name)!r} must be >= 0")

@@ -17,6 +17,7 @@ import yaml
 
 from distral import compare
 from distral.compare import CompareError, parse_grid
+from distral.config import load_config
 from distral.core.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,23 @@ def test_default_grid_gives_every_variant_nine_settings(tiny_config, tmp_path):
     )
     launch = compare.plan(tiny_config, [], ["a3c"], 3, None, "launch", tmp_path / "o")
     assert [d.name for d in launch[0].run_dirs] == ["seed0", "seed1", "seed2"]
+
+
+def test_a_set_for_the_compared_variants_only(tiny_config, tmp_path):
+    """`--set entropy_cost=...` with A3C rows only is valid, whatever variant the config
+    file names; with a Distral row among them it is that row's one-line error."""
+    assert load_config(tiny_config).variant == "kl_ent_2col"  # the default
+    specs = compare.plan(
+        tiny_config, ["entropy_cost=0.03"], ["gated_task", "a3c"], 2, None, "train", tmp_path
+    )
+    assert [(s.variant, s.config.entropy_cost) for s in specs] == [
+        ("gated_task", 0.03),
+        ("a3c", 0.03),
+    ]
+    with pytest.raises(ValueError, match="'kl_ent_2col' has no entropy bonus"):
+        compare.plan(
+            tiny_config, ["entropy_cost=0.03"], ["a3c", "kl_ent_2col"], 2, None, "train", tmp_path
+        )
 
 
 @pytest.mark.parametrize(

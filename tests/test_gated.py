@@ -147,6 +147,45 @@ def test_one_hot_task_gates_are_a_head_per_task(net_and_params):
         np.testing.assert_allclose(got, head, rtol=1e-5, atol=1e-5)
 
 
+def test_the_learned_combination_starts_at_the_sum_and_matches_a_loop():
+    """g linear: sum_k (sigma_k f_k) W_k + c, W_k = I and c = 0 at init (the sum's
+    outputs); with random W_k and c, a per-sample loop; W and c get gradients."""
+    torso = make_torso("mlp", hidden_sizes=(5,))
+    sizes = dict(num_tasks=2, num_actions=3, num_subpolicies=2, task_gates=False)
+    linear = gated.make_gated_network(torso, combination="linear", **sizes)
+    summed = gated.make_gated_network(torso, **sizes)
+    obs = jax.random.normal(jax.random.PRNGKey(2), (4, 6))
+    task_id = jnp.array([0, 1, 1, 0])
+    p = linear.init(jax.random.PRNGKey(0), obs)
+    p_sum = summed.init(jax.random.PRNGKey(0), obs)
+    assert set(p) - set(p_sum) == {"combine"}
+    np.testing.assert_array_equal(p["combine"]["w"], np.stack([np.eye(3)] * 2))
+    np.testing.assert_array_equal(p["combine"]["b"], np.zeros(3))
+    np.testing.assert_allclose(  # one einsum against another: float32 rounding only
+        linear.apply(p, obs, task_id).logits,
+        summed.apply(p_sum, obs, task_id).logits,
+        rtol=1e-6,
+        atol=1e-9,
+    )
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    p["combine"] = {"w": jax.random.normal(keys[0], (2, 3, 3)), "b": jax.random.normal(keys[1], 3)}
+    p["gates"]["b"] = jax.random.normal(keys[2], (2,))
+    out = linear.apply_gated(p, obs, task_id)
+    x = np.maximum(
+        np.asarray(obs) @ p["torso"]["Dense_0"]["kernel"] + p["torso"]["Dense_0"]["bias"], 0
+    )
+    for b in range(4):
+        gates = _sigmoid(x[b] @ p["gates"]["w"] + p["gates"]["b"])
+        f = [x[b] @ p["subpolicies"]["w"][k] + p["subpolicies"]["b"][k] for k in range(2)]
+        want = sum(gates[k] * f[k] @ p["combine"]["w"][k] for k in range(2)) + p["combine"]["b"]
+        np.testing.assert_allclose(out.output.logits[b], want, rtol=1e-4, atol=1e-5)
+    grads = jax.grad(lambda q: jnp.sum(linear.apply(q, obs, task_id).logits[:, 0]))(p)
+    assert np.all(np.asarray(grads["combine"]["b"]) == np.array([4.0, 0.0, 0.0]))
+    assert np.any(np.asarray(grads["combine"]["w"]) != 0)
+    with pytest.raises(ValueError, match=r"combination='max'; valid choices: sum, linear"):
+        gated.make_gated_network(torso, combination="max", **sizes)
+
+
 # ----------------------------------------------------------------------------------------
 # THE VARIANTS IN THE DISTRAL LEARNER
 # ----------------------------------------------------------------------------------------
@@ -200,6 +239,22 @@ def test_build_network_builds_both_gated_variants():
         p = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(2), x.shape), p)
         gates = [net.apply_gated(p, obs, jnp.full(3, i)).gates for i in (0, 1)]
         assert (not np.allclose(gates[0], gates[1])) == reads_task, name
+        assert "combine" not in p
+
+
+def test_the_config_chooses_the_combination_and_checks_it():
+    """`gated.combination` reaches the network through the experiment (g's parameters),
+    and an unknown one is the config's one-line error."""
+    from distral.config import ConfigError, load_config
+
+    linear = _experiment(combination="linear")
+    params = linear.network.init(jax.random.PRNGKey(0), jnp.zeros((1, *linear.obs_shape)))
+    assert params["combine"]["w"].shape == (3, 4, 4)
+    assert "combine" not in _experiment().network.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, *linear.obs_shape))
+    )
+    with pytest.raises(ConfigError, match=r"gated.combination='max'; valid choices: sum, linear"):
+        load_config(None, ["variant=gated", "gated.combination=max"])
 
 
 def test_the_learner_loss_is_the_a3c_loss_plus_the_two_gate_costs_by_a_loop():

@@ -84,6 +84,7 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
         task_columns=config.task_columns,
         task_column_output=config.task_column_output,
         num_subpolicies=config.gated.num_subpolicies,
+        gate_combination=config.gated.combination,
     )
     is_gated = variant.architecture == "gated"
     gates = config.gated

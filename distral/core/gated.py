@@ -8,7 +8,10 @@ active only where they act, so that each part is updated mostly by its own state
     f_k(h)                                      K sub-policies (logits [A])
     sigma_k(h) = sigmoid(w_k . h + b_k [+ u_k,i])  gates in (0, 1); u_k,i: task i's gate
                                                 bias, where the task is known ('gated_task')
-    pi(.|s) = softmax(sum_k sigma_k(h) f_k(h))  the gated sum (g = sum)
+    pi(.|s) = softmax(g(sigma_1 f_1, ..., sigma_K f_K))
+                                                g = the sum (default), or a learned linear
+                                                map sum_k (sigma_k f_k) W_k + c, W_k [A, A]
+                                                ('linear', initialised to the sum)
     V_i(s)                                      one value head per task on h
 
 and trains them with the A3C loss (policy gradient, value, entropy bonus) plus
@@ -58,6 +61,19 @@ def gated_logits(subpolicy_logits: Array, gates: Array) -> Array:
     """sum_k sigma_k f_k: subpolicy_logits [..., K, A], gates [..., K] -> logits [..., A]."""
     chex.assert_equal_shape_prefix([subpolicy_logits, gates], gates.ndim)
     return jnp.einsum("...ka,...k->...a", subpolicy_logits, gates)
+
+
+def linear_combination(subpolicy_logits: Array, gates: Array, w: Array, b: Array) -> Array:
+    """The learned g: sum_k (sigma_k f_k) W_k + c. subpolicy_logits [..., K, A], gates
+    [..., K], w [K, A, A], b [A] -> logits [..., A]. With every W_k the identity and c = 0
+    it is the gated sum."""
+    chex.assert_equal_shape_prefix([subpolicy_logits, gates], gates.ndim)
+    chex.assert_shape(w, (gates.shape[-1], subpolicy_logits.shape[-1], b.shape[-1]))
+    return jnp.einsum("...ka,...k,kac->...c", subpolicy_logits, gates, w) + b
+
+
+#: The choices of g, the combination of the gated sub-policies.
+COMBINATIONS = ("sum", "linear")
 
 
 def sparsity_loss(gates: Array) -> Array:
@@ -164,6 +180,7 @@ class _Gated(NamedTuple):
     num_actions: int
     num_subpolicies: int
     task_gates: bool
+    combination: str
 
     def init(self, key: Array, obs: Array) -> Params:
         torso_key, policy_key, gate_key, value_key = jax.random.split(key, 4)
@@ -182,6 +199,9 @@ class _Gated(NamedTuple):
         }
         if self.task_gates:
             params["gates"]["task"] = jnp.zeros((N, K))
+        if self.combination == "linear":
+            A = self.num_actions
+            params["combine"] = {"w": jnp.tile(jnp.eye(A)[None], (K, 1, 1)), "b": jnp.zeros(A)}
         return params
 
     def _heads(self, params: Params, features: Array, task_id: Array) -> GatedOutput:
@@ -191,7 +211,11 @@ class _Gated(NamedTuple):
             gate_logits = gate_logits + params["gates"]["task"][task_id]
         gates = jax.nn.sigmoid(gate_logits)  # [B, K]
         f = jnp.einsum("bd,kda->bka", features, params["subpolicies"]["w"])
-        logits = gated_logits(f + params["subpolicies"]["b"], gates)
+        f = f + params["subpolicies"]["b"]
+        if self.combination == "linear":
+            logits = linear_combination(f, gates, params["combine"]["w"], params["combine"]["b"])
+        else:
+            logits = gated_logits(f, gates)
         value = networks._dense_per_sample(params["values"], features, task_id)[..., 0]
         return GatedOutput(NetworkOutput(logits, logits, value), gates)
 
@@ -251,20 +275,31 @@ class GatedNetwork(NamedTuple):
 
 
 def make_gated_network(
-    torso: Torso, *, num_tasks: int, num_actions: int, num_subpolicies: int, task_gates: bool
+    torso: Torso,
+    *,
+    num_tasks: int,
+    num_actions: int,
+    num_subpolicies: int,
+    task_gates: bool,
+    combination: str = "sum",
 ) -> GatedNetwork:
     """K gated sub-policies on a shared torso, one value head per task; `task_gates` adds
-    a gate bias per task (the task id as an input of the gates: 'gated_task').
+    a gate bias per task (the task id as an input of the gates: 'gated_task');
+    `combination` is g: 'sum', or 'linear' (learned, `linear_combination`).
 
     Params: {"torso", "subpolicies": {"w": [K, D, A], "b": [K, A]}, "gates": {"w": [D, K],
-    "b": [K], "task": [N, K] with task gates}, "values": {"w": [N, D, 1], "b": [N, 1]}}.
+    "b": [K], "task": [N, K] with task gates}, "values": {"w": [N, D, 1], "b": [N, 1]},
+    "combine": {"w": [K, A, A], "b": [A]} with g linear}. g's parameters take the base
+    learning rate (only the sub-policies' steps are activation-scaled).
     """
     if min(num_tasks, num_actions, num_subpolicies) < 1:
         raise ValueError(
             "need num_tasks, num_actions and num_subpolicies >= 1, got "
             f"{num_tasks}, {num_actions}, {num_subpolicies}"
         )
-    net = _Gated(torso, num_tasks, num_actions, num_subpolicies, task_gates)
+    if combination not in COMBINATIONS:
+        raise ValueError(f"combination={combination!r}; valid choices: {', '.join(COMBINATIONS)}")
+    net = _Gated(torso, num_tasks, num_actions, num_subpolicies, task_gates, combination)
     return GatedNetwork(
         init=net.init,
         apply=net.apply,

@@ -64,6 +64,7 @@ def build_network(
     task_columns: str = "separate",
     task_column_output: str = "logits",
     num_subpolicies: int = 4,
+    gate_combination: str = "sum",
 ) -> DistralNetwork | gated.GatedNetwork:
     """The network of a resolved variant (architecture and 2col mixing coefficients).
 
@@ -76,7 +77,8 @@ def build_network(
     far (BUILD_NOTES.md, "Robust learning").
 
     The 'gated' architecture (`gated`, `gated_task`) is `num_subpolicies` gated sub-policies
-    on one torso (`distral.core.gated`); the task columns' settings do not apply to it.
+    on one torso (`distral.core.gated`), combined by `gate_combination` ('sum' or a learned
+    'linear' g); the task columns' settings do not apply to it.
     """
     if variant.architecture == "gated":
         return gated.make_gated_network(
@@ -85,6 +87,7 @@ def build_network(
             num_actions=num_actions,
             num_subpolicies=num_subpolicies,
             task_gates=variant.task_gates,
+            combination=gate_combination,
         )
     if task_column_output not in TASK_COLUMN_OUTPUTS:
         raise ValueError(
