@@ -104,7 +104,7 @@ def _config_and_run_dir(
     config = load_config(args.config, args.set, overrides)
     if config.init_from is not None:  # as --set or in the file: absolute, as --init-from's
         config = dataclasses.replace(config, init_from=str(Path(config.init_from).absolute()))
-    run_dir = Path(args.out) if args.out else _default_run_dir(config.variant)
+    run_dir = Path(args.out) if args.out else _default_run_dir(config.method)
     check_run_dir(run_dir, resume=False)
     return config, run_dir
 
@@ -139,7 +139,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(config)
     except LayoutError as e:
         _fail(str(e))
-    print(f"distral train: {config.variant}, seeds {list(config.seeds)}, run directory {run_dir}")
+    print(f"distral train: {config.method}, seeds {list(config.seeds)}, run directory {run_dir}")
     result = _run_in_process(
         "train",
         run_dir,
@@ -314,7 +314,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     config, run_dir = _config_and_run_dir(args, "launch", seeds, distributed)
     d = config.distributed
     print(
-        f"distral launch: {config.variant}, seed {config.seeds[0]}, backend {args.backend}, "
+        f"distral launch: {config.method}, seed {config.seeds[0]}, backend {args.backend}, "
         f"{d.actors_per_task} actor(s) per task, run directory {run_dir}",
         flush=True,
     )
@@ -498,7 +498,9 @@ class _Command(NamedTuple):
 
 _ONE_OF = f"one of: {', '.join(VARIANTS)}"
 _VARIANT = _arg("--variant", help=_ONE_OF)
-_RUN_OUT = _arg("--out", help="run directory (default runs/VARIANT-TIMESTAMP)")
+_RUN_OUT = _arg(
+    "--out", help="run directory (default runs/METHOD-TIMESTAMP, METHOD the variant or family)"
+)
 _RUN_SET = _set_arg("override a config field (repeatable)")
 _RESUME = _arg("--resume", metavar="DIR", help="continue a stopped run from its checkpoint")
 _INIT_FROM = _arg(

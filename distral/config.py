@@ -524,6 +524,13 @@ class TrainConfig:
             )
 
     @property
+    def method(self) -> str:
+        """The run's name in logs, labels and default directories: the variant in
+        Distral's family, else the family (apex, apex_distill, distill), whose runs do
+        not read `variant`."""
+        return self.variant if self.algorithm == "distral" else self.algorithm
+
+    @property
     def steps_per_update(self) -> int:
         """Agent steps per task consumed by one update."""
         return self.num_envs_per_task * self.unroll_length

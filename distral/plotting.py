@@ -113,17 +113,26 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
+def _method(fields: dict[str, Any]) -> str | None:
+    """`TrainConfig.method` of a summary's or config's fields: the variant in Distral's
+    family, else the algorithm."""
+    algorithm = fields.get("algorithm", "distral")
+    name = fields.get("variant") if algorithm == "distral" else algorithm
+    return name if isinstance(name, str) and name else None
+
+
 def run_label(run_dir: str | Path) -> str:
-    """The variant of a run: summary.json, else config.yaml, else the directory name."""
+    """The method of a run (the variant, or another family's algorithm): summary.json,
+    else config.yaml, else the directory name."""
     run_dir = Path(run_dir)
-    variant = _read_summary(run_dir).get("variant")
-    if not isinstance(variant, str):
+    label = _method(_read_summary(run_dir))
+    if label is None:
         try:
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
             config = None
-        variant = config.get("variant") if isinstance(config, dict) else None
-    return variant if isinstance(variant, str) and variant else run_dir.name
+        label = _method(config) if isinstance(config, dict) else None
+    return label or run_dir.name
 
 
 def run_labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:

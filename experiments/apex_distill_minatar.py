@@ -16,7 +16,8 @@
    that never reaches it counts as the run's last step plus one row, and is flagged),
    and the last rows' fraction of the teacher.
 
-Writes table.md and summary.json to OUT.
+Writes table.md, summary.json and curves.png (the students' evaluations as a fraction of
+the teacher's, by selector) to OUT.
 
     .venv/bin/python experiments/apex_distill_minatar.py
         [--out experiments/results/apex/distill] [--runs runs/apex_distill]
@@ -35,8 +36,8 @@ import numpy as np
 
 from distral.config import load_config
 from distral.distributed.launch import launch
-from distral.plotting import read_metrics
-from distral.stats import mean_ci
+from distral.plotting import plot_seed_curves, pyplot, read_metrics, save_figure
+from distral.stats import ci_text, mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTORS = ("prioritized", "uniform")
@@ -80,8 +81,9 @@ def reach(run_dir: Path, task: int = 0) -> dict:
     mean over the games: there the teacher's score is the per-game return of the final
     summary instead."""
     m = read_metrics(run_dir)
-    steps = m["updates"]
     student = m[f"eval_return_task_{task}"]
+    evaluated = np.isfinite(student)  # the row a run ends on has no evaluation
+    steps, student = m["updates"][evaluated], student[evaluated]
     summary = json.loads((run_dir / "summary.json").read_text())
     teachers = summary["teacher_returns_per_task"]
     target = float(np.nanmean(m["teacher_eval_return"])) if len(teachers) == 1 else teachers[task]
@@ -100,6 +102,29 @@ def reach(run_dir: Path, task: int = 0) -> dict:
         "learner_steps": int(steps[-1]),
         "wall_seconds": summary["wall_seconds"],
     }
+
+
+def plot_fractions(rows: list[dict], games: list[str], out: Path) -> None:
+    """Per game, the student's evaluation as a fraction of its teacher's against learner
+    steps: each selector's mean over seeds with its 95% CI band."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(games), figsize=(5.5 * len(games), 4), squeeze=False)
+    for ax, game in zip(axes[0], games, strict=True):
+        for selector in SELECTORS:
+            group = [r for r in rows if r["game"] == game and r["setting"] == selector]
+            curves = []
+            for r in group:
+                m = read_metrics(r["run"])
+                curves.append(m["eval_return_task_0"] / r["teacher"])
+            size = min(len(c) for c in curves)
+            plot_seed_curves(ax, m["updates"][:size], np.stack([c[:size] for c in curves]),
+                             label=f"{selector} ({len(group)} seeds)")  # fmt: skip
+        ax.axhline(BAR, color="k", ls="--", lw=1, label="90% of the teacher")
+        ax.set_title(game)
+        ax.set_xlabel("learner steps")
+    axes[0][0].set_ylabel("student evaluation / teacher's")
+    axes[0][-1].legend()
+    save_figure(fig, out)
 
 
 def main() -> None:
@@ -142,7 +167,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     lines = [
         "| game | setting | seeds | learner steps to 90% (mean [95% CI]) | not reached | "
-        "last rows / teacher |",
+        "last rows / teacher, % (mean [95% CI]) |",
         "|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -152,11 +177,11 @@ def main() -> None:
     for (game, setting), group in groups.items():
         steps = np.array([r["steps_to_90"] for r in group])
         mean, lo, hi = (float(x) for x in mean_ci(steps))
-        fraction = np.mean([r["fraction_last"] for r in group])
+        fraction = ci_text(np.array([100 * r["fraction_last"] for r in group]), ".0f")
         missed = sum(not r["reached"] for r in group)
         lines.append(
             f"| {game} | {setting} | {len(group)} | {mean:,.0f} [{lo:,.0f}, {hi:,.0f}] | "
-            f"{missed} | {fraction:.0%} |"
+            f"{missed} | {fraction} |"
         )
         faster[(game, setting)] = (mean, lo, hi)
     lines.append("")
@@ -173,9 +198,11 @@ def main() -> None:
     lines.append(
         f"A student reaches 90% at the first row whose {SMOOTH}-row moving mean of its "
         "evaluation (paired with its teacher's on the same episodes) is >= 0.9 x its teacher's "
-        "mean evaluation over the run; a seed that never does counts one row past its end."
+        "mean evaluation over the run; a seed that never does counts one row past its end. "
+        f"Last rows: the mean of its last {SMOOTH} evaluated rows."
     )
     (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot_fractions(rows, games, out / "curves.png")
     summary = {
         "rows": rows,
         "games": games,

@@ -12,6 +12,7 @@ import dm_env
 import numpy as np
 import pytest
 
+from distral import rundir
 from distral.envs import atari, minatar
 from distral.envs.timesteps import step_timestep
 from distral.envs.vector import DmEnvVector
@@ -343,6 +344,52 @@ def test_distributed_run_on_two_atari_games(tmp_path):
         assert float(r["eval_hns_task_0"]) == pytest.approx((pong + 20.7) / (14.6 + 20.7))
         assert int(r["episodes"]) >= 1
     assert (out / "checkpoints").is_dir() and (out / "curves.png").is_file()
+
+
+def test_apex_dqn_on_atari_pong_through_the_processes(tmp_path):
+    """Ape-X DQN (`algorithm: apex`) on Atari: the 84x84x4 uint8 frame stacks go into its
+    prioritised table as they are, the Nature CNN's dueling head has Pong's 18 actions, and
+    the evaluator process plays it (real ROM, tiny budget; MinAtar's Ape-X runs are tested
+    in tests/test_launch.py)."""
+    out = tmp_path / "apex_atari"
+    sets = [
+        "algorithm=apex",
+        "env.games=[Pong]",
+        "env.max_steps=60",
+        "distributed.envs_per_actor=2",
+        "apex.min_replay_per_task=64",
+        "apex.batch_per_task=8",
+        "apex.replay_per_task=500",
+        "apex.target_update_period=2",
+        "log_every=3",
+        "eval_episodes_per_task=1",
+    ]
+    p = subprocess.run(
+        _cli("launch", "atari_4games.yaml", out, "--max-learner-steps", "6", sets=sets),
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.startswith("distral launch: apex, seed 0"), p.stdout  # not the variant
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "apex" and summary["tasks"] == ["pong"]
+    assert summary["learner_steps"] == 6
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["updates"]) for r in rows] == [3, 6]
+    # The IS exponent 0.4 -> 1 over the 6 steps: steps 0-2 and 3-5 average 0.5 and 0.8.
+    assert [float(r["is_exponent"]) for r in rows] == pytest.approx([0.5, 0.8], abs=1e-5)
+    assert all(float(r["td_abs"]) > 0 for r in rows)
+    # The first sample waited for 64 transitions; 6 steps of 8 at 1 sample per insert add
+    # 48, within the limiter's slack (4 steps' samples + one actor step + 2).
+    assert 64 + 48 - 36 <= summary["env_steps_per_task"] <= 64 + 48 + 36
+    assert rows[-1]["eval_learner_step"] == "6" and -21 <= float(rows[-1]["eval_return"]) <= 0
+    loaded = rundir.load_run(out)
+    assert loaded.experiment.obs_shape == (84, 84, 4)
+    obs = np.zeros((1, 84, 84, 4), np.uint8)
+    q = np.asarray(loaded.experiment.network.apply(loaded.params, obs, np.array([0])))
+    assert q.shape == (1, 18) and np.all(np.isfinite(q))
 
 
 def test_ctrl_c_during_a_long_game_evaluation_stops_within_10_s(tmp_path):

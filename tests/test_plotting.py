@@ -166,6 +166,18 @@ def test_run_label_sources(tmp_path):
     assert plotting.run_label(with_summary) == "kl_2col"
     assert plotting.run_label(interrupted) == "a3c"  # from config.yaml
     assert plotting.run_label(bare) == "c"  # the directory name
+    # Another family's runs are named by their algorithm: their `variant` is the unused
+    # default (an Ape-X run's summary says kl_ent_2col).
+    apex = _make_run(tmp_path, "d", [_row(0, 100, 1.0)], variant="kl_ent_2col")
+    summary = json.loads((apex / "summary.json").read_text())
+    (apex / "summary.json").write_text(json.dumps({**summary, "algorithm": "apex"}))
+    assert plotting.run_label(apex) == "apex"
+    student = _make_run(tmp_path, "e", [_row(0, 100, 1.0)], summary=False)
+    (student / "config.yaml").write_text("algorithm: apex_distill\nvariant: kl_ent_2col\n")
+    assert plotting.run_label(student) == "apex_distill"
+    distral = _make_run(tmp_path, "f", [_row(0, 100, 1.0)], variant="a3c", summary=False)
+    (distral / "config.yaml").write_text("algorithm: distral\nvariant: a3c\n")
+    assert plotting.run_label(distral) == "a3c"
 
 
 def test_run_labels_dedupe_identical_variants(tmp_path):
