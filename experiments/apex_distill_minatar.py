@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from apex_dqn_minatar import held_from  # the moving-mean bar (this directory)
 
 from distral.config import load_config
 from distral.distributed.launch import launch
@@ -87,10 +88,10 @@ def reach(run_dir: Path, task: int = 0) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     teachers = summary["teacher_returns_per_task"]
     target = float(np.nanmean(m["teacher_eval_return"])) if len(teachers) == 1 else teachers[task]
-    smooth = np.convolve(student, np.ones(SMOOTH) / SMOOTH, mode="valid")  # ends at row i+2
-    hit = np.flatnonzero(smooth >= BAR * target)
-    reached = hit.size > 0
-    step = float(steps[hit[0] + SMOOTH - 1]) if reached else float(steps[-1] + np.diff(steps)[-1])
+    step = held_from(steps, student, BAR * target, SMOOTH)
+    reached = np.isfinite(step)
+    if not reached:  # counted one row past the end
+        step = float(steps[-1] + np.diff(steps)[-1])
     last = float(np.mean(student[-SMOOTH:]))
     return {
         "run": str(run_dir),

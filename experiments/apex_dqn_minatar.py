@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distral.compare import steps_to_threshold
 from distral.plotting import pyplot, read_metrics, save_figure
 from distral.stats import ci_text
 
@@ -57,15 +58,15 @@ def run_capped(run_dir: Path, seed: int, game: str, minutes: float, sets: list[s
                 proc.wait()
 
 
-def first_time(minutes: np.ndarray, values: np.ndarray, bar: float, window: int) -> float:
-    """Wall minutes of the first row whose `window`-row moving mean is >= bar (inf if none)."""
+def held_from(x: np.ndarray, values: np.ndarray, bar: float, window: int) -> float:
+    """x at the first row whose `window`-row moving mean of the finite `values` is >= bar
+    (the window's last row; NaN if none)."""
     ok = np.isfinite(values)
-    minutes, values = minutes[ok], values[ok]
+    x, values = x[ok], values[ok]
     if values.size < window:
-        return float("inf")
+        return float("nan")
     smooth = np.convolve(values, np.ones(window) / window, mode="valid")  # ends at row i+w-1
-    hit = np.flatnonzero(smooth >= bar)
-    return float(minutes[hit[0] + window - 1]) if hit.size else float("inf")
+    return steps_to_threshold(x[window - 1 :], smooth, bar)
 
 
 def seed_row(run_dir: Path, bar: float, last: int, minutes_cap: float) -> dict:
@@ -82,8 +83,8 @@ def seed_row(run_dir: Path, bar: float, last: int, minutes_cap: float) -> dict:
         "env_steps": int(m["env_steps_per_task"][inside][-1]),
         "train_last": float(np.mean(train[np.isfinite(train)][-last:])),
         "eval_last": float(np.mean(evals[np.isfinite(evals)][-last:])),
-        "minutes_to_bar_train": first_time(minutes, train, bar, last),
-        "minutes_to_bar_eval": first_time(minutes, evals, bar, last),
+        "minutes_to_bar_train": held_from(minutes, train, bar, last),
+        "minutes_to_bar_eval": held_from(minutes, evals, bar, last),
     }
 
 
@@ -141,7 +142,7 @@ def main() -> None:
         "",
         f"Last rows: the mean of the last {args.last} rows with a value (the row a run "
         "ends on has no evaluation). Minutes to bar: "
-        f"the first row whose {args.last}-row moving mean is >= the bar (inf: never). "
+        f"the first row whose {args.last}-row moving mean is >= the bar (nan: never). "
         f"Every seed at or above the bar on both returns at the end: {'yes' if met else 'no'}.",
     ]
     (out / "table.md").write_text("\n".join(lines) + "\n")
