@@ -114,6 +114,14 @@ def setting_tag(setting: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in setting.items())
 
 
+def setting_dir(setting: dict[str, Any]) -> str:
+    """`setting_tag` as a directory name: without spaces and glob characters, which a run's
+    path must not hold (`rundir.check_globless`): hidden_sizes=[64, 32] -> hidden_sizes=64,32."""
+    from distral.rundir import GLOB_CHARACTERS
+
+    return setting_tag(setting).translate(str.maketrans("", "", GLOB_CHARACTERS + " "))
+
+
 class RunSpec(NamedTuple):
     variant: str
     setting: dict[str, Any]  # the grid values of this run
@@ -156,7 +164,7 @@ def plan(
             setting = dict(zip(axes, values, strict=True))
             overrides: dict[str, Any] = {"variant": name, "seeds": list(range(seeds))}
             config = load_config(config_path, [*sets, *_as_sets(setting)], overrides)
-            base = out / "runs" / name / setting_tag(setting)
+            base = out / "runs" / name / setting_dir(setting)
             if mode == "train":
                 dirs: tuple[Path, ...] = (base,)
             else:
@@ -199,7 +207,7 @@ def _plan_students(
                 f"a distill config on {config.env.name!r} compares with --mode "
                 f"{'train' if config.env.name == 'two_room' else 'launch'}"
             )
-        base = out / "runs" / "distill" / setting_tag(setting)
+        base = out / "runs" / "distill" / setting_dir(setting)
         dirs = (base,) if mode == "train" else tuple(base / f"seed{s}" for s in range(seeds))
         specs.append(RunSpec(setting_tag(setting), setting, config, dirs))
     return specs

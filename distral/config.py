@@ -393,6 +393,10 @@ class TrainConfig:
     hidden_sizes: tuple[int, ...] = _f(
         (64, 64), "MLP torso layer sizes; [] = no hidden layer (heads linear in the input)"
     )
+    torso_width: int | None = _f(
+        None, "units of a CNN torso's last layer (null: 128 minatar_cnn, 512 nature_cnn, "
+        "256 impala_resnet); the mlp torso's sizes are hidden_sizes"
+    )  # fmt: skip
     task_columns: str = _f("separate", "task columns: separate (paper) or shared_torso")
     num_envs_per_task: int = _f(16, "parallel environments per task")
     unroll_length: int = _f(20, "agent steps per unroll (T) before each update")
@@ -494,6 +498,13 @@ class TrainConfig:
         _positive("keep_checkpoints", self.keep_checkpoints)
         if self.hidden_sizes and min(self.hidden_sizes) < 1:
             raise ConfigError(f"hidden_sizes={list(self.hidden_sizes)!r} must be positive sizes")
+        if self.torso_width is not None:
+            _positive("torso_width", self.torso_width)
+            if self.torso == "mlp":
+                raise ConfigError(
+                    f"torso_width={self.torso_width!r} sizes a CNN torso; the mlp torso's "
+                    "layers are hidden_sizes"
+                )
         if not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"discount={self.discount!r} is outside [0, 1]")
         for name in ("learning_rate", "max_grad_norm", "distilled_lr_scale"):

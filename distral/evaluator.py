@@ -108,6 +108,12 @@ class GameEvaluator:
     them in lockstep (one jitted action selection per step) until every episode ended or
     the step limit, and returns the mean return per task. It runs in the learner process
     and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
+
+    Teachers are evaluated paired with the student, as on the two-room: on environments
+    of their own made with the student's seeds, with the student's key, so episode e of
+    both starts alike and draws the same noise (the same Gumbel draws pick both policies'
+    actions). Two equal policies play equal episodes; the gap measures the policies'
+    difference, not two draws of evaluation noise.
     """
 
     def __init__(
@@ -124,12 +130,19 @@ class GameEvaluator:
         self._experiment = experiment
         self._seed = seed
         self._limit = experiment.config.env.step_limit
-        self._envs = [
-            [experiment.make_env(task, seed32(seed, task, e, 1)) for e in range(episodes)]
-            for task in range(experiment.num_tasks)
-        ]  # fmt: skip
+
+        def environments() -> list[list[Any]]:
+            return [
+                [experiment.make_env(task, seed32(seed, task, e, 1)) for e in range(episodes)]
+                for task in range(experiment.num_tasks)
+            ]  # fmt: skip
+
+        self._envs = environments()
         self._select_pi0 = acting.select_action_pi0
-        self._teachers = None if teachers is None else [_teacher_policy(t) for t in teachers]
+        # each task's teacher policy, and its environments: the student's seeds again
+        self._teachers = (
+            None if teachers is None else ([_teacher_policy(t) for t in teachers], environments())
+        )
 
     def _network(self, params: Any, use_pi0: bool) -> Callable[[int], _Act]:
         """Task -> (obs, key) -> actions of pi_i (the family's `select_action`) or pi_0,
@@ -147,12 +160,14 @@ class GameEvaluator:
 
         return for_task
 
-    def _returns(self, policy: Callable[[int], _Act], key: Array) -> np.ndarray:
-        out = np.zeros(self._experiment.num_tasks)
-        for task, envs in enumerate(self._envs):
+    def _returns(
+        self, policy: Callable[[int], _Act], key: Array, environments: list[list[Any]]
+    ) -> np.ndarray:
+        """Each episode's return [N, episodes] (all NaN if a stop came first)."""
+        out = np.zeros((self._experiment.num_tasks, len(environments[0])))
+        for task, envs in enumerate(environments):
             obs = np.stack([np.asarray(env.reset().observation) for env in envs])
             act = policy(task)
-            total = np.zeros(len(envs))
             alive = np.ones(len(envs), bool)
             for _ in range(self._limit):
                 key, sub = jax.random.split(key)
@@ -161,26 +176,33 @@ class GameEvaluator:
                     if not alive[e]:
                         continue
                     ts = env.step(int(action[e]))
-                    total[e] += float(ts.reward)
+                    out[task, e] += float(ts.reward)
                     obs[e] = ts.observation
                     alive[e] = not ts.last()
                 if not alive.any():
                     break
                 if self._should_stop():  # a stop must not wait for long episodes
-                    return np.full(self._experiment.num_tasks, np.nan)
-            out[task] = total.mean()
+                    return np.full_like(out, np.nan)
         return out
+
+    def episode_returns(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pi_i's returns [N, episodes], pi_0's or the teachers' [N, episodes]; NaN where
+        the run has neither) of the evaluation at `log_step`, episode by episode; the
+        teachers' episodes are paired with the student's (the class's docstring)."""
+        k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
+        pi_i = self._returns(self._network(params, use_pi0=False), k_i, self._envs)
+        if self._teachers is not None:
+            policies, environments = self._teachers
+            return pi_i, self._returns(policies.__getitem__, k_i, environments)
+        if not self._experiment.has_pi0:
+            return pi_i, np.full_like(pi_i, np.nan)
+        return pi_i, self._returns(self._network(params, use_pi0=True), k_0, self._envs)
 
     def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`; with
         teachers, (the student's returns, the teachers')."""
-        k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
-        pi_i = self._returns(self._network(params, use_pi0=False), k_i)
-        if self._teachers is not None:
-            return pi_i, self._returns(self._teachers.__getitem__, k_0)
-        if not self._experiment.has_pi0:
-            return pi_i, np.full_like(pi_i, np.nan)
-        return pi_i, self._returns(self._network(params, use_pi0=True), k_0)
+        pi_i, other = self.episode_returns(params, log_step)
+        return pi_i.mean(axis=1), other.mean(axis=1)
 
 
 _Act = Callable[[np.ndarray, Array], Array]  # (observations [B, ...], key) -> actions [B]

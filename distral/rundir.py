@@ -61,8 +61,23 @@ def nanmean(x: np.ndarray) -> float:
     return float(np.mean(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else math.nan
 
 
+GLOB_CHARACTERS = "[]*?"
+
+
+def check_globless(path: Path, what: str) -> None:
+    """orbax finds a run's checkpoints by globbing its directory: under a path with a glob
+    character it saves but finds none, so such a run could not resume or be loaded."""
+    bad = sorted({c for c in str(Path(path).absolute()) if c in GLOB_CHARACTERS})
+    if bad:
+        raise ConfigError(
+            f"{what} {str(path)!r}: a run directory's path must not contain {' '.join(bad)} "
+            "(orbax globs it to find checkpoints)"
+        )
+
+
 def check_run_dir(run_dir: Path, *, resume: bool) -> None:
     """A new run needs a missing or empty directory; a resumed one needs its config."""
+    check_globless(run_dir, "--resume" if resume else "--out")
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there")
@@ -399,6 +414,7 @@ def load_run(run_dir: str | Path, seed: int | None = None) -> LoadedRun:
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{str(path)!r} is not a run directory: no config.yaml there")
+    check_globless(path, "run")
     config = load_run_config(path)
     seed = config.seeds[0] if seed is None else seed
     if seed not in config.seeds:

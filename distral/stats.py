@@ -90,6 +90,25 @@ def mean_ci(
     return Interval(*(np.reshape(a, shape) for a in est))
 
 
+def ratio_ci(
+    numerator: np.ndarray, denominator: np.ndarray, *, reps: int = CI_REPS, seed: int = CI_SEED
+) -> Interval:
+    """mean(numerator) / mean(denominator) of paired samples (a student's and its teacher's
+    returns on the same episodes) and its 95% CI: the same bootstrap, resampling the pairs
+    (a pair's two values stay together, so what they share cancels in the ratio)."""
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"ratio_ci: two 1-D samples of one size, got {a.shape} and {b.shape}")
+    pairs = np.arange(a.size, dtype=float)[:, None]  # resample pair indices [pairs, 1 task]
+
+    def ratio(s: np.ndarray) -> np.ndarray:
+        i = s[:, 0].astype(int)
+        return np.array([a[i].mean() / b[i].mean()])
+
+    est = interval_estimates({"x": pairs}, ratio, reps=reps, seed=seed)["x"]
+    return Interval(*(np.asarray(v)[0] for v in est))
+
+
 def ci_text(values: np.ndarray, fmt: str) -> str:
     """'mean [low, high]' of `mean_ci` over the finite values, each formatted with `fmt`,
     and '(k never)' for the k that are not finite (runs that never got there); 'never'

@@ -7,17 +7,23 @@
    seed, `distral distill experiments/minatar_distill.yaml` (actors with the student and
    their game's teacher, Reverb, the learner) into RUNS/students/TEACHERS/SETTING/seedS,
    where TEACHERS names the teachers' `--teacher-set` settings ("preset" without).
-3. Scores: each finished student, then the teachers, play `--eval-episodes` more episodes
-   per game on the same environments (the run's own 8-episode evaluations are too few to
-   compare two policies), and each game's student score is reported as a fraction of its
-   teacher's, raw and normalised by the uniform-random score (`minatar.RANDOM_SCORES`):
-   (student - random) / (teacher - random).
+3. Scores: each finished student plays `--eval-episodes` more episodes per game, and its
+   teachers play the same episodes (`GameEvaluator`'s pairing: the same environment
+   seeds and action noise; the run's own 8-episode evaluations are too few to compare two
+   policies). Each game's student score is reported as a fraction of its teacher's with a
+   95% CI (`stats.ratio_ci`, the pairs resampled), and normalised by the uniform-random
+   score (`minatar.RANDOM_SCORES`): (student - random) / (teacher - random). A student
+   passes when its fraction is at least 90% on every game.
+4. With more than one setting, a comparison of them: per seed and game, the student's
+   in-run evaluation returns as fractions of the teacher's score (the teachers' scores of
+   every scoring pooled) averaged over the run (AUC), and the scoring's fraction at the
+   end, with the IQM and its 95% CI over seeds x games (rliable), and the curves.
 
-Writes table.md and summary.json to OUT.
+Writes table.md and summary.json (and, comparing, comparison.md and curves.png) to OUT.
 
     .venv/bin/python experiments/distill_minatar.py [--out experiments/results/distill/minatar]
-        [--runs runs/distill_minatar] [--seeds 1] [--settings "kl tau 1,nll"]
-        [--eval-episodes 100] [--set KEY=VALUE ...] [--teacher-set KEY=VALUE ...]
+        [--runs runs/distill_minatar] [--seeds 1] [--settings "kl tau 1,nll" | all]
+        [--eval-episodes 1000] [--set KEY=VALUE ...] [--teacher-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -29,12 +35,16 @@ from pathlib import Path
 
 import numpy as np
 from distill_losses import SETTINGS  # the two-room comparison's settings (this directory)
+from distill_two_room import settings_tag
 
 from distral import rundir
+from distral.compare import iqm_with_ci
 from distral.config import load_config
 from distral.distributed.launch import launch
 from distral.envs.minatar import RANDOM_SCORES
 from distral.evaluator import GameEvaluator
+from distral.plotting import plot_band, pyplot, read_metrics, save_figure
+from distral.stats import mean_ci, ratio_ci
 from distral.teachers import load_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +55,7 @@ def teachers(runs: Path, sets: list[str]) -> list[Path]:
     """The five one-game a3c runs (launched here unless finished), with the preset's
     settings and `sets` (e.g. a3c's learning rate), into a directory named by `sets`."""
     out = []
-    tag = ",".join(sets) or "preset"
+    tag = settings_tag(sets) or "preset"
     for game in GAMES:
         run_dir = runs / "teachers" / tag / game
         if not (run_dir / "summary.json").is_file():
@@ -75,13 +85,96 @@ def student(runs: Path, teacher_dirs: list[Path], setting: str, seed: int, sets:
 
 
 def scores(run_dir: Path, episodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(student, teachers) mean returns per game over `episodes` episodes each, played one
-    after the other on the same environments."""
+    """(student, teachers) returns [games, episodes], the teachers' episodes paired with
+    the student's (the same seeds and action noise)."""
     run = rundir.load_run(run_dir)
     config = run.experiment.config
     found = load_teachers(config.distill.teachers, run.experiment, config.distill.teacher_seed)
     evaluate = GameEvaluator(run.experiment, episodes, 10_000 + config.seeds[0], teachers=found)
-    return evaluate(run.params, 0)
+    return evaluate.episode_returns(run.params, 0)
+
+
+def compare(runs: dict[tuple[str, int], Path], rows: list[dict], out: Path) -> list[str]:
+    """The settings side by side (step 4): comparison.md lines, curves.png. The in-run
+    evaluations are divided by the teachers' scores of every scoring pooled (a teacher's
+    episodes depend on the seed, not on the student, so there are `seeds` samples); the
+    final fractions are the scorings' paired ones."""
+    teacher = np.mean([r["teacher"] for r in rows], axis=0)
+    settings = list(dict.fromkeys(s for s, _ in runs))
+    curves: dict[str, np.ndarray] = {}
+    steps: dict[str, np.ndarray] = {}
+    for setting in settings:
+        per_seed = []
+        for (name, _), run_dir in runs.items():
+            if name == setting:
+                m = read_metrics(run_dir)
+                done = np.isfinite(m["eval_learner_step"])  # rows with an evaluation
+                returns = [m[f"eval_return_task_{g}"][done] for g in range(len(GAMES))]
+                per_seed.append(np.stack(returns, 1) / teacher)
+                steps[setting] = m["env_steps_per_task"][done]
+        n = min(len(c) for c in per_seed)
+        curves[setting] = np.stack([c[:n] for c in per_seed])  # [seeds, rows, games]
+    auc = {k: c.mean(axis=1) for k, c in curves.items()}
+    final = {k: np.array([r["fraction"] for r in rows if r["setting"] == k]) for k in settings}
+    auc_ci, final_ci = iqm_with_ci(auc), iqm_with_ci(final)
+    lines = [
+        "| setting | AUC: IQM fraction of teacher over the run [95% CI] "
+        "| final: IQM fraction [95% CI] | seeds with every game >= 90% |",
+        "|---|---|---|---|",
+    ]
+    for k in settings:
+        a, f = auc_ci[k], final_ci[k]
+        ok = sum(min(r["fraction"]) >= 0.9 for r in rows if r["setting"] == k)
+        lines.append(
+            f"| {k} | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
+            f"| {f[0]:.3f} [{f[1]:.3f}, {f[2]:.3f}] | {ok}/{len(final[k])} |"
+        )
+    lines += [
+        "",
+        "Fractions of the teacher's score per seed and game: over the run, the student's "
+        "in-run evaluations (8 episodes a row) over the teachers' scores of every scoring "
+        "pooled; final, the scoring's paired fraction. IQM and 95% CI over seeds x games "
+        "(rliable).",
+    ]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, c in curves.items():
+        band = mean_ci(c.mean(axis=2))  # the mean over games, a band over seeds
+        plot_band(ax, steps[k][: c.shape[1]], tuple(band), label=k)
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("environment steps per game")
+    ax.set_ylabel("student return / teacher score (mean over 5 games)")
+    ax.set_title(f"MinAtar: distillation losses ({len(next(iter(auc.values())))} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "curves.png")
+    plt.close(fig)
+    return lines
+
+
+def table(rows: list[dict], episodes: int) -> list[str]:
+    """table.md's lines: per setting and seed, student / teacher and the fraction per game."""
+    lines = [
+        "| setting | seed | " + " | ".join(GAMES) + " | every game >= 90% |",
+        "|---|---|" + "---|" * len(GAMES) + "---|",
+    ]
+    for r in rows:
+        cells = [
+            f"{s:.2f} / {t:.2f} ({f:.1%} [{lo:.0%}, {hi:.0%}])"
+            for s, t, f, lo, hi in zip(
+                r["student"], r["teacher"], r["fraction"], r["fraction_low"],
+                r["fraction_high"], strict=True,
+            )
+        ]  # fmt: skip
+        ok = "yes" if min(r["fraction"]) >= 0.9 else "no"
+        lines.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells) + f" | {ok} |")
+    lines.append("")
+    lines.append(
+        f"Cells: student / teacher mean return over {episodes} episodes per game "
+        "(paired: the same environment seeds and action noise), and the student's fraction "
+        "of the teacher's with its 95% CI (the pairs resampled)."
+    )
+    return lines
 
 
 def main() -> None:
@@ -90,7 +183,7 @@ def main() -> None:
     p.add_argument("--runs", default=str(ROOT / "runs/distill_minatar"))
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--settings", default="kl tau 1")
-    p.add_argument("--eval-episodes", type=int, default=100)
+    p.add_argument("--eval-episodes", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--teacher-set", action="append", default=[], metavar="KEY=VALUE",
@@ -100,17 +193,20 @@ def main() -> None:
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     settings = [s.strip() for s in args.settings.split(",")]
+    settings = list(SETTINGS) if settings == ["all"] else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         p.error(f"--settings: unknown {unknown[0]!r}; valid: {', '.join(SETTINGS)}")
     t0 = time.perf_counter()
     teacher_dirs = teachers(runs, args.teacher_set)
     random = np.array([RANDOM_SCORES[g] for g in GAMES])
-    rows = []
+    rows, run_dirs = [], {}
     for setting in settings:
         for seed in range(args.seeds):
-            run_dir = student(runs, teacher_dirs, setting, seed, args.set)
-            s, t = scores(run_dir, args.eval_episodes)
+            run_dir = run_dirs[setting, seed] = student(runs, teacher_dirs, setting, seed, args.set)
+            s_eps, t_eps = scores(run_dir, args.eval_episodes)
+            s, t = s_eps.mean(axis=1), t_eps.mean(axis=1)
+            ci = [ratio_ci(a, b) for a, b in zip(s_eps, t_eps, strict=True)]
             summary = json.loads((run_dir / "summary.json").read_text())
             rows.append(
                 {
@@ -119,6 +215,8 @@ def main() -> None:
                     "student": s.tolist(),
                     "teacher": t.tolist(),
                     "fraction": (s / t).tolist(),
+                    "fraction_low": [float(c.low) for c in ci],
+                    "fraction_high": [float(c.high) for c in ci],
                     # NaN where the teacher is no better than random (nothing to keep)
                     "normalised": [
                         (a - r) / (b - r) if b > r else None
@@ -130,22 +228,7 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    lines = [
-        "| setting | seed | " + " | ".join(GAMES) + " | every game >= 90% |",
-        "|---|---|" + "---|" * len(GAMES) + "---|",
-    ]
-    for r in rows:
-        cells = [
-            f"{s:.2f} / {t:.2f} ({f:.0%})"
-            for s, t, f in zip(r["student"], r["teacher"], r["fraction"], strict=True)
-        ]
-        ok = "yes" if min(r["fraction"]) >= 0.9 else "no"
-        lines.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells) + f" | {ok} |")
-    lines.append("")
-    lines.append(
-        f"Cells: student / teacher mean return over {args.eval_episodes} episodes per game "
-        "(the same environments), and the student's fraction of the teacher's."
-    )
+    lines = table(rows, args.eval_episodes)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     summary = {
         "rows": rows,
@@ -154,8 +237,12 @@ def main() -> None:
         "eval_episodes": args.eval_episodes,
         "sets": args.set,
         "teacher_sets": args.teacher_set,
-        "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    if len(settings) > 1:
+        compared = compare(run_dirs, rows, out)
+        (out / "comparison.md").write_text("\n".join(compared) + "\n")
+        lines += ["", *compared]
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
 

@@ -1,8 +1,10 @@
 """Two-room policy distillation: students of four sizes distilled from finished a3c runs.
 
-Trains the teachers if OUT/teacher has none (`distral train experiments/two_room.yaml
---variant a3c`, seeds 0-4, one program), then for each student size (the shared torso's
-hidden layer) and each seed s distils teacher seed s into a student of seed s
+Trains the teachers if RUNS/teacher has none (`distral train experiments/two_room.yaml
+--variant a3c`, seeds 0-4, one program; with `--teacher-set KEY=VALUE`, e.g. a hidden
+layer, into RUNS/teachers/SETTINGS and their students under RUNS/students/SETTINGS), then
+for each student size (the shared torso's hidden layer) and each seed s distils teacher
+seed s into a student of seed s
 (`experiments/two_room_distill.yaml`, KL at tau 1, the student acting), and writes the
 compression table (table.md, summary.json) and the students' learning curves
 (curves.png): student and teachers' parameter counts, mean returns, and the worst per-task
@@ -12,7 +14,7 @@ difference, not two draws of evaluation noise.
 
     .venv/bin/python experiments/distill_two_room.py [--out experiments/results/distill/two_room]
         [--runs runs/distill_two_room] [--seeds 5] [--sizes 64,16,5,1] [--eval-episodes 64]
-        [--set KEY=VALUE ...]
+        [--set KEY=VALUE ...] [--teacher-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -25,31 +27,42 @@ from pathlib import Path
 import numpy as np
 
 from distral import distill, train
+from distral.compare import setting_dir
 from distral.config import load_config
 from distral.plotting import learning_curve, plot_band, pyplot, read_metrics, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def teachers(runs: Path, seeds: int) -> Path:
-    """The a3c teacher run (trained here unless RUNS/teacher holds a finished one)."""
-    run_dir = runs / "teacher"
+def settings_tag(sets: list[str] | tuple[str, ...]) -> str:
+    """A directory name for `--set`-style settings (`compare.setting_dir`: hidden_sizes=[64]
+    -> hidden_sizes=64, since a run's path must not hold glob characters)."""
+    return setting_dir(dict(s.split("=", 1) for s in sets))
+
+
+def teachers(runs: Path, seeds: int, sets: tuple[str, ...] = ()) -> Path:
+    """The a3c teacher run with the preset's settings and `sets` (trained here unless
+    RUNS/teacher, or RUNS/teachers/SETTINGS, holds a finished one)."""
+    run_dir = runs / "teachers" / settings_tag(sets) if sets else runs / "teacher"
     if not (run_dir / "summary.json").is_file():
         config = load_config(
             ROOT / "experiments" / "two_room.yaml",
+            list(sets),
             overrides={"variant": "a3c", "seeds": list(range(seeds))},
         )
         train.run(config, run_dir, progress=False)
     return run_dir
 
 
-def student_dir(runs: Path, size: int, seed: int) -> Path:
-    return runs / "students" / f"h{size}" / f"seed{seed}"
+def student_dir(runs: Path, size: int, seed: int, tag: str = "") -> Path:
+    return runs / "students" / tag / f"h{size}" / f"seed{seed}"
 
 
-def student(runs: Path, teacher: Path, size: int, seed: int, sets: list[str], episodes: int):
+def student(
+    runs: Path, teacher: Path, size: int, seed: int, sets: list[str], episodes: int, tag: str
+):
     """summary.json of the student of hidden size `size` distilled from teacher seed `seed`."""
-    run_dir = student_dir(runs, size, seed)
+    run_dir = student_dir(runs, size, seed, tag)
     if not (run_dir / "summary.json").is_file():
         overrides = {
             "seeds": [seed],
@@ -70,16 +83,21 @@ def main() -> None:
     p.add_argument("--sizes", default="64,16,5,1")
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the teachers' a3c run (RUNS/teachers/SETTINGS)",
+    )  # fmt: skip
     args = p.parse_args()
     out, run_root = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    teacher = teachers(run_root, args.seeds)
+    teacher = teachers(run_root, args.seeds, tuple(args.teacher_set))
+    tag = settings_tag(args.teacher_set)
     rows = []
     sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
         runs = [
-            student(run_root, teacher, size, s, args.set, args.eval_episodes)
+            student(run_root, teacher, size, s, args.set, args.eval_episodes, tag)
             for s in range(args.seeds)
         ]
         gaps = np.array(
@@ -114,19 +132,26 @@ def main() -> None:
             f"| {r['worst_gap']:.3f} | {r['seeds_within_0.05']}/{args.seeds} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    curves(out / "curves.png", run_root, sizes, args.seeds, rows)
-    summary = {"rows": rows, "seeds": args.seeds, "sets": args.set}
+    curves(out / "curves.png", run_root, sizes, args.seeds, rows, tag)
+    summary = {
+        "rows": rows,
+        "seeds": args.seeds,
+        "sets": args.set,
+        "teacher_sets": args.teacher_set,
+    }
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
 
 
-def curves(path: Path, runs: Path, sizes: list[int], seeds: int, rows: list[dict]) -> None:
+def curves(
+    path: Path, runs: Path, sizes: list[int], seeds: int, rows: list[dict], tag: str
+) -> None:
     """Students' evaluation return (mean and 95% CI over seeds) per size; the teachers'."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for size, row in zip(sizes, rows, strict=True):
-        tables = [read_metrics(student_dir(runs, size, s)) for s in range(seeds)]
+        tables = [read_metrics(student_dir(runs, size, s, tag)) for s in range(seeds)]
         merged = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
         x, mean, low, high, _ = learning_curve(merged, "eval_return")
         label = f"student h={size} ({row['ratio']:.2f}x teachers' parameters)"

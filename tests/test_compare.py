@@ -59,6 +59,10 @@ def test_parse_grid():
     for bad in ("3,10", "beta=", "beta=1,beta=2", "=1"):
         with pytest.raises(CompareError):
             parse_grid(bad)
+    # a label keeps a list's brackets; a run directory's name may not (orbax globs it)
+    setting = {"hidden_sizes": [64, 32], "beta": 3}
+    assert compare.setting_tag(setting) == "hidden_sizes=[64, 32],beta=3"
+    assert compare.setting_dir(setting) == "hidden_sizes=64,32,beta=3"
 
 
 def test_default_grid_gives_every_variant_nine_settings(tiny_config, tmp_path):

@@ -52,6 +52,8 @@ def test_yaml_round_trip(tmp_path):
         (["env.name=minatar", "torso=minatar_cnn", "env.games=[pacman]"], "env.games: unknown"),
         (["variant=kl_ent_2col", "alpha=2"], "alpha=2.0 is outside [0, 1]"),
         (["distilled_lr_scale=0"], "distilled_lr_scale=0.0 must be > 0"),
+        (["torso_width=0", "env.name=minatar", "torso=minatar_cnn"], "torso_width=0 must be >= 1"),
+        (["torso_width=256"], "torso_width=256 sizes a CNN torso; the mlp torso's layers are"),
         (["nokey"], "--set 'nokey' must look like key=value"),
     ],
 )

@@ -21,7 +21,7 @@ from small_runs import write_launch_run
 from distral import config as cfg
 from distral import distill, rundir, teachers
 from distral.distributed import replay
-from distral.distributed.actor import Actor, VariableClient
+from distral.distributed.actor import Actor, ReplayWriter, VariableClient
 from distral.evaluator import _teacher_policy
 from distral.experiment import make_experiment
 
@@ -267,6 +267,19 @@ class _Record:
         pass
 
 
+class _Fixed(VariableClient):
+    """An actor's parameters (a student's one-task slice) at a fixed step, no server."""
+
+    def __init__(self, params, step) -> None:
+        self.params, self.step = params, step
+
+    def refresh(self, timeout=None) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+
 def _teacher(experiment, dim):
     """A hand-made teacher: logits favour action 2 by 30 nats; features = the first `dim`
     observation cells (x 3)."""
@@ -294,22 +307,12 @@ def test_the_actor_acts_as_told_and_writes_its_teachers_labels(distill_section, 
     experiment = distill.student_experiment(experiment, hand_made)
     params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
 
-    class Fixed(VariableClient):  # the student's initial parameters, no server
-        def __init__(self) -> None:
-            self.params, self.step = experiment.network.task_params(params, 0), 7
-
-        def refresh(self, timeout=None) -> None:
-            pass
-
-        def update(self) -> None:
-            pass
-
     record = _Record()
     actor = Actor(
         experiment.make_vector_env(0, 16, seed=0),
         0,
         experiment.network,
-        Fixed(),
+        _Fixed(experiment.network.task_params(params, 0), 7),
         record,
         seed=0,
         policy=distill.actor_policy(experiment, hand_made[0]),
@@ -449,3 +452,53 @@ def _random_heads(params):
     heads = {k: jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params[k])
              for k in ("value", "advantage")}  # fmt: skip
     return {**params, **heads}
+
+
+def test_an_atari_student_writes_uint8_frame_stacks_with_their_teachers_labels(tmp_path):
+    """The student's actor on Atari (real Pong ROM, the Nature CNN): its items in the
+    game's teacher-sample table hold the 84x84x4 uint8 frame stacks as they are, and each
+    sampled state's label is the teacher's output on that very state. The teacher is a real
+    Atari a3c run directory (written in process), the server a real in-process Reverb."""
+    preset = ROOT / "experiments" / "atari_4games.yaml"
+    write_launch_run(
+        tmp_path / "pong", cfg.load_config(preset, ["variant=a3c", "env.games=[Pong]"])
+    )
+    sets = [
+        "algorithm=distill",
+        "env.games=[Pong]",
+        "unroll_length=2",
+        "distributed.envs_per_actor=2",
+        "distill.batch_per_task=4",
+        "distill.replay_per_task=20",
+        f"distill.teachers=[{tmp_path / 'pong'}]",
+    ]
+    experiment, found = distill.experiment_and_teachers(cfg.load_config(preset, sets))
+    assert found is not None and experiment.observation_spec.dtype == np.uint8
+    params = experiment.network.init(jax.random.PRNGKey(0), experiment.example_obs)
+    server = replay.start_server(replay.make_replay_tables(experiment))
+    client = reverb.Client(replay.server_address(server))
+    try:
+        items = replay.SampleWriter(client, 0)
+        actor = Actor(
+            experiment.make_vector_env(0, 2, seed=0),
+            0,
+            experiment.network,
+            _Fixed(experiment.network.task_params(params, 0), 3),
+            ReplayWriter(client, items),
+            seed=0,
+            policy=distill.actor_policy(experiment, found[0]),
+        )
+        actor.run(max_steps=4)  # 4 items of 2 states: a learner step's 2 items, and slack
+        items.flush()
+        sampler = replay.TeacherSampler(client, 1, items_per_update=2)
+        assert sampler.wait(lambda: False)
+        batch, params_step, _ = sampler.sample()
+        assert batch.observation.dtype == np.uint8 and batch.observation.shape == (4, 84, 84, 4)
+        assert batch.observation.any() and (params_step == 3).all()
+        want, _ = found[0].apply(found[0].params, jnp.asarray(batch.observation))
+        assert want.shape == (4, 18)
+        np.testing.assert_allclose(batch.teacher_outputs, want, rtol=1e-5, atol=1e-6)
+        assert np.ptp(np.asarray(want), axis=0).max() > 0  # states the teacher tells apart
+        items.close()
+    finally:
+        server.stop()

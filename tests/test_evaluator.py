@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from distral.config import EnvConfig, TrainConfig, load_config
+from distral.core import acting
 from distral.core.learning import init_training_state
 from distral.evaluator import Evaluator, GameEvaluator, evaluation_key, make_evaluator
 from distral.experiment import make_experiment, seed32
@@ -120,25 +121,38 @@ def test_game_evaluator_walks_each_episode_to_its_own_end(variant):
         return np.mean([walk(p, GOALS[task], action, grid=WIDE) for p in starts(task, passes)])
 
     np.testing.assert_allclose(pi_i, [expected(i, PI_I_ACTIONS[i], 1) for i in range(2)], rtol=1e-5)
+    # episode by episode: each environment's own walk (a fresh evaluator, the first resets)
+    each, each_0 = GameEvaluator(experiment, episodes, seed).episode_returns(
+        _deterministic_params(experiment), 1
+    )
+    walks = [
+        [walk(p, GOALS[i], PI_I_ACTIONS[i], grid=WIDE) for p in starts(i, 1)] for i in range(2)
+    ]
+    np.testing.assert_allclose(each, walks, rtol=1e-5)
     if variant == "a3c":
         assert np.isnan(pi_0).all()
     else:
         assert {(1, 1), (1, 3)} <= set(starts(1, 2))  # both episode lengths occur
         want_0 = [expected(i, PI_0_ACTION, 2) for i in range(2)]
         np.testing.assert_allclose(pi_0, want_0, rtol=1e-5)
+        walks_0 = [[walk(p, GOALS[1], PI_0_ACTION, grid=WIDE) for p in starts(1, 2)]]
+        np.testing.assert_allclose(each_0[1:], walks_0, rtol=1e-5)  # episodes of both lengths
+        assert len(set(np.round(each_0[1], 5))) == 2
     stopped = GameEvaluator(experiment, episodes, seed, should_stop=lambda: True)
     assert np.isnan(stopped(_deterministic_params(experiment), 1)[0]).all()
     # A distillation student's evaluator: each task's teacher plays where pi_0 would (task
-    # 0's teacher goes right, task 1's left: neither is pi_0's nor pi_i's walk).
+    # 0's teacher goes right, task 1's left: neither is pi_0's nor pi_i's walk), paired
+    # with the student: on environments of its own with the student's seeds, so from the
+    # student's starts (the first resets), not from a second reset as pi_0.
     teacher_actions = [RIGHT, LEFT]
     hand_made = [_teacher(experiment, i, a) for i, a in enumerate(teacher_actions)]
     student, teacher = GameEvaluator(experiment, episodes, seed, teachers=hand_made)(
         _deterministic_params(experiment), 1
     )
     np.testing.assert_allclose(student, pi_i, rtol=1e-6)
-    want = [expected(i, teacher_actions[i], 2) for i in range(2)]
+    want = [expected(i, teacher_actions[i], 1) for i in range(2)]
     np.testing.assert_allclose(teacher, want, rtol=1e-5)
-    assert want[1] != expected(1, PI_0_ACTION, 2)
+    assert want[1] != expected(1, PI_0_ACTION, 2) and want[1] != expected(1, LEFT, 2)
 
 
 def _teacher(experiment, task, action):
@@ -221,6 +235,26 @@ def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_
 
     teachers = [AlwaysUp(), AlwaysUp()]
     _, with_teachers = make_evaluator(experiment, 2, 0, teachers=teachers)(state.params, 1)
+    # Paired: a teacher that is the student's own pi_i plays the student's very episodes
+    # (the same starts, sticky actions and action noise), episode by episode.
+    network = experiment.network
+
+    class Itself:
+        outputs = "logits"
+
+        def __init__(self, task):
+            self.params = network.task_params(state.params, task)
+
+        @staticmethod
+        def apply(params, obs):
+            key = jax.random.PRNGKey(0)  # unused: only the logits are kept
+            logits = acting.select_action(params, obs, np.int32(0), key, network=network)[1]
+            return logits, jnp.zeros((obs.shape[0], 1))
+
+    paired = GameEvaluator(experiment, 8, 3, teachers=[Itself(0), Itself(1)])
+    student, itself = paired.episode_returns(state.params, 2)
+    np.testing.assert_array_equal(itself, student)
+    assert len(set(student[0])) > 1  # random Breakout episodes: returns that differ
     # Freeway's chicken that always moves up crosses the road about 3 times in 200 steps.
     _, pi_0 = make_evaluator(experiment, 2, 0)(state.params, 1)
     assert with_teachers[1] >= 2 and with_teachers[1] > pi_0[1] + 1

@@ -1,5 +1,7 @@
 """Tests for distral.networks: shapes, the 2col formula, task selection and isolation."""
 
+from pathlib import Path
+
 import flax.linen as nn
 import haiku as hk
 import jax
@@ -359,6 +361,30 @@ def test_nature_cnn_shape_and_uint8_scaling():
     scaled = apply(params, pixels.astype(jnp.float32) / 255.0)
     np.testing.assert_allclose(features, scaled, rtol=1e-5, atol=1e-6)
     assert not np.allclose(features, apply(params, pixels.astype(jnp.float32)))
+
+
+def test_torso_width_sizes_the_cnns_last_layer():
+    """`torso_width` (config) -> each CNN's last dense layer; None keeps the papers' sizes.
+    MinAtar's: a 3x3 VALID conv of 16 channels on 10x10 -> 8 * 8 * 16 = 1,024 inputs."""
+    from distral.config import load_config
+    from distral.core.algorithm import torso_of
+
+    frames = jnp.zeros((2, 10, 10, 4))
+    for width, units in ((None, 128), (512, 512)):
+        torso = networks.make_torso("minatar_cnn", width=width)
+        params = torso.init(jax.random.PRNGKey(0), frames)
+        assert params["Dense_0"]["kernel"].shape == (1024, units)
+        assert torso.apply(params, frames).shape == (2, units)
+        count = sum(x.size for x in jax.tree.leaves(params))
+        assert count == 3 * 3 * 4 * 16 + 16 + 1024 * units + units
+    pixels = jnp.zeros((1, 84, 84, 4), jnp.uint8)
+    nature = networks.make_torso("nature_cnn", width=64)
+    assert nature.apply(nature.init(jax.random.PRNGKey(0), pixels), pixels).shape == (1, 64)
+    impala = networks.make_torso("impala_resnet", width=32)
+    assert impala.apply(impala.init(jax.random.PRNGKey(0), pixels), pixels).shape == (1, 32)
+    preset = Path(__file__).resolve().parents[1] / "experiments" / "minatar_distill.yaml"
+    torso = torso_of(load_config(preset, ["torso_width=256"]))
+    assert torso.apply(torso.init(jax.random.PRNGKey(0), frames), frames).shape == (2, 256)
 
 
 def _lax_impala(params, x):

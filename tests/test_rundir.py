@@ -51,6 +51,26 @@ def test_checkpoints_are_named_by_key_path_and_restore_exactly(tmp_path):
     ckpt.close()
 
 
+def test_a_path_with_a_glob_character_is_refused_because_orbax_loses_its_checkpoints(
+    tmp_path,
+):
+    """Why `check_globless` exists: under "a[1]" orbax saves a checkpoint and then lists
+    none (it globs the directory). If orbax fixes that, this test fails and the check can
+    go."""
+    ckpt = Checkpoints(tmp_path / "a[1]" / "checkpoints")
+    ckpt.save(1, {"train": _state(1)})
+    ckpt.close()
+    assert (tmp_path / "a[1]" / "checkpoints" / "1").is_dir()
+    assert Checkpoints(tmp_path / "a[1]" / "checkpoints").latest_step() is None  # a reader
+    for name in ("a[1]", "b*", "c?"):
+        with pytest.raises(cfg.ConfigError, match=r"^--out .* must not contain [\[\]*?]"):
+            rundir.check_run_dir(tmp_path / name, resume=False)
+    with pytest.raises(cfg.ConfigError, match=r"^run .*a\[1\].* must not contain \[ \]"):
+        (tmp_path / "a[1]" / "config.yaml").write_text("{}")
+        rundir.load_run(tmp_path / "a[1]")
+    rundir.check_run_dir(tmp_path / "plain=1,x", resume=False)  # = and , are fine
+
+
 def test_a_checkpoint_in_the_earlier_flat_layout_still_restores(tmp_path):
     """Before key paths, a part's leaves were stored in order as `state_0000`, ..."""
     like = _state(0)

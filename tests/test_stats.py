@@ -53,6 +53,35 @@ def test_mean_ci_hand_numbers():
     assert [a.shape for a in stats.mean_ci(np.zeros((3, 0)))] == [(0,)] * 3
 
 
+def test_ratio_ci_resamples_the_pairs_together():
+    rng = np.random.default_rng(5)
+    teacher = rng.exponential(1.2, 40)
+    student = 0.9 * teacher + rng.normal(0.0, 0.1, 40)  # paired: mostly what the teacher got
+    got = stats.ratio_ci(student, teacher, reps=400, seed=3)
+    # the plain bootstrap of the pairs, the same draws (one [40, 1] index array each)
+    np.random.seed(3)  # noqa: NPY002
+    ratios = []
+    for _ in range(400):
+        idx = np.random.choice(40, (40, 1), replace=True)[:, 0]  # noqa: NPY002
+        ratios.append(sum(student[idx]) / sum(teacher[idx]))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    want = (student.mean() / teacher.mean(), low, high)
+    np.testing.assert_allclose(tuple(got), want, rtol=1e-12)
+    assert got.low < got.point < got.high and got.point.shape == ()
+    # Large samples: the delta method's mean +- 1.96 SE with the pairs' covariance, far
+    # narrower than if the two samples were independent.
+    b = rng.normal(10.0, 4.0, 4000)
+    a = 0.9 * b + rng.normal(0.0, 1.0, 4000)
+    r = a.mean() / b.mean()
+    se = np.sqrt(np.var(a - r * b) / 4000) / b.mean()
+    big = stats.ratio_ci(a, b)
+    np.testing.assert_allclose((big.low, big.high), (r - 1.96 * se, r + 1.96 * se), atol=0.2 * se)
+    independent = r * np.sqrt(a.var() / a.mean() ** 2 / 4000 + b.var() / b.mean() ** 2 / 4000)
+    assert big.high - big.low < 0.5 * 2 * 1.96 * independent
+    with pytest.raises(ValueError, match=r"\(3,\) and \(4,\)"):
+        stats.ratio_ci(np.ones(3), np.ones(4))
+
+
 def test_intervals_are_seeded_and_leave_the_global_generator_alone():
     x = np.random.default_rng(0).normal(size=(8, 3))
     np.random.seed(123)  # noqa: NPY002

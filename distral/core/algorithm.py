@@ -34,7 +34,7 @@ import optax
 
 from distral.core import acting, apex, distillation, learning
 from distral.core.losses import LossConfig, LossMetrics
-from distral.core.networks import make_torso
+from distral.core.networks import Torso, make_torso
 from distral.core.variants import Variant, get_variant
 
 # T+1 steps of one environment (IMPALA); one state with its teacher's outputs (distillation);
@@ -68,6 +68,11 @@ class Algorithm(NamedTuple):
     per_task_metrics: tuple[str, ...]
 
 
+def torso_of(config: Any) -> Torso:
+    """The config's torso: `torso`, with `hidden_sizes` (mlp) or `torso_width` (the CNNs)."""
+    return make_torso(config.torso, hidden_sizes=config.hidden_sizes, width=config.torso_width)
+
+
 # DISTRAL
 
 
@@ -80,7 +85,7 @@ def build_distral(config: Any, num_tasks: int, num_actions: int) -> Parts:
         variant,
         num_tasks=num_tasks,
         num_actions=num_actions,
-        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        torso=torso_of(config),
         task_columns=config.task_columns,
         task_column_output=config.task_column_output,
         num_subpolicies=config.gated.num_subpolicies,
@@ -168,7 +173,7 @@ def build_distill(config: Any, num_tasks: int, num_actions: int) -> Parts:
     settings = config.distill
     network = distillation.student_network(
         settings.heads,
-        torso=make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        torso=torso_of(config),
         num_tasks=num_tasks,
         num_actions=num_actions,
     )
@@ -215,7 +220,7 @@ def build_apex(config: Any, num_tasks: int, num_actions: int) -> Parts:
     (`dataclasses.replace(parts.learner_config, is_exponent_steps=budget)`)."""
     settings = config.apex
     network = apex.dueling_network(
-        make_torso(config.torso, hidden_sizes=config.hidden_sizes),
+        torso_of(config),
         num_tasks,
         num_actions,
         settings.hidden,

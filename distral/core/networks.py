@@ -116,7 +116,10 @@ class MLP(nn.Module):
 
 
 class NatureCNN(nn.Module):
-    """The DQN torso of Mnih et al. (2015): input [B, H, W, C] -> features [B, 512]."""
+    """The DQN torso of Mnih et al. (2015): input [B, H, W, C] -> features [B, width]
+    (512 in the paper)."""
+
+    width: int = 512
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -125,19 +128,22 @@ class NatureCNN(nn.Module):
         x = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding="VALID")(x))
         x = nn.relu(nn.Conv(64, (3, 3), strides=(1, 1), padding="VALID")(x))
         x = x.reshape((x.shape[0], -1))
-        return nn.relu(nn.Dense(512)(x))
+        return nn.relu(nn.Dense(self.width)(x))
 
 
 class MinAtarCNN(nn.Module):
     """The MinAtar torso of Young and Tian (2019, arXiv:1903.03176): a 3x3 convolution with
-    16 channels and a 128-unit layer; input [B, 10, 10, C] -> features [B, 128]."""
+    16 channels and a dense layer of `width` units (128 in the paper); input
+    [B, 10, 10, C] -> features [B, width]."""
+
+    width: int = 128
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = _as_float(x)
         x = nn.relu(nn.Conv(16, (3, 3), strides=(1, 1), padding="VALID")(x))
         x = x.reshape((x.shape[0], -1))
-        return nn.relu(nn.Dense(128)(x))
+        return nn.relu(nn.Dense(self.width)(x))
 
 
 class _ResidualBlock(nn.Module):
@@ -169,16 +175,19 @@ class ImpalaResNet(nn.Module):
         return nn.relu(nn.Dense(self.hidden_size)(x))
 
 
-def make_torso(kind: str, *, hidden_sizes: Sequence[int] = (64, 64)) -> Torso:
-    """Builds a named torso; `hidden_sizes` is used by 'mlp' only."""
+def make_torso(
+    kind: str, *, hidden_sizes: Sequence[int] = (64, 64), width: int | None = None
+) -> Torso:
+    """Builds a named torso; `hidden_sizes` is used by 'mlp' only, `width` (the units of
+    the last dense layer; None: the torso's own) by the others."""
     if kind == "mlp":
         return flax_torso(MLP(hidden_sizes=tuple(hidden_sizes)))
     if kind == "nature_cnn":
-        return flax_torso(NatureCNN())
+        return flax_torso(NatureCNN() if width is None else NatureCNN(width=width))
     if kind == "impala_resnet":
-        return flax_torso(ImpalaResNet())
+        return flax_torso(ImpalaResNet() if width is None else ImpalaResNet(hidden_size=width))
     if kind == "minatar_cnn":
-        return flax_torso(MinAtarCNN())
+        return flax_torso(MinAtarCNN() if width is None else MinAtarCNN(width=width))
     raise ValueError(f"unknown torso {kind!r}; valid choices: {', '.join(TORSOS)}")
 
 
