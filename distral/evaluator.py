@@ -5,7 +5,9 @@ arXiv:1707.04175; DESIGN.md section 3).
 distributed learner jits it as is. Each evaluation runs `episodes` fresh episodes per task
 to the time limit (no auto-reset) and returns the mean undiscounted return per task.
 Keys are a function of the seed and the log step alone (`evaluation_key`), so a resumed run
-evaluates exactly as an uninterrupted one.
+evaluates exactly as an uninterrupted one: on the two-room, and a distillation student on
+the games. Other game runs' `GameEvaluator` keeps its environments across evaluations, whose
+random state a resumed run starts afresh.
 """
 
 from __future__ import annotations
@@ -109,11 +111,14 @@ class GameEvaluator:
     the step limit, and returns the mean return per task. It runs in the learner process
     and blocks it meanwhile: keep `eval_episodes_per_task` small for Atari.
 
-    Teachers are evaluated paired with the student, as on the two-room: on environments
-    of their own made with the student's seeds, with the student's key, so episode e of
-    both starts alike and draws the same noise (the same Gumbel draws pick both policies'
-    actions). Two equal policies play equal episodes; the gap measures the policies'
-    difference, not two draws of evaluation noise.
+    Teachers are evaluated paired with the student, as on the two-room: a student's
+    evaluation builds its environments and its teachers' afresh, with the same seeds
+    (from the evaluator's seed, the task, the episode and the log step), and each game's
+    teacher starts from the key the student's game started with, so episode e of both
+    starts alike, meets the same environment randomness, and picks its actions with the
+    same Gumbel draws. Two equal policies play equal episodes, at every evaluation; the
+    gap measures the policies' difference, not two draws of evaluation noise. Runs without
+    teachers keep one set of environments across evaluations, as before.
     """
 
     def __init__(
@@ -131,18 +136,20 @@ class GameEvaluator:
         self._seed = seed
         self._limit = experiment.config.env.step_limit
 
-        def environments() -> list[list[Any]]:
-            return [
-                [experiment.make_env(task, seed32(seed, task, e, 1)) for e in range(episodes)]
-                for task in range(experiment.num_tasks)
-            ]  # fmt: skip
-
-        self._envs = environments()
+        self._episodes = episodes
         self._select_pi0 = acting.select_action_pi0
-        # each task's teacher policy, and its environments: the student's seeds again
-        self._teachers = (
-            None if teachers is None else ([_teacher_policy(t) for t in teachers], environments())
-        )
+        self._teachers = None if teachers is None else [_teacher_policy(t) for t in teachers]
+        # one set for the whole run; a student's (paired) evaluations make theirs each time
+        self._envs = self._environments(0) if teachers is None else []
+
+    def _environments(self, log_step: int) -> list[list[Any]]:
+        """Each task's `episodes` environments, seeded by (seed, task, episode, 1 + log_step):
+        the first evaluation's seeds are those a run without teachers keeps."""
+        make, seed = self._experiment.make_env, self._seed
+        return [
+            [make(task, seed32(seed, task, e, 1 + log_step)) for e in range(self._episodes)]
+            for task in range(self._experiment.num_tasks)
+        ]
 
     def _network(self, params: Any, use_pi0: bool) -> Callable[[int], _Act]:
         """Task -> (obs, key) -> actions of pi_i (the family's `select_action`) or pi_0,
@@ -161,11 +168,20 @@ class GameEvaluator:
         return for_task
 
     def _returns(
-        self, policy: Callable[[int], _Act], key: Array, environments: list[list[Any]]
-    ) -> np.ndarray:
-        """Each episode's return [N, episodes] (all NaN if a stop came first)."""
-        out = np.zeros((self._experiment.num_tasks, len(environments[0])))
+        self,
+        policy: Callable[[int], _Act],
+        key: Array,
+        environments: list[list[Any]],
+        task_keys: list[Array] | None = None,
+    ) -> tuple[np.ndarray, list[Array]]:
+        """(each episode's return [N, episodes], all NaN if a stop came first; the key each
+        task's episodes started from). The key runs on from task to task, unless
+        `task_keys` gives each task's starting key (a paired teacher: the student's)."""
+        out = np.zeros((self._experiment.num_tasks, self._episodes))
+        starts = []
         for task, envs in enumerate(environments):
+            key = key if task_keys is None else task_keys[task]
+            starts.append(key)
             obs = np.stack([np.asarray(env.reset().observation) for env in envs])
             act = policy(task)
             alive = np.ones(len(envs), bool)
@@ -182,21 +198,24 @@ class GameEvaluator:
                 if not alive.any():
                     break
                 if self._should_stop():  # a stop must not wait for long episodes
-                    return np.full_like(out, np.nan)
-        return out
+                    return np.full_like(out, np.nan), starts
+        return out, starts
 
     def episode_returns(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pi_i's returns [N, episodes], pi_0's or the teachers' [N, episodes]; NaN where
         the run has neither) of the evaluation at `log_step`, episode by episode; the
         teachers' episodes are paired with the student's (the class's docstring)."""
         k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
-        pi_i = self._returns(self._network(params, use_pi0=False), k_i, self._envs)
+        student = self._network(params, use_pi0=False)
         if self._teachers is not None:
-            policies, environments = self._teachers
-            return pi_i, self._returns(policies.__getitem__, k_i, environments)
+            pi_i, starts = self._returns(student, k_i, self._environments(log_step))
+            paired = self._environments(log_step)  # the student's seeds again
+            teachers, _ = self._returns(self._teachers.__getitem__, k_i, paired, starts)
+            return pi_i, teachers
+        pi_i, _ = self._returns(student, k_i, self._envs)
         if not self._experiment.has_pi0:
             return pi_i, np.full_like(pi_i, np.nan)
-        return pi_i, self._returns(self._network(params, use_pi0=True), k_0, self._envs)
+        return pi_i, self._returns(self._network(params, use_pi0=True), k_0, self._envs)[0]
 
     def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`; with

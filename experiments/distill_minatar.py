@@ -32,6 +32,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from distill_losses import SETTINGS  # the two-room comparison's settings (this directory)
@@ -39,7 +40,7 @@ from distill_two_room import settings_tag
 
 from distral import rundir
 from distral.compare import iqm_with_ci
-from distral.config import load_config
+from distral.config import load_config, load_run_config
 from distral.distributed.launch import launch
 from distral.envs.minatar import RANDOM_SCORES
 from distral.evaluator import GameEvaluator
@@ -76,12 +77,32 @@ def student(runs: Path, teacher_dirs: list[Path], setting: str, seed: int, sets:
     finished), beside the other students of the same teachers."""
     name = setting.replace(" ", "_").replace(",", "")
     run_dir = runs / "students" / teacher_dirs[0].parent.name / name / f"seed{seed}"
+    distill = {**SETTINGS[setting], "teachers": [str(t.absolute()) for t in teacher_dirs]}
+    overrides = {"seeds": [seed], "distill": distill}
+    config = load_config(ROOT / "experiments" / "minatar_distill.yaml", sets, overrides)
+    if (run_dir / "config.yaml").is_file():
+        check_settings(run_dir, config, sets)
     if not (run_dir / "summary.json").is_file():
-        distill = {**SETTINGS[setting], "teachers": [str(t.absolute()) for t in teacher_dirs]}
-        overrides = {"seeds": [seed], "distill": distill}
-        config = load_config(ROOT / "experiments" / "minatar_distill.yaml", sets, overrides)
         launch(config, run_dir, resume=(run_dir / "config.yaml").is_file())
     return run_dir
+
+
+def check_settings(run_dir: Path, config: Any, sets: list[str]) -> None:
+    """Stops (a one-line error) if the run in `run_dir` was made with other `--set` values
+    than `config`'s: the directory names the setting and seed, not the `--set`s."""
+
+    def value(c: Any, key: str) -> Any:
+        for part in key.split("."):
+            c = getattr(c, part)
+        return c
+
+    stored = load_run_config(run_dir)
+    for key in dict.fromkeys(s.partition("=")[0] for s in sets):
+        if value(stored, key) != value(config, key):
+            raise SystemExit(
+                f"{run_dir} holds a student with {key}={value(stored, key)!r}, not "
+                f"{value(config, key)!r}: give another --runs"
+            )
 
 
 def scores(run_dir: Path, episodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +226,8 @@ def main() -> None:
         for seed in range(args.seeds):
             run_dir = run_dirs[setting, seed] = student(runs, teacher_dirs, setting, seed, args.set)
             s_eps, t_eps = scores(run_dir, args.eval_episodes)
+            name = f"{setting.replace(' ', '_').replace(',', '')}_seed{seed}"
+            np.savez(out / f"episodes_{name}.npz", student=s_eps, teacher=t_eps, games=GAMES)
             s, t = s_eps.mean(axis=1), t_eps.mean(axis=1)
             ci = [ratio_ci(a, b) for a, b in zip(s_eps, t_eps, strict=True)]
             summary = json.loads((run_dir / "summary.json").read_text())

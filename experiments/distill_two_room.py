@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def settings_tag(sets: list[str] | tuple[str, ...]) -> str:
     """A directory name for `--set`-style settings (`compare.setting_dir`: hidden_sizes=[64]
     -> hidden_sizes=64, since a run's path must not hold glob characters)."""
-    return setting_dir(dict(s.split("=", 1) for s in sets))
+    return setting_dir(dict(s.partition("=")[::2] for s in sets))
 
 
 def teachers(runs: Path, seeds: int, sets: tuple[str, ...] = ()) -> Path:

@@ -108,17 +108,18 @@ def test_game_evaluator_walks_each_episode_to_its_own_end(variant):
     evaluator = GameEvaluator(experiment, episodes, seed)
     pi_i, pi_0 = evaluator(_deterministic_params(experiment), 1)
 
-    def starts(task, passes):
+    def starts(task, passes, stream=1):
         out = []
         for e in range(episodes):
-            env = experiment.make_env(task, seed32(seed, task, e, 1))
+            env = experiment.make_env(task, seed32(seed, task, e, stream))
             for _ in range(passes):
                 env.reset()
             out.append(tuple(int(x) for x in env.state.pos))
         return out
 
-    def expected(task, action, passes):
-        return np.mean([walk(p, GOALS[task], action, grid=WIDE) for p in starts(task, passes)])
+    def expected(task, action, passes, stream=1):
+        walks = [walk(p, GOALS[task], action, grid=WIDE) for p in starts(task, passes, stream)]
+        return np.mean(walks)
 
     np.testing.assert_allclose(pi_i, [expected(i, PI_I_ACTIONS[i], 1) for i in range(2)], rtol=1e-5)
     # episode by episode: each environment's own walk (a fresh evaluator, the first resets)
@@ -142,17 +143,19 @@ def test_game_evaluator_walks_each_episode_to_its_own_end(variant):
     assert np.isnan(stopped(_deterministic_params(experiment), 1)[0]).all()
     # A distillation student's evaluator: each task's teacher plays where pi_0 would (task
     # 0's teacher goes right, task 1's left: neither is pi_0's nor pi_i's walk), paired
-    # with the student: on environments of its own with the student's seeds, so from the
-    # student's starts (the first resets), not from a second reset as pi_0.
+    # with the student: both on environments made for this evaluation with the seeds of
+    # its log step (1 + 1: stream 2), from their first resets.
     teacher_actions = [RIGHT, LEFT]
     hand_made = [_teacher(experiment, i, a) for i, a in enumerate(teacher_actions)]
     student, teacher = GameEvaluator(experiment, episodes, seed, teachers=hand_made)(
         _deterministic_params(experiment), 1
     )
-    np.testing.assert_allclose(student, pi_i, rtol=1e-6)
-    want = [expected(i, teacher_actions[i], 1) for i in range(2)]
+    want_i = [expected(i, PI_I_ACTIONS[i], 1, stream=2) for i in range(2)]
+    np.testing.assert_allclose(student, want_i, rtol=1e-6)
+    want = [expected(i, teacher_actions[i], 1, stream=2) for i in range(2)]
     np.testing.assert_allclose(teacher, want, rtol=1e-5)
-    assert want[1] != expected(1, PI_0_ACTION, 2) and want[1] != expected(1, LEFT, 2)
+    assert want[1] != expected(1, PI_0_ACTION, 1, stream=2) and want[1] != expected(1, LEFT, 2)
+    assert starts(1, 1, stream=2) != starts(1, 1)  # the stream matters here
 
 
 def _teacher(experiment, task, action):
@@ -212,6 +215,58 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)
 
 
+class _Itself:
+    """A teacher that is the student's own pi_i of `task` (its logits from the student's
+    acting function on the student's parameters)."""
+
+    outputs = "logits"
+
+    def __init__(self, experiment, params, task):
+        self.params = experiment.network.task_params(params, task)
+        self._network = experiment.network
+
+    def apply(self, params, obs):
+        key = jax.random.PRNGKey(0)  # unused: only the logits are kept
+        logits = acting.select_action(params, obs, np.int32(0), key, network=self._network)[1]
+        return logits, jnp.zeros((obs.shape[0], 1))
+
+
+class _Still:
+    """A teacher that always takes action 2 (MinAtar's "up": Breakout's paddle stays)."""
+
+    params, outputs = None, "logits"
+
+    @staticmethod
+    def apply(params, obs):
+        logits = jnp.full((obs.shape[0], 6), -1e9).at[:, 2].set(0.0)
+        return logits, jnp.zeros((obs.shape[0], 1))
+
+
+def test_a_teacher_that_is_the_student_plays_its_episodes_on_every_game_and_evaluation():
+    """Paired evaluation on MinAtar (sticky actions on): on game 1 the teacher is the
+    student itself, on game 0 a different policy whose Breakout episodes end at other
+    times (so a key run on from game 0 would reach game 1 at another place). Game 1's
+    returns equal the student's episode by episode, at two evaluations of one evaluator
+    (its environments made afresh, at another log step's seeds); game 0's do not."""
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml",
+        ["env.games=[breakout, asterix]", "env.max_steps=200"],
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0), experiment.network, experiment.parts.optimizer,
+        experiment.example_obs,
+    )  # fmt: skip
+    teachers = [_Still(), _Itself(experiment, state.params, 1)]
+    evaluator = GameEvaluator(experiment, 16, 5, teachers=teachers)
+    first, later = (evaluator.episode_returns(state.params, step) for step in (1, 2))
+    for student, teacher in (first, later):
+        np.testing.assert_array_equal(teacher[1], student[1])
+        assert len(set(student[1])) > 1  # Asterix episodes that differ
+        assert not np.array_equal(teacher[0], student[0])
+    assert not np.array_equal(first[0][1], later[0][1])  # another log step, other episodes
+
+
 def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_task():
     """Given teachers, the game evaluator plays them in pi_0's place (their returns differ
     from a pi_0 evaluation's); a stop gives NaN for every task, shaped [N]."""
@@ -235,26 +290,9 @@ def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_
 
     teachers = [AlwaysUp(), AlwaysUp()]
     _, with_teachers = make_evaluator(experiment, 2, 0, teachers=teachers)(state.params, 1)
-    # Paired: a teacher that is the student's own pi_i plays the student's very episodes
-    # (the same starts, sticky actions and action noise), episode by episode.
-    network = experiment.network
-
-    class Itself:
-        outputs = "logits"
-
-        def __init__(self, task):
-            self.params = network.task_params(state.params, task)
-
-        @staticmethod
-        def apply(params, obs):
-            key = jax.random.PRNGKey(0)  # unused: only the logits are kept
-            logits = acting.select_action(params, obs, np.int32(0), key, network=network)[1]
-            return logits, jnp.zeros((obs.shape[0], 1))
-
-    paired = GameEvaluator(experiment, 8, 3, teachers=[Itself(0), Itself(1)])
+    paired = GameEvaluator(experiment, 8, 3, teachers=[_Itself(experiment, state.params, 0)] * 2)
     student, itself = paired.episode_returns(state.params, 2)
-    np.testing.assert_array_equal(itself, student)
-    assert len(set(student[0])) > 1  # random Breakout episodes: returns that differ
+    np.testing.assert_array_equal(itself[0], student[0])  # task 0 is the student's own
     # Freeway's chicken that always moves up crosses the road about 3 times in 200 steps.
     _, pi_0 = make_evaluator(experiment, 2, 0)(state.params, 1)
     assert with_teachers[1] >= 2 and with_teachers[1] > pi_0[1] + 1
