@@ -215,6 +215,19 @@ def test_game_evaluator_scores_in_range_and_gives_up_when_asked_to_stop():
     assert len(calls) <= 12  # gave up at once (pi_i's abort, then pi_0's first check)
 
 
+def _minatar_student(games):
+    """A MinAtar experiment of `games` (200-step episodes) and a fresh learner state."""
+    config = load_config(
+        ROOT / "experiments" / "minatar_5games.yaml", [f"env.games=[{games}]", "env.max_steps=200"]
+    )
+    experiment = make_experiment(config)
+    state = init_training_state(
+        jax.random.PRNGKey(0), experiment.network, experiment.parts.optimizer,
+        experiment.example_obs,
+    )  # fmt: skip
+    return experiment, state
+
+
 class _Itself:
     """A teacher that is the student's own pi_i of `task` (its logits from the student's
     acting function on the student's parameters)."""
@@ -248,15 +261,7 @@ def test_a_teacher_that_is_the_student_plays_its_episodes_on_every_game_and_eval
     times (so a key run on from game 0 would reach game 1 at another place). Game 1's
     returns equal the student's episode by episode, at two evaluations of one evaluator
     (its environments made afresh, at another log step's seeds); game 0's do not."""
-    config = load_config(
-        ROOT / "experiments" / "minatar_5games.yaml",
-        ["env.games=[breakout, asterix]", "env.max_steps=200"],
-    )
-    experiment = make_experiment(config)
-    state = init_training_state(
-        jax.random.PRNGKey(0), experiment.network, experiment.parts.optimizer,
-        experiment.example_obs,
-    )  # fmt: skip
+    experiment, state = _minatar_student("breakout, asterix")
     teachers = [_Still(), _Itself(experiment, state.params, 1)]
     evaluator = GameEvaluator(experiment, 16, 5, teachers=teachers)
     first, later = (evaluator.episode_returns(state.params, step) for step in (1, 2))
@@ -270,25 +275,9 @@ def test_a_teacher_that_is_the_student_plays_its_episodes_on_every_game_and_eval
 def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_task():
     """Given teachers, the game evaluator plays them in pi_0's place (their returns differ
     from a pi_0 evaluation's); a stop gives NaN for every task, shaped [N]."""
-    config = load_config(
-        ROOT / "experiments" / "minatar_5games.yaml",
-        ["env.games=[breakout, freeway]", "env.max_steps=200"],
-    )
-    experiment = make_experiment(config)
-    state = init_training_state(
-        jax.random.PRNGKey(0), experiment.network, experiment.parts.optimizer,
-        experiment.example_obs,
-    )  # fmt: skip
+    experiment, state = _minatar_student("breakout, freeway")
 
-    class AlwaysUp:  # a teacher whose policy is "up" (action 2) on every state
-        params, outputs = None, "logits"
-
-        @staticmethod
-        def apply(params, obs):
-            logits = jnp.full((obs.shape[0], 6), -1e9).at[:, 2].set(0.0)
-            return logits, jnp.zeros((obs.shape[0], 1))
-
-    teachers = [AlwaysUp(), AlwaysUp()]
+    teachers = [_Still(), _Still()]  # "up" on every state
     _, with_teachers = make_evaluator(experiment, 2, 0, teachers=teachers)(state.params, 1)
     paired = GameEvaluator(experiment, 8, 3, teachers=[_Itself(experiment, state.params, 0)] * 2)
     student, itself = paired.episode_returns(state.params, 2)
