@@ -2,11 +2,15 @@
 
 1. Teachers: one `distral launch` run of a3c per game (`experiments/minatar_5games.yaml
    --variant a3c --set env.games=[GAME]`, 2 actors, the preset's 1M env steps, and any
-   `--teacher-set`), into RUNS/teachers/TEACHERS/GAME, unless a finished one is there.
+   `--teacher-set`), into RUNS/teachers/TEACHERS/GAME, unless a finished one is there;
+   or, with `--teachers DIR`, the finished runs DIR/GAME (e.g. the five teachers kept in
+   experiments/results/distill/minatar_lr2e-3/teachers, so that students made on other machines
+   or days learn from the same teachers).
 2. Students: for each setting (`distill_losses.SETTINGS`' names; default `kl tau 1`) and
    seed, `distral distill experiments/minatar_distill.yaml` (actors with the student and
    their game's teacher, Reverb, the learner) into RUNS/students/TEACHERS/SETTING/seedS,
-   where TEACHERS names the teachers' `--teacher-set` settings ("preset" without).
+   where TEACHERS names the teachers' `--teacher-set` settings ("preset" without), or is
+   the name of `--teachers`' directory.
 3. Scores: each finished student plays `--eval-episodes` more episodes per game, and its
    teachers play the same episodes (`GameEvaluator`'s pairing: the same environment
    seeds and action noise; the run's own 8-episode evaluations are too few to compare two
@@ -19,17 +23,24 @@
    every scoring pooled) averaged over the run (AUC), and the scoring's fraction at the
    end, with the IQM and its 95% CI over seeds x games (rliable), and the curves.
 
-Writes table.md and summary.json (and, comparing, comparison.md and curves.png) to OUT.
+Writes table.md and summary.json (and, comparing, comparison.md and curves.png) to OUT,
+and per student OUT/run_SETTING_seedS.json (its scores and in-run evaluations) with
+OUT/episodes_SETTING_seedS.npz (the scoring's episodes). A student whose record is in OUT
+is not distilled or scored again (it must have the same `--set`s, teachers and
+`--eval-episodes`), so an experiment resumes from its results directory, on another
+machine too.
 
     .venv/bin/python experiments/distill_minatar.py [--out experiments/results/distill/minatar]
         [--runs runs/distill_minatar] [--seeds 1] [--settings "kl tau 1,nll" | all]
-        [--eval-episodes 1000] [--set KEY=VALUE ...] [--teacher-set KEY=VALUE ...]
+        [--eval-episodes 1000] [--set KEY=VALUE ...]
+        [--teacher-set KEY=VALUE ... | --teachers DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -115,24 +126,63 @@ def scores(run_dir: Path, episodes: int) -> tuple[np.ndarray, np.ndarray]:
     return evaluate.episode_returns(run.params, 0)
 
 
-def compare(runs: dict[tuple[str, int], Path], rows: list[dict], out: Path) -> list[str]:
+def teachers_id(teacher_dirs: list[Path]) -> dict[str, float]:
+    """What names a set of teachers wherever it is kept: each game's final training return
+    (a float of the run's own; copies of the runs keep it, other teachers differ)."""
+    summaries = [json.loads((t / "summary.json").read_text()) for t in teacher_dirs]
+    return {g: s["final_training_return"] for g, s in zip(GAMES, summaries, strict=True)}
+
+
+def record(setting: str, seed: int, run_dir: Path, episodes: int, out: Path, name: str) -> dict:
+    """A finished student's record: its scoring (`episodes` per game, paired with its
+    teachers; the episodes saved to OUT/episodes_NAME.npz) and its in-run evaluations."""
+    s_eps, t_eps = scores(run_dir, episodes)
+    np.savez(out / f"episodes_{name}.npz", student=s_eps, teacher=t_eps, games=GAMES)
+    s, t = s_eps.mean(axis=1), t_eps.mean(axis=1)
+    ci = [ratio_ci(a, b) for a, b in zip(s_eps, t_eps, strict=True)]
+    random = np.array([RANDOM_SCORES[g] for g in GAMES])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    m = read_metrics(run_dir)
+    done = np.isfinite(m["eval_learner_step"])  # rows with an evaluation
+    returns = np.stack([m[f"eval_return_task_{g}"][done] for g in range(len(GAMES))], 1)
+    row = {
+        "setting": setting,
+        "seed": seed,
+        "student": s.tolist(),
+        "teacher": t.tolist(),
+        "fraction": (s / t).tolist(),
+        "fraction_low": [float(c.low) for c in ci],
+        "fraction_high": [float(c.high) for c in ci],
+        # None where the teacher is no better than random (nothing to keep)
+        "normalised": [
+            (a - r) / (b - r) if b > r else None for a, b, r in zip(s, t, random, strict=True)
+        ],
+        "wall_seconds": summary["wall_seconds"],
+        "student_params": summary["student_params"],
+        "teacher_params": summary["teacher_params"],
+    }
+    return {
+        "row": row,
+        "eval_steps": m["env_steps_per_task"][done].tolist(),
+        "eval_returns": returns.tolist(),  # [evaluations, games]
+    }
+
+
+def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
     """The settings side by side (step 4): comparison.md lines, curves.png. The in-run
     evaluations are divided by the teachers' scores of every scoring pooled (a teacher's
     episodes depend on the seed, not on the student, so there are `seeds` samples); the
     final fractions are the scorings' paired ones."""
     teacher = np.mean([r["teacher"] for r in rows], axis=0)
-    settings = list(dict.fromkeys(s for s, _ in runs))
+    settings = list(dict.fromkeys(r["row"]["setting"] for r in records))
     curves: dict[str, np.ndarray] = {}
     steps: dict[str, np.ndarray] = {}
     for setting in settings:
         per_seed = []
-        for (name, _), run_dir in runs.items():
-            if name == setting:
-                m = read_metrics(run_dir)
-                done = np.isfinite(m["eval_learner_step"])  # rows with an evaluation
-                returns = [m[f"eval_return_task_{g}"][done] for g in range(len(GAMES))]
-                per_seed.append(np.stack(returns, 1) / teacher)
-                steps[setting] = m["env_steps_per_task"][done]
+        for r in records:
+            if r["row"]["setting"] == setting:
+                per_seed.append(np.array(r["eval_returns"]) / teacher)
+                steps[setting] = np.array(r["eval_steps"])
         n = min(len(c) for c in per_seed)
         curves[setting] = np.stack([c[:n] for c in per_seed])  # [seeds, rows, games]
     auc = {k: c.mean(axis=1) for k, c in curves.items()}
@@ -210,59 +260,64 @@ def main() -> None:
         "--teacher-set", action="append", default=[], metavar="KEY=VALUE",
         help="a setting of the teachers' a3c runs (RUNS/teachers/SETTINGS/GAME)",
     )  # fmt: skip
+    p.add_argument(
+        "--teachers", metavar="DIR",
+        help="finished one-game teacher runs DIR/GAME, used instead of training teachers",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.teachers and args.teacher_set:
+        p.error("--teachers and --teacher-set: give one (--teacher-set makes new teachers)")
+    given = [Path(args.teachers) / game for game in GAMES] if args.teachers else []
+    unfinished = [t for t in given if not (t / "summary.json").is_file()]
+    if unfinished:
+        p.error(f"--teachers: {unfinished[0]} is not a finished run (no summary.json)")
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
-    settings = [s.strip() for s in args.settings.split(",")]
+    # comma-separated names; a comma followed by a space is part of a name
+    settings = [s.strip() for s in re.split(r",(?! )", args.settings)]
     settings = list(SETTINGS) if settings == ["all"] else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         p.error(f"--settings: unknown {unknown[0]!r}; valid: {', '.join(SETTINGS)}")
     t0 = time.perf_counter()
-    teacher_dirs = teachers(runs, args.teacher_set)
-    random = np.array([RANDOM_SCORES[g] for g in GAMES])
-    rows, run_dirs = [], {}
+    teacher_dirs = given or teachers(runs, args.teacher_set)
+    ident = {
+        "sets": args.set,
+        "teachers": teachers_id(teacher_dirs),
+        "eval_episodes": args.eval_episodes,
+    }
+    rows, records = [], []
     for setting in settings:
         for seed in range(args.seeds):
-            run_dir = run_dirs[setting, seed] = student(runs, teacher_dirs, setting, seed, args.set)
-            s_eps, t_eps = scores(run_dir, args.eval_episodes)
             name = f"{setting.replace(' ', '_').replace(',', '')}_seed{seed}"
-            np.savez(out / f"episodes_{name}.npz", student=s_eps, teacher=t_eps, games=GAMES)
-            s, t = s_eps.mean(axis=1), t_eps.mean(axis=1)
-            ci = [ratio_ci(a, b) for a, b in zip(s_eps, t_eps, strict=True)]
-            summary = json.loads((run_dir / "summary.json").read_text())
-            rows.append(
-                {
-                    "setting": setting,
-                    "seed": seed,
-                    "student": s.tolist(),
-                    "teacher": t.tolist(),
-                    "fraction": (s / t).tolist(),
-                    "fraction_low": [float(c.low) for c in ci],
-                    "fraction_high": [float(c.high) for c in ci],
-                    # NaN where the teacher is no better than random (nothing to keep)
-                    "normalised": [
-                        (a - r) / (b - r) if b > r else None
-                        for a, b, r in zip(s, t, random, strict=True)
-                    ],
-                    "wall_seconds": summary["wall_seconds"],
-                    "student_params": summary["student_params"],
-                    "teacher_params": summary["teacher_params"],
-                }
-            )
+            path = out / f"run_{name}.json"
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                for key, value in ident.items():
+                    if rec.get(key) != value:
+                        p.error(f"{path} has {key} {rec.get(key)}, not {value}: another --out?")
+            else:
+                run_dir = student(runs, teacher_dirs, setting, seed, args.set)
+                rec = {**ident, **record(setting, seed, run_dir, args.eval_episodes, out, name)}
+                tmp = path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(rec) + "\n")
+                tmp.replace(path)  # whole or absent
+            records.append(rec)
+            rows.append(rec["row"])
             print(json.dumps(rows[-1]), flush=True)
     lines = table(rows, args.eval_episodes)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     summary = {
         "rows": rows,
         "games": list(GAMES),
-        "random": random.tolist(),
+        "random": [RANDOM_SCORES[g] for g in GAMES],
         "eval_episodes": args.eval_episodes,
         "sets": args.set,
         "teacher_sets": args.teacher_set,
+        "teachers": ident["teachers"],
     }
     if len(settings) > 1:
-        compared = compare(run_dirs, rows, out)
+        compared = compare(records, rows, out)
         (out / "comparison.md").write_text("\n".join(compared) + "\n")
         lines += ["", *compared]
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -6,6 +6,7 @@ launch` teacher run, is in tests/test_launch.py (the tests that start processes)
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from distral import config as cfg
 from distral import distill, rundir, teachers
 from distral.distributed import replay
 from distral.distributed.actor import Actor, ReplayWriter, VariableClient
+from distral.envs.minatar import RANDOM_SCORES
 from distral.evaluator import _teacher_policy
 from distral.experiment import make_experiment
 
@@ -502,3 +504,19 @@ def test_an_atari_student_writes_uint8_frame_stacks_with_their_teachers_labels(t
         items.close()
     finally:
         server.stop()
+
+
+def test_the_minatar_presets_teachers_are_kept_in_the_repository(monkeypatch):
+    """`distral distill experiments/minatar_distill.yaml` needs no teacher training: its five
+    teachers are finished a3c runs kept in the repository (paths relative to its root), one
+    per game in the preset's order, each well above uniform-random play."""
+    monkeypatch.chdir(ROOT)
+    config = cfg.load_config(ROOT / "experiments" / "minatar_distill.yaml")
+    experiment, found = distill.experiment_and_teachers(config)
+    assert [t.task_name for t in found] == list(config.env.games) == list(RANDOM_SCORES)
+    for path, game in zip(config.distill.teachers, config.env.games, strict=True):
+        run = rundir.load_run(Path(path))
+        assert run.experiment.config.variant == "a3c" and list(run.experiment.task_names) == [game]
+        summary = json.loads((Path(path) / "summary.json").read_text())
+        assert summary["final_training_return"] > 2 * RANDOM_SCORES[game], (game, summary)
+    assert experiment.config.torso_width == 512
