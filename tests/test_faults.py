@@ -334,7 +334,7 @@ def test_ctrl_c_on_a_ray_student_launch_stops_every_process(tmp_path, launches, 
         "env.games=[breakout]", f"distill.teachers=[{breakout_teacher}]", "env.max_steps=100",
         "distributed.envs_per_actor=4", "distributed.refresh_every=5", "unroll_length=5",
         "eval_episodes_per_task=2", "checkpoint_every=1", "log_every=2",
-        "distill.batch_per_task=8", "distill.replay_per_task=400",
+        "distill.batch_per_task=8", "distill.replay_per_task=400", "torso_width=64",
     ])  # fmt: skip
     preset = str(ROOT / "experiments" / "minatar_distill.yaml")
     launch = Launch(preset, "--out", str(out), "--backend", "ray", *student)

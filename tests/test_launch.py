@@ -506,7 +506,8 @@ def test_distral_distill_runs_a_minatar_student_through_the_processes(teacher_ru
         "--teacher", str(teacher_run), "--out", str(out),
         *sets([*TINY, f"env.games=[{','.join(GAMES)}]", "distill.teachers=[]",
                "distill.batch_per_task=8", "distill.replay_per_task=400", "unroll_length=5",
-               "log_every=5", "distributed.max_learner_steps=10"]),
+               "log_every=5", "distributed.max_learner_steps=10",
+               "torso_width=64"]),  # the preset's 512 units: more compute, the same paths
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "task  student  teacher" in p.stdout
@@ -532,7 +533,8 @@ def test_distral_distill_runs_a_minatar_student_through_the_processes(teacher_ru
     obs = jax.random.bernoulli(jax.random.PRNGKey(1), 0.2, (3, *experiment.obs_shape))
     obs = obs.astype(jnp.float32)
     want = loaded.experiment.network.apply(loaded.params, obs, jnp.full(3, 1, jnp.int32)).logits
-    np.testing.assert_allclose(student[1].apply(student[1].params, obs)[0], want, rtol=1e-5)
+    got = student[1].apply(student[1].params, obs)[0]  # two programs: rounding differs
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_student_without_a_teacher_for_a_game_is_a_one_line_error(teacher_run, tmp_path):
