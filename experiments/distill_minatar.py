@@ -83,11 +83,16 @@ def teachers(runs: Path, sets: list[str]) -> list[Path]:
     return out
 
 
+def tag(setting: str) -> str:
+    """A setting's name in file and directory names: "kl tau 1, teacher acts" ->
+    kl_tau_1_teacher_acts."""
+    return setting.replace(" ", "_").replace(",", "")
+
+
 def student(runs: Path, teacher_dirs: list[Path], setting: str, seed: int, sets: list[str]):
     """The run directory of the student of `setting` and `seed` (distilled here unless
     finished), beside the other students of the same teachers."""
-    name = setting.replace(" ", "_").replace(",", "")
-    run_dir = runs / "students" / teacher_dirs[0].parent.name / name / f"seed{seed}"
+    run_dir = runs / "students" / teacher_dirs[0].parent.name / tag(setting) / f"seed{seed}"
     distill = {**SETTINGS[setting], "teachers": [str(t.absolute()) for t in teacher_dirs]}
     overrides = {"seeds": [seed], "distill": distill}
     config = load_config(ROOT / "experiments" / "minatar_distill.yaml", sets, overrides)
@@ -289,7 +294,7 @@ def main() -> None:
     rows, records = [], []
     for setting in settings:
         for seed in range(args.seeds):
-            name = f"{setting.replace(' ', '_').replace(',', '')}_seed{seed}"
+            name = f"{tag(setting)}_seed{seed}"
             path = out / f"run_{name}.json"
             if path.is_file():
                 rec = json.loads(path.read_text())
