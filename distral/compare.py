@@ -223,9 +223,9 @@ def _seed_config(config: TrainConfig, seed: int) -> TrainConfig:
 
 def _state(run_dir: Path, config: TrainConfig) -> str:
     """'done', 'resume' or 'new'; a run dir made by another config is an error."""
-    from distral.rundir import inline_layout
+    from distral.rundir import finished, inline_layout
 
-    if (run_dir / "summary.json").is_file():
+    if finished(run_dir):
         state = "done"
     elif (run_dir / "config.yaml").is_file():
         state = "resume"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -326,6 +327,18 @@ class RunLog:
         if plot and self.metrics_path.exists() and last_rows_or_empty(self.metrics_path):
             plot_run(self.run_dir)
         return safe
+
+
+def finished(run_dir: str | Path) -> bool:
+    """Whether the run in `run_dir` ended whole: its summary.json is written, and a launch's
+    (which also writes one when a signal or a fault stops it) records its learner budget
+    spent. `distral train` writes summary.json only at the end of its budget."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    budget = summary.get("learner_budget")
+    return budget is None or summary.get("learner_steps", 0) >= budget
 
 
 def last_rows_or_empty(path: Path, finite: str | None = None) -> dict[int, dict[str, Any]]:

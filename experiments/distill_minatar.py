@@ -63,16 +63,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
 
 
-def finished(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a run that spent its learner budget: a launch stopped early
-    (killed, or ended by a crash) also writes a summary.json, with fewer learner steps."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return False
-    summary = json.loads(path.read_text())
-    return summary.get("learner_steps", 0) >= summary.get("learner_budget", 1)
-
-
 def teachers(runs: Path, sets: list[str]) -> list[Path]:
     """The five one-game a3c runs (launched here unless finished), with the preset's
     settings and `sets` (e.g. a3c's learning rate), into a directory named by `sets`."""
@@ -80,7 +70,7 @@ def teachers(runs: Path, sets: list[str]) -> list[Path]:
     tag = settings_tag(sets) or "preset"
     for game in GAMES:
         run_dir = runs / "teachers" / tag / game
-        if not finished(run_dir):
+        if not rundir.finished(run_dir):
             overrides = {
                 "variant": "a3c",
                 "env": {"games": [game]},
@@ -108,7 +98,7 @@ def student(runs: Path, teacher_dirs: list[Path], setting: str, seed: int, sets:
     config = load_config(ROOT / "experiments" / "minatar_distill.yaml", sets, overrides)
     if (run_dir / "config.yaml").is_file():
         check_settings(run_dir, config, sets)
-    if not finished(run_dir):
+    if not rundir.finished(run_dir):
         launch(config, run_dir, resume=(run_dir / "config.yaml").is_file())
     return run_dir
 
@@ -283,7 +273,7 @@ def main() -> None:
     if args.teachers and args.teacher_set:
         p.error("--teachers and --teacher-set: give one (--teacher-set makes new teachers)")
     given = [Path(args.teachers) / game for game in GAMES] if args.teachers else []
-    unfinished = [t for t in given if not finished(t)]
+    unfinished = [t for t in given if not rundir.finished(t)]
     if unfinished:
         p.error(f"--teachers: {unfinished[0]} is not a finished run (learner budget unspent)")
     out, runs = Path(args.out), Path(args.runs)

@@ -4,6 +4,7 @@ writes, `load_run`, and the algorithm registry behind the `algorithm` config key
 from __future__ import annotations
 
 import csv
+import json
 import math
 from typing import NamedTuple
 
@@ -190,3 +191,28 @@ def test_the_algorithm_key_names_a_registered_family():
     distral = algorithm.get_algorithm("distral")
     columns = rundir.metric_columns(2, distral.metrics)
     assert columns[10:12] == ["loss", "policy_loss"] and "collapsed_tasks" in columns
+
+
+def test_finished_needs_a_summary_and_a_launchs_spent_budget(tmp_path):
+    """A launch stopped by a signal writes summary.json too: only a spent learner budget
+    makes it finished; a `distral train` summary (no budget) is written at the end only.
+    `distral compare` resumes a stopped launch instead of skipping it."""
+    from distral.compare import _state
+
+    def run(summary: dict | None):
+        d = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        (d / "config.yaml").write_text(cfg.dump_yaml(rundir.inline_layout(tiny_config())))
+        if summary is not None:
+            (d / "summary.json").write_text(json.dumps(summary))
+        return d
+
+    stopped = run({"learner_steps": 30, "learner_budget": 625})
+    spent = run({"learner_steps": 625, "learner_budget": 625})
+    trained = run({"final_mean_return": 0.2})
+    unended = run(None)
+    assert [rundir.finished(d) for d in (stopped, spent, trained, unended)] == [
+        False, True, True, False,
+    ]  # fmt: skip
+    states = [_state(d, tiny_config()) for d in (stopped, spent, trained, unended)]
+    assert states == ["resume", "done", "done", "resume"]
