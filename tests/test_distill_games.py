@@ -490,17 +490,24 @@ def test_an_atari_student_writes_uint8_frame_stacks_with_their_teachers_labels(t
             seed=0,
             policy=distill.actor_policy(experiment, found[0]),
         )
-        actor.run(max_steps=4)  # 4 items of 2 states: a learner step's 2 items, and slack
+        # 8 items of 2 states. Pong's first frames barely change, and the two envs start
+        # alike, so one item can hold two equal states: 4 learner steps sample 8 items
+        # (within the rate limiter's slack), and some of them must differ.
+        actor.run(max_steps=8)
         items.flush()
         sampler = replay.TeacherSampler(client, 1, items_per_update=2)
-        assert sampler.wait(lambda: False)
-        batch, params_step, _ = sampler.sample()
-        assert batch.observation.dtype == np.uint8 and batch.observation.shape == (4, 84, 84, 4)
-        assert batch.observation.any() and (params_step == 3).all()
-        want, _ = found[0].apply(found[0].params, jnp.asarray(batch.observation))
-        assert want.shape == (4, 18)
-        np.testing.assert_allclose(batch.teacher_outputs, want, rtol=1e-5, atol=1e-6)
-        assert np.ptp(np.asarray(want), axis=0).max() > 0  # states the teacher tells apart
+        labels = []
+        for _ in range(4):
+            assert sampler.wait(lambda: False)
+            batch, params_step, _ = sampler.sample()
+            assert batch.observation.dtype == np.uint8
+            assert batch.observation.shape == (4, 84, 84, 4)
+            assert batch.observation.any() and (params_step == 3).all()
+            want, _ = found[0].apply(found[0].params, jnp.asarray(batch.observation))
+            assert want.shape == (4, 18)
+            np.testing.assert_allclose(batch.teacher_outputs, want, rtol=1e-5, atol=1e-6)
+            labels.append(np.asarray(want))
+        assert np.ptp(np.concatenate(labels), axis=0).max() > 0  # states the teacher tells apart
         items.close()
     finally:
         server.stop()
