@@ -173,6 +173,18 @@ def record(setting: str, seed: int, run_dir: Path, episodes: int, out: Path, nam
     }
 
 
+# The papers' claims, as pairs (X, Y) that claim X beats Y: a small tau beats tau 1, every
+# other output loss beats MSE (NLL and the sharpest KL: the two-room's worst besides
+# MSE), the student acting beats the teacher acting.
+CLAIMS = [
+    ("kl tau 0.01", "kl tau 1"),
+    ("kl tau 0.1", "kl tau 1"),
+    ("nll", "mse"),
+    ("kl tau 0.01", "mse"),
+    ("kl tau 1", "kl tau 1, teacher acts"),
+]
+
+
 def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
     """The settings side by side (step 4): comparison.md lines, curves.png. The in-run
     evaluations are divided by the teachers' scores of every scoring pooled (a teacher's
@@ -192,6 +204,8 @@ def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
         curves[setting] = np.stack([c[:n] for c in per_seed])  # [seeds, rows, games]
     auc = {k: c.mean(axis=1) for k, c in curves.items()}
     final = {k: np.array([r["fraction"] for r in rows if r["setting"] == k]) for k in settings}
+    from rliable import metrics
+
     auc_ci, final_ci = iqm_with_ci(auc), iqm_with_ci(final)
     lines = [
         "| setting | AUC: IQM fraction of teacher over the run [95% CI] "
@@ -212,6 +226,20 @@ def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
         "pooled; final, the scoring's paired fraction. IQM and 95% CI over seeds x games "
         "(rliable).",
     ]
+    pairs = [(x, y) for x, y in CLAIMS if x in auc and y in auc]
+    if pairs:
+        lines += [
+            "",
+            "The papers' claims as probabilities of improvement, P(X > Y) (rliable: per "
+            "game over the seeds' pairs, averaged over games):",
+            "",
+            "| X | Y | P(X > Y) over the run | P(X > Y) final |",
+            "|---|---|---|---|",
+        ]
+        for x, y in pairs:
+            over_run = metrics.probability_of_improvement(auc[x], auc[y])
+            at_end = metrics.probability_of_improvement(final[x], final[y])
+            lines.append(f"| {x} | {y} | {over_run:.2f} | {at_end:.2f} |")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, c in curves.items():
