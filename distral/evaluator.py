@@ -114,10 +114,12 @@ class GameEvaluator:
     Teachers are evaluated paired with the student, as on the two-room: a student's
     evaluation builds its environments and its teachers' afresh, with the same seeds
     (from the evaluator's seed, the task, the episode and the log step), and each game's
-    teacher starts from the key the student's game started with, so episode e of both
-    starts alike, meets the same environment randomness, and picks its actions with the
-    same Gumbel draws. Two equal policies play equal episodes, at every evaluation; the
-    gap measures the policies' difference, not two draws of evaluation noise. Runs without
+    teacher starts from the key the student's game started with (the evaluation's key
+    folded with the game), so episode e of both starts alike, meets the same environment
+    randomness, and picks its actions with the same Gumbel draws. Two equal policies play
+    equal episodes, at every evaluation; the gap measures the policies' difference, not
+    two draws of evaluation noise; and a teacher's episodes depend on the seed and the
+    log step only, not on the student it is paired with. Runs without
     teachers keep one set of environments across evaluations, as before.
     """
 
@@ -168,20 +170,14 @@ class GameEvaluator:
         return for_task
 
     def _returns(
-        self,
-        policy: Callable[[int], _Act],
-        key: Array,
-        environments: list[list[Any]],
-        task_keys: list[Array] | None = None,
-    ) -> tuple[np.ndarray, list[Array]]:
-        """(each episode's return [N, episodes], all NaN if a stop came first; the key each
-        task's episodes started from). The key runs on from task to task, unless
-        `task_keys` gives each task's starting key (a paired teacher: the student's)."""
+        self, policy: Callable[[int], _Act], root: Array, environments: list[list[Any]]
+    ) -> np.ndarray:
+        """Each episode's return [N, episodes], all NaN if a stop came first. Task i's
+        episodes start from `fold_in(root, i)`: no key runs on from one task to the next,
+        so a task's draws do not depend on how long the policy's earlier tasks lasted."""
         out = np.zeros((self._experiment.num_tasks, self._episodes))
-        starts = []
         for task, envs in enumerate(environments):
-            key = key if task_keys is None else task_keys[task]
-            starts.append(key)
+            key = jax.random.fold_in(root, task)
             obs = np.stack([np.asarray(env.reset().observation) for env in envs])
             act = policy(task)
             alive = np.ones(len(envs), bool)
@@ -198,8 +194,8 @@ class GameEvaluator:
                 if not alive.any():
                     break
                 if self._should_stop():  # a stop must not wait for long episodes
-                    return np.full_like(out, np.nan), starts
-        return out, starts
+                    return np.full_like(out, np.nan)
+        return out
 
     def episode_returns(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pi_i's returns [N, episodes], pi_0's or the teachers' [N, episodes]; NaN where
@@ -208,14 +204,13 @@ class GameEvaluator:
         k_i, k_0 = jax.random.split(evaluation_key(self._seed, log_step))
         student = self._network(params, use_pi0=False)
         if self._teachers is not None:
-            pi_i, starts = self._returns(student, k_i, self._environments(log_step))
+            pi_i = self._returns(student, k_i, self._environments(log_step))
             paired = self._environments(log_step)  # the student's seeds again
-            teachers, _ = self._returns(self._teachers.__getitem__, k_i, paired, starts)
-            return pi_i, teachers
-        pi_i, _ = self._returns(student, k_i, self._envs)
+            return pi_i, self._returns(self._teachers.__getitem__, k_i, paired)
+        pi_i = self._returns(student, k_i, self._envs)
         if not self._experiment.has_pi0:
             return pi_i, np.full_like(pi_i, np.nan)
-        return pi_i, self._returns(self._network(params, use_pi0=True), k_0, self._envs)[0]
+        return pi_i, self._returns(self._network(params, use_pi0=True), k_0, self._envs)
 
     def __call__(self, params: Any, log_step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pi_i returns [N], pi_0 returns [N]) of the evaluation at `log_step`; with

@@ -260,7 +260,9 @@ def test_a_teacher_that_is_the_student_plays_its_episodes_on_every_game_and_eval
     student itself, on game 0 a different policy whose Breakout episodes end at other
     times (so a key run on from game 0 would reach game 1 at another place). Game 1's
     returns equal the student's episode by episode, at two evaluations of one evaluator
-    (its environments made afresh, at another log step's seeds); game 0's do not."""
+    (its environments made afresh, at another log step's seeds); game 0's do not. And
+    the teachers' episodes do not depend on the student: paired with another student
+    (whose Breakout episodes last otherwise), they are the same on both games."""
     experiment, state = _minatar_student("breakout, asterix")
     teachers = [_Still(), _Itself(experiment, state.params, 1)]
     evaluator = GameEvaluator(experiment, 16, 5, teachers=teachers)
@@ -270,6 +272,15 @@ def test_a_teacher_that_is_the_student_plays_its_episodes_on_every_game_and_eval
         assert len(set(student[1])) > 1  # Asterix episodes that differ
         assert not np.array_equal(teacher[0], student[0])
     assert not np.array_equal(first[0][1], later[0][1])  # another log step, other episodes
+    # Another init, scaled so that its logits, not the shared Gumbel draws, pick actions:
+    # it scores nothing on Breakout, so its episodes there end sooner (a key run on from
+    # game 0 reached Asterix at another place and changed the teacher's episodes there).
+    other = jax.tree.map(
+        lambda x: 30.0 * x, experiment.network.init(jax.random.PRNGKey(2), experiment.example_obs)
+    )
+    other_student, same_teachers = evaluator.episode_returns(other, 1)
+    assert other_student[0].sum() == 0 and first[0][0].sum() > 0
+    np.testing.assert_array_equal(same_teachers, first[1])
 
 
 def test_make_evaluator_passes_a_students_teachers_and_a_stop_gives_one_nan_per_task():
