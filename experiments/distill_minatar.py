@@ -50,7 +50,7 @@ from distill_losses import SETTINGS  # the two-room comparison's settings (this 
 from distill_two_room import settings_tag
 
 from distral import rundir
-from distral.compare import iqm_with_ci
+from distral.compare import iqm_with_ci, probability_of_improvement
 from distral.config import load_config, load_run_config
 from distral.distributed.launch import launch
 from distral.envs.minatar import RANDOM_SCORES
@@ -204,8 +204,6 @@ def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
         curves[setting] = np.stack([c[:n] for c in per_seed])  # [seeds, rows, games]
     auc = {k: c.mean(axis=1) for k, c in curves.items()}
     final = {k: np.array([r["fraction"] for r in rows if r["setting"] == k]) for k in settings}
-    from rliable import metrics
-
     auc_ci, final_ci = iqm_with_ci(auc), iqm_with_ci(final)
     lines = [
         "| setting | AUC: IQM fraction of teacher over the run [95% CI] "
@@ -236,10 +234,9 @@ def compare(records: list[dict], rows: list[dict], out: Path) -> list[str]:
             "| X | Y | P(X > Y) over the run | P(X > Y) final |",
             "|---|---|---|---|",
         ]
+        over_run, at_end = probability_of_improvement(auc), probability_of_improvement(final)
         for x, y in pairs:
-            over_run = metrics.probability_of_improvement(auc[x], auc[y])
-            at_end = metrics.probability_of_improvement(final[x], final[y])
-            lines.append(f"| {x} | {y} | {over_run:.2f} | {at_end:.2f} |")
+            lines.append(f"| {x} | {y} | {over_run[x][y]:.2f} | {at_end[x][y]:.2f} |")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, c in curves.items():
